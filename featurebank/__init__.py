@@ -1,0 +1,38 @@
+"""featurebank: transfer learning with cached features.
+
+Run a frozen pretrained backbone once over an image dataset (:func:`extract`), keep the features
+in an HDF5 feature bank (:class:`FeatureBank`), then train heads on them in seconds.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("featurebank")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+from .backbones import Backbone, Preprocessing, get_backbone, list_backbones, list_taps
+from .bank import FORMAT_VERSION, FeatureBank
+from .data import ImageSource, list_datasets, open_source
+from .exceptions import BackboneError, BankError, BankLockedError, DataError, FeatureBankError
+from .extract import extract
+
+__all__ = [
+    "__version__",
+    "FORMAT_VERSION",
+    "Backbone",
+    "BackboneError",
+    "BankError",
+    "BankLockedError",
+    "DataError",
+    "FeatureBank",
+    "FeatureBankError",
+    "ImageSource",
+    "Preprocessing",
+    "extract",
+    "get_backbone",
+    "list_backbones",
+    "list_datasets",
+    "list_taps",
+    "open_source",
+]

@@ -1,0 +1,436 @@
+"""Backbone registry: a model name becomes a network, its weights, its named taps and its
+preprocessing.
+
+Preprocessing is data, never constants typed in here: mean, std and interpolation come from the
+torchvision weights enum (``weights.transforms()``) or from a timm model's ``pretrained_cfg``.
+A tap is a named point in the network whose activation becomes a feature vector: ``fc6``,
+``fc7`` and ``pool5`` for VGG, ``penultimate`` (the input of the last linear layer) for every
+classifier, or the dotted name of any module. Taps are captured with forward hooks, and the
+forward pass stops as soon as the last tap has fired, so the layers after it never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .exceptions import BackboneError
+
+__all__ = ["Backbone", "Preprocessing", "get_backbone", "list_backbones", "list_taps"]
+
+_TIMM = "timm:"
+_WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How uint8 images are turned into network input, taken from the weights' own metadata.
+
+    Attributes
+    ----------
+    mean, std : tuple of float
+        Per-channel normalisation of [0, 1] pixel values.
+    interpolation : str
+        ``"bilinear"``, ``"bicubic"`` or ``"nearest"`` (resizing, antialiased).
+    source : str
+        Where the values came from, e.g. ``"torchvision:VGG19_Weights.IMAGENET1K_V1"``.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _StopForward(Exception):
+    """Raised by the last tap's hook: the layers after it are not needed."""
+
+
+@dataclass(frozen=True)
+class _Tap:
+    module: str  # dotted module name
+    where: str  # "output" of the module, or "input" (its first positional argument)
+
+
+def _vgg_taps(model: nn.Module) -> dict[str, _Tap]:
+    last_pool = len(model.features) - 1
+    # classifier = Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear: taps are post-ReLU.
+    return {"fc6": _Tap("classifier.1", "output"), "fc7": _Tap("classifier.4", "output"),
+            "pool5": _Tap(f"features.{last_pool}", "output")}
+
+
+def _penultimate(model: nn.Module) -> dict[str, _Tap]:
+    get_classifier = getattr(model, "get_classifier", None)  # timm
+    target = get_classifier() if callable(get_classifier) else None
+    last = None
+    for name, module in model.named_modules():
+        if module is target or (target is None and isinstance(module, nn.Linear)):
+            last = name
+    return {"penultimate": _Tap(last, "input")} if last else {}
+
+
+def _named_taps(name: str, model: nn.Module) -> dict[str, _Tap]:
+    taps = _penultimate(model)
+    if name.startswith("vgg"):
+        taps.update(_vgg_taps(model))
+    return taps
+
+
+def _default_tap(name: str) -> str:
+    return "fc7" if name.startswith("vgg") else "penultimate"
+
+
+def list_backbones() -> list[str]:
+    """Model names accepted by :func:`get_backbone`: torchvision's classification models.
+
+    Any timm model is accepted too as ``"timm:NAME"`` when timm is installed
+    (``pip install "featurebank[timm]"``).
+    """
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _check_name(name: str) -> None:
+    if name.startswith(_TIMM):
+        return
+    names = list_backbones()
+    if name not in names:
+        close = [n for n in names if n.startswith(name[:3])][:8]
+        raise BackboneError(
+            f"unknown model {name!r}; expected a torchvision classification model "
+            f"(e.g. {close or names[:8]}; featurebank.list_backbones() lists all {len(names)}) "
+            f"or 'timm:NAME' with timm installed.")
+
+
+def list_taps(name: str = "vgg19") -> list[str]:
+    """Named taps of a model (any dotted module name is accepted as a tap as well)."""
+    _check_name(name)
+    with torch.device("meta"):
+        model = _build(name, pretrained=False)
+    return sorted(_named_taps(name, model))
+
+
+def _build(name: str, *, pretrained: Any) -> nn.Module:
+    """The bare network; ``pretrained`` is a torchvision weights enum, True (timm) or False."""
+    if name.startswith(_TIMM):
+        try:
+            import timm
+        except ImportError:
+            raise BackboneError(
+                f"model {name!r} needs timm: pip install \"featurebank[timm]\"") from None
+        try:
+            return timm.create_model(name[len(_TIMM):], pretrained=bool(pretrained))
+        except RuntimeError as e:
+            if "Unknown model" in str(e):
+                raise BackboneError(f"unknown model {name!r}: {e} (timm.list_models() lists "
+                                    f"them).") from None
+            raise
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=pretrained or None)
+
+
+def _is_path(weights: str) -> bool:
+    return (os.sep in weights or "/" in weights or weights.endswith(_WEIGHT_FILE_SUFFIXES)
+            or Path(weights).exists())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise BackboneError(f"weights file {str(path)!r} does not exist (weights=PATH).")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BackboneError(
+            f"cannot load weights file {str(path)!r} with torch.load(weights_only=True): "
+            f"{type(e).__name__}: {str(e).splitlines()[0]}. Save a plain state_dict: "
+            f"torch.save(model.state_dict(), PATH).") from None
+    for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BackboneError(f"weights file {str(path)!r} does not hold a state_dict of "
+                            f"tensors for {name!r}.")
+    if all(k.startswith("module.") for k in obj):  # saved from DataParallel/DDP
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _load_weights_file(name: str, path: Path) -> nn.Module:
+    state = _read_state_dict(path, name)
+    # Build on the meta device and adopt the file's tensors: no time spent on a random init
+    # that would be overwritten, and no second copy of the weights in memory.
+    with torch.device("meta"):
+        model = _build(name, pretrained=False)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in expected if k in state and state[k].shape != expected[k].shape]
+        detail = "; ".join(filter(None, [
+            f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}" if missing else "",
+            f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+            if unexpected else "",
+            f"shape mismatches {shapes[:3]}" if shapes else ""])) or str(e).splitlines()[0]
+        raise BackboneError(
+            f"weights file {str(path)!r} does not fit model {name!r} ({detail}). Pass the "
+            f"state_dict of a {name!r} model, or the --model it was saved from.") from None
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        # A buffer that is not in the state_dict (non-persistent) stayed on meta: build for real.
+        real = _build(name, pretrained=False)
+        real.load_state_dict(state, strict=True)
+        model = real
+    return model
+
+
+def _resolve(name: str, weights: str | None) -> tuple[nn.Module, str, Path | None, Preprocessing]:
+    """Build the network and read its preprocessing; returns (model, weights id, path, prep)."""
+    w = "none" if weights is None else str(weights)
+    path = Path(w).expanduser() if w.lower() not in ("none", "default") and _is_path(w) else None
+    if name.startswith(_TIMM):
+        if path is None and w.lower() not in ("none", "default"):
+            raise BackboneError(
+                f"weights={w!r} for {name!r}: expected 'DEFAULT' (timm's pretrained weights), "
+                f"'none' (random init) or the path of a state_dict file.")
+        if path is not None:
+            model, wid = _load_weights_file(name, path), f"file:sha256:{_sha256(path)}"
+        else:
+            pretrained = w.lower() == "default"
+            model = _build(name, pretrained=pretrained)
+            wid = f"timm:{model.pretrained_cfg.get('tag') or 'default'}" if pretrained else "none"
+        from timm.data import resolve_model_data_config
+
+        cfg = resolve_model_data_config(model)
+        prep = Preprocessing(tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"])),
+                             str(cfg["interpolation"]), f"timm:{name[len(_TIMM):]}.pretrained_cfg")
+        return model, wid, path, prep
+
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(name)
+    if path is None and w.lower() not in ("none",):
+        try:
+            chosen = enum.DEFAULT if w.lower() == "default" else enum[w.split(".")[-1]]
+        except KeyError:
+            raise BackboneError(
+                f"unknown weights {w!r} for {name!r}; expected 'DEFAULT', 'none', one of "
+                f"{[m.name for m in enum]} or the path of a state_dict file (no file "
+                f"{w!r} exists).") from None
+        model = _build(name, pretrained=chosen)
+        wid = f"torchvision:{chosen}"
+    else:
+        # Random init or a local file: the preprocessing is that of the model's default
+        # weights, which is what such files are trained with.
+        chosen = enum.DEFAULT
+        if path is not None:
+            model, wid = _load_weights_file(name, path), f"file:sha256:{_sha256(path)}"
+        else:
+            model, wid = _build(name, pretrained=False), "none"
+    t = chosen.transforms()
+    prep = Preprocessing(tuple(map(float, t.mean)), tuple(map(float, t.std)),
+                         t.interpolation.value, f"torchvision:{chosen}")
+    return model, wid, path, prep
+
+
+def _pool(t: torch.Tensor, tap: str) -> torch.Tensor:
+    if t.ndim == 4:
+        return t.mean(dim=(2, 3))  # global average pool over H, W
+    if t.ndim == 2:
+        return t
+    raise BackboneError(f"tap {tap!r} gives activations of shape {tuple(t.shape)}; only "
+                        f"(N, C, H, W) (average-pooled) and (N, D) activations can be taps.")
+
+
+class Backbone(nn.Module):
+    """A network whose forward returns the activations of its taps as ``(N, D)`` tensors.
+
+    Build one with :func:`get_backbone`. The forward pass stops once the last tap has fired.
+
+    Attributes
+    ----------
+    name : str
+        Model name (``"vgg19"``, ``"resnet50"``, ``"timm:convnext_tiny"``).
+    weights : str
+        Weights id: ``"torchvision:VGG19_Weights.IMAGENET1K_V1"``, ``"none"``,
+        ``"file:sha256:<hex>"`` or ``"timm:<tag>"``.
+    weights_path : str or None
+        The local weights file, when one was given.
+    taps : list of str
+        Tap names, in the order given.
+    tap_layers : dict
+        Tap name to ``{"module": dotted name, "where": "output" | "input", "pool": ...}``.
+    preprocessing : Preprocessing
+        Mean, std and interpolation of the weights.
+    model : torch.nn.Module
+        The wrapped network.
+    """
+
+    def __init__(self, model: nn.Module, *, name: str, weights: str, weights_path: str | None,
+                 taps: dict[str, _Tap], preprocessing: Preprocessing):
+        super().__init__()
+        self.model = model
+        self.name, self.weights, self.weights_path = name, weights, weights_path
+        self.taps = list(taps)
+        self.preprocessing = preprocessing
+        self._tap_defs = taps
+        self._captured: dict[str, torch.Tensor] | None = None
+        self._early_exit = True
+        modules = dict(model.named_modules())
+        for tap, d in taps.items():
+            m = modules[d.module]
+            if d.where == "input":
+                m.register_forward_pre_hook(self._make_hook(tap, lambda args: args[0]))
+            else:
+                m.register_forward_hook(self._make_hook(tap, lambda args, out: out))
+        self.tap_layers = {t: {"module": d.module, "where": d.where} for t, d in taps.items()}
+
+    def _make_hook(self, tap: str, pick):
+        def hook(module, *args):
+            if self._captured is None:
+                return None
+            if tap in self._captured:
+                self._calls[tap] += 1
+                return None
+            self._calls[tap] = 1
+            raw = pick(*args)
+            self._shapes[tap] = tuple(raw.shape[1:])
+            self._captured[tap] = _pool(raw, tap)
+            if self._early_exit and len(self._captured) == len(self.taps):
+                raise _StopForward
+            return None
+
+        return hook
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the network on normalised ``(N, 3, H, W)`` input; return ``{tap: (N, D)}``."""
+        self._captured, self._calls, self._shapes = {}, {}, {}
+        try:
+            self.model(x)
+        except _StopForward:
+            pass
+        finally:
+            captured, self._captured = self._captured, None
+        missing = [t for t in self.taps if t not in captured]
+        if missing:
+            raise BackboneError(f"taps {missing} of {self.name!r} did not run in the forward "
+                                f"pass; choose modules the forward pass uses.")
+        return {t: captured[t] for t in self.taps}
+
+    @torch.no_grad()
+    def probe(self, image_size: int, device: torch.device | str = "cpu") -> dict[str, dict]:
+        """Run one blank image through the whole network; describe each tap.
+
+        Returns ``{tap: {"module", "where", "activation_shape", "pool", "dim"}}``, where
+        ``pool`` is ``"avg"`` (global average over H, W) or ``"none"``.
+
+        Raises a clear error for taps that do not run, run more than once per forward pass (an
+        ambiguous tap, e.g. a ReLU module that ResNet reuses) or give unsupported shapes.
+        """
+        self._early_exit = False
+        try:
+            x = torch.zeros(1, 3, image_size, image_size, device=device)
+            try:
+                out = self(x)
+            except BackboneError:
+                raise
+            except RuntimeError as e:
+                raise BackboneError(f"model {self.name!r} cannot run at image_size="
+                                    f"{image_size}: {str(e).splitlines()[0]}") from None
+            reused = {t: n for t, n in self._calls.items() if n > 1}
+            if reused:
+                raise BackboneError(
+                    f"tap modules run more than once per forward pass {reused}, so their "
+                    f"activation is ambiguous; tap a module that runs once.")
+            return {t: {**self.tap_layers[t], "activation_shape": list(self._shapes[t]),
+                        "pool": "avg" if len(self._shapes[t]) == 3 else "none",
+                        "dim": int(v.shape[1])} for t, v in out.items()}
+        finally:
+            self._early_exit = True
+
+    def preprocess(self, images: torch.Tensor, image_size: int) -> torch.Tensor:
+        """uint8 ``(N, H, W, 3)`` images to normalised float ``(N, 3, S, S)``, channels_last.
+
+        Runs on the tensor's device: resize (antialiased, the weights' interpolation) when the
+        size differs, then ``(x / 255 - mean) / std``.
+        """
+        x = images.permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (image_size, image_size):
+            mode = self.preprocessing.interpolation
+            x = torch.nn.functional.interpolate(
+                x, size=(image_size, image_size), mode=mode,
+                antialias=mode != "nearest",
+                **({} if mode == "nearest" else {"align_corners": False}))
+            if mode == "bicubic":
+                x = x.clamp_(0, 255)  # bicubic overshoots; PIL's result is clamped to uint8 too
+        mean = torch.tensor(self.preprocessing.mean, device=x.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.preprocessing.std, device=x.device).view(1, 3, 1, 1) * 255
+        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def get_backbone(name: str = "vgg19", *, weights: str | os.PathLike | None = "DEFAULT",
+                 taps: str | list[str] | tuple[str, ...] | None = None) -> Backbone:
+    """Build a backbone with named taps.
+
+    Parameters
+    ----------
+    name : str, default="vgg19"
+        A torchvision classification model (see :func:`list_backbones`) or ``"timm:NAME"``.
+    weights : str, path-like or None, default="DEFAULT"
+        ``"DEFAULT"`` (the model's best pretrained weights; downloaded once by torchvision or
+        timm), a torchvision weights name such as ``"IMAGENET1K_V1"``, ``"none"``/``None``
+        (random init) or the path of a local state_dict file (loaded with
+        ``weights_only=True``).
+    taps : str or sequence of str, optional
+        Tap names (comma-separated string or list): named taps (:func:`list_taps`) or dotted
+        module names. Default: ``fc7`` for VGG, ``penultimate`` otherwise.
+
+    Returns
+    -------
+    Backbone
+        In eval mode, on the CPU.
+    """
+    _check_name(name)
+    if isinstance(taps, str):
+        taps = [t.strip() for t in taps.split(",") if t.strip()]
+    taps = list(taps) if taps else [_default_tap(name)]
+    if len(set(taps)) != len(taps):
+        raise BackboneError(f"taps {taps} name a tap twice.")
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    model, wid, path, prep = _resolve(name, weights)
+    model.eval()
+    named = _named_taps(name, model)
+    modules = dict(model.named_modules())
+    resolved = {}
+    for t in taps:
+        if t in named:
+            resolved[t] = named[t]
+        elif t in modules and t != "":
+            resolved[t] = _Tap(t, "output")
+        else:
+            raise BackboneError(
+                f"unknown tap {t!r} for model {name!r}; expected one of {sorted(named)} or the "
+                f"dotted name of one of its modules (e.g. {list(modules)[1:4]}).")
+    return Backbone(model, name=name, weights=wid, weights_path=str(path) if path else None,
+                    taps=resolved, preprocessing=prep)

@@ -1,0 +1,439 @@
+"""Feature banks: one HDF5 file of features per split and tap, labels and provenance.
+
+Layout (format version 1, readable by stock h5py; no compression filter)::
+
+    /                      attrs: featurebank_format, featurebank_version, torch_version,
+                                  torchvision_version, h5py_version, created, spec (JSON),
+                                  dataset (JSON), fingerprint, complete
+    /classes               (C,) UTF-8 class names
+    /<split>               attrs: rows_done, sources_done, skipped (JSON list of paths)
+    /<split>/features/<tap>  (N, D) float16 | float32, chunked in row blocks
+    /<split>/labels        (N,) int64
+    /<split>/index         (N,) int64 position of each row in the source split
+
+The writer creates every dataset at its full size with all chunks allocated up front, so
+appending rows writes raw data only: the file's structure never changes while rows stream in,
+which is what lets an extraction killed at any point resume from ``rows_done``. The file is
+written under ``<name>.partial`` and renamed to its final name once ``complete`` is set.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .exceptions import BankError, BankLockedError
+
+__all__ = ["FeatureBank", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_CHUNK_BYTES = 1 << 20
+# Keys that say where things are, not what they are: moving data or weights keeps the fingerprint.
+_LOCATION_KEYS = {"spec": ("weights_path",), "dataset": ("source",)}
+
+
+def bank_fingerprint(spec: dict[str, Any], dataset: dict[str, Any]) -> str:
+    """SHA-256 of the spec and dataset provenance, less their location keys."""
+    content = {part: {k: v for k, v in d.items() if k not in _LOCATION_KEYS[part]}
+               for part, d in (("spec", spec), ("dataset", dataset))}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    return {"featurebank_version": str(__version__), "torch_version": str(torch.__version__),
+            "torchvision_version": str(torchvision.__version__),
+            "h5py_version": str(h5py.__version__)}
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError
+
+
+class FeatureBank:
+    """Read a feature bank: provenance, splits, taps, and features as numpy arrays.
+
+    The HDF5 file is opened lazily, once per process, so a ``FeatureBank`` can be handed to
+    DataLoader workers (fork or spawn) and pickled.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A complete bank written by :func:`featurebank.extract`.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    spec : dict
+        Backbone, weights, taps (with module, pooling and dimension), image size, resize,
+        interpolation, mean, std and feature dtype.
+    dataset : dict
+        Source name and location, class names, split sizes and the source's fingerprint.
+    fingerprint : str
+        SHA-256 of spec and dataset; heads and fine-tunes refer to it.
+    classes : list of str
+    splits : list of str
+    taps : list of str
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        if not self.path.is_file():
+            hint = (f"; an unfinished extraction is in {str(self.path)}.partial (rerun the "
+                    f"same extract command to finish it)"
+                    if Path(f"{self.path}.partial").exists() else "")
+            raise BankError(f"feature bank {str(self.path)!r} does not exist{hint}.")
+        try:
+            with h5py.File(self.path, "r") as f:
+                attrs = dict(f.attrs)
+                self.classes = [c.decode() if isinstance(c, bytes) else str(c)
+                                for c in f["classes"][()]] if "classes" in f else []
+                self.splits = [k for k in json.loads(attrs.get("dataset", "{}")).get("splits", {})
+                               if k in f]
+                self._skipped = {s: json.loads(f[s].attrs.get("skipped", "[]"))
+                                 for s in self.splits}
+        except OSError as e:
+            raise BankError(f"{str(self.path)!r} is not a readable HDF5 file ({e}).") from None
+        fmt = attrs.get("featurebank_format")
+        if fmt is None:
+            raise BankError(f"{str(self.path)!r} is an HDF5 file but not a feature bank "
+                            f"(no 'featurebank_format' attribute).")
+        if int(fmt) != FORMAT_VERSION:
+            raise BankError(f"feature bank {str(self.path)!r} has format {int(fmt)}; this "
+                            f"featurebank reads format {FORMAT_VERSION}. Re-extract it, or use "
+                            f"the featurebank version that wrote it "
+                            f"({attrs.get('featurebank_version')}).")
+        if not bool(attrs.get("complete", False)):
+            raise BankError(f"feature bank {str(self.path)!r} is incomplete (its extraction did "
+                            f"not finish); rerun the extraction.")
+        self.spec: dict[str, Any] = json.loads(attrs["spec"])
+        self.dataset: dict[str, Any] = json.loads(attrs["dataset"])
+        self.fingerprint: str = str(attrs["fingerprint"])
+        self.created: str = str(attrs["created"])
+        self.versions = {k: str(attrs[k]) for k in _versions() if k in attrs}
+        self.taps: list[str] = list(self.spec["taps"])
+
+    # -- lazy, per-process file handle ---------------------------------------------------------
+    @property
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file
+
+    def close(self) -> None:
+        """Close the file handle of this process (it reopens on the next read)."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __enter__(self) -> FeatureBank:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={self.num_rows(s)}" for s in self.splits)
+        return (f"FeatureBank({str(self.path)!r}, model={self.spec['model']!r}, "
+                f"taps={self.taps}, {sizes})")
+
+    # -- access --------------------------------------------------------------------------------
+    def _check(self, split: str, tap: str | None = None) -> str:
+        if split not in self.splits:
+            raise BankError(f"feature bank {str(self.path)!r} has no split {split!r}; its splits "
+                            f"are {self.splits}.")
+        if tap is None:
+            return self.taps[0]
+        if tap not in self.taps:
+            raise BankError(f"feature bank {str(self.path)!r} has no tap {tap!r}; its taps are "
+                            f"{self.taps}.")
+        return tap
+
+    def num_rows(self, split: str) -> int:
+        """Number of rows (images) in ``split``."""
+        self._check(split)
+        return int(self._h5[split]["labels"].shape[0])
+
+    def shape(self, split: str, tap: str | None = None) -> tuple[int, int]:
+        """``(N, D)`` of the features of ``split`` at ``tap`` (default: the first tap)."""
+        tap = self._check(split, tap)
+        return tuple(self._h5[split]["features"][tap].shape)
+
+    def features(self, split: str, tap: str | None = None) -> h5py.Dataset:
+        """The HDF5 dataset of features: sliceable without reading the whole of it."""
+        tap = self._check(split, tap)
+        return self._h5[split]["features"][tap]
+
+    def labels(self, split: str) -> np.ndarray:
+        """``(N,)`` int64 labels of ``split``; ``classes[label]`` is the class name."""
+        self._check(split)
+        return self._h5[split]["labels"][()]
+
+    def index(self, split: str) -> np.ndarray:
+        """``(N,)`` int64 position of each row in the source split."""
+        self._check(split)
+        return self._h5[split]["index"][()]
+
+    def skipped(self, split: str) -> list[str]:
+        """Source files left out of ``split`` as unreadable (``skip_bad=True``)."""
+        self._check(split)
+        return list(self._skipped.get(split, []))
+
+    def load(self, split: str, tap: str | None = None, *,
+             dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """Read a whole split into memory.
+
+        Parameters
+        ----------
+        split : str
+            ``"train"``, ``"test"``, ...
+        tap : str, optional
+            Default: the bank's first tap.
+        dtype : numpy dtype or None, default=np.float32
+            dtype of the returned features; ``None`` keeps the stored dtype.
+
+        Returns
+        -------
+        X : ndarray of shape (N, D)
+        y : ndarray of shape (N,), int64
+        """
+        ds = self.features(split, tap)
+        X = np.empty(ds.shape, dtype=ds.dtype if dtype is None else dtype)
+        for start, block in self._blocks(ds, _CHUNK_BYTES * 64):
+            X[start:start + len(block)] = block
+        return X, self.labels(split)
+
+    def iter_batches(self, split: str, tap: str | None = None, *, batch_size: int = 4096,
+                     dtype: Any = np.float32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream ``(X, y)`` blocks of at most ``batch_size`` rows, in order, for banks larger
+        than memory."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise BankError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        ds = self.features(split, tap)
+        y = self._h5[split]["labels"]
+        for start in range(0, ds.shape[0], batch_size):
+            stop = min(start + batch_size, ds.shape[0])
+            X = ds[start:stop]
+            yield (X if dtype is None else X.astype(dtype, copy=False)), y[start:stop]
+
+    @staticmethod
+    def _blocks(ds: h5py.Dataset, nbytes: int) -> Iterator[tuple[int, np.ndarray]]:
+        rows = max(1, nbytes // max(1, ds.shape[1] * ds.dtype.itemsize))
+        for start in range(0, ds.shape[0], rows):
+            yield start, ds[start:start + rows]
+
+    def info(self) -> str:
+        """A human-readable summary: provenance, splits, taps, shapes, dtypes, size on disk."""
+        s, d = self.spec, self.dataset
+        lines = [
+            f"feature bank  {self.path}  ({_human_size(self.path.stat().st_size)} on disk)",
+            f"format        {FORMAT_VERSION}, created {self.created}",
+            f"versions      " + ", ".join(f"{k.removesuffix('_version')} {v}"
+                                           for k, v in self.versions.items()),
+            f"fingerprint   {self.fingerprint}",
+            f"model         {s['model']}  weights {s['weights']}"
+            + (f"  ({s['weights_path']})" if s.get("weights_path") else ""),
+            f"preprocessing {s['image_size']} px, resize {s['resize']} ({s['interpolation']}, "
+            f"antialias), mean {list(s['mean'])}, std {list(s['std'])} "
+            f"[from {s['preprocessing_source']}]",
+            f"dataset       {d['name']}  {d['source']}  ({len(self.classes)} classes, "
+            f"fingerprint {d['fingerprint'][:16]})",
+            "taps:",
+        ]
+        for tap in self.taps:
+            t = s["tap_layers"][tap]
+            lines.append(f"  {tap:<12} {t['where']} of {t['module']}, activation "
+                         f"{tuple(t['activation_shape'])}, pool {t['pool']} -> {t['dim']} "
+                         f"{s['dtype']}")
+        lines.append("splits:")
+        for split in self.splits:
+            skipped = self._skipped.get(split, [])
+            lines.append(f"  {split:<12} {self.num_rows(split)} rows"
+                         + (f", {len(skipped)} unreadable images skipped" if skipped else ""))
+        return "\n".join(lines)
+
+
+class _Lock:
+    """An exclusive, non-blocking lock on ``<bank>.lock``, released when the process dies."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no cross-process lock
+            pass
+        except OSError as e:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise BankLockedError(
+                    f"another extraction (pid {holder}) is writing {str(self.path)[:-5]!r} "
+                    f"(lock {str(self.path)!r}); wait for it to finish, or write to another "
+                    f"out= path.") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:  # the file is only a rendezvous: remove it while still holding the lock
+                self.path.unlink()
+            except OSError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+
+
+class _BankWriter:
+    """Writes a bank under ``<path>.partial``; :meth:`commit` renames it to ``path``.
+
+    Parameters are the bank's provenance and shape: ``split_sizes`` (source rows per split) and
+    ``tap_dims`` (feature size per tap). With ``resume=True`` a ``.partial`` file of the same
+    fingerprint is continued from each split's ``sources_done``.
+    """
+
+    def __init__(self, path: Path, *, spec: dict[str, Any], dataset: dict[str, Any],
+                 split_sizes: dict[str, int], tap_dims: dict[str, int], resume: bool):
+        self.path = path
+        self.partial = Path(f"{path}.partial")
+        self.fingerprint = bank_fingerprint(spec, dataset)
+        self.resumed = False
+        f = self._open_partial() if resume and self.partial.exists() else None
+        if f is None:
+            f = self._create(spec, dataset, split_sizes, tap_dims)
+        self.f = f
+
+    def _open_partial(self) -> h5py.File | None:
+        try:
+            f = h5py.File(self.partial, "r+")
+            found = str(f.attrs["fingerprint"])
+        except Exception as e:  # a partial damaged beyond use: its rows are recomputed
+            warnings.warn(f"unfinished bank {str(self.partial)!r} cannot be read ({e}); "
+                          f"starting the extraction over.", stacklevel=3)
+            return None
+        if found != self.fingerprint:
+            f.close()
+            raise BankError(
+                f"unfinished bank {str(self.partial)!r} was started with other arguments "
+                f"(fingerprint {found[:12]} vs {self.fingerprint[:12]} now: a different dataset, "
+                f"model, weights, taps, image size or dtype). Rerun with the arguments it was "
+                f"started with to finish it, or pass resume=False (--no-resume) to start over.")
+        self.resumed = True
+        return f
+
+    def _create(self, spec, dataset, split_sizes, tap_dims) -> h5py.File:
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{self.partial}.tmp")
+        # Default (earliest) file format: no "open for writing" flag in the superblock, so a
+        # file whose writer was killed reopens without h5clear.
+        f = h5py.File(tmp, "w")
+        f.attrs.update({"featurebank_format": FORMAT_VERSION, **_versions(),
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "spec": json.dumps(spec), "dataset": json.dumps(dataset),
+                        "fingerprint": self.fingerprint, "complete": False})
+        f.create_dataset("classes", data=np.array(dataset["classes"], dtype=object),
+                         dtype=h5py.string_dtype())
+        dtype = np.dtype(spec["dtype"])
+        for split, n in split_sizes.items():
+            g = f.create_group(split)
+            g.attrs.update({"rows_done": np.int64(0), "sources_done": np.int64(0)})
+            for tap, dim in tap_dims.items():
+                rows = int(max(1, min(n, _CHUNK_BYTES // (dim * dtype.itemsize))))
+                self._allocate(g, f"features/{tap}", (n, dim), dtype, (rows, dim))
+            for name in ("labels", "index"):
+                self._allocate(g, name, (n,), np.dtype(np.int64), (max(1, min(n, 1 << 16)),))
+        f.close()
+        os.replace(tmp, self.partial)  # a .partial file always has its full structure
+        return h5py.File(self.partial, "r+")
+
+    @staticmethod
+    def _allocate(group: h5py.Group, name: str, shape, dtype, chunks) -> None:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # every chunk placed now
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # ...without writing zeros first
+        group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, maxshape=shape,
+                             dcpl=dcpl)
+
+    def progress(self, split: str) -> tuple[int, int]:
+        """``(rows_done, sources_done)`` of ``split``."""
+        a = self.f[split].attrs
+        return int(a["rows_done"]), int(a["sources_done"])
+
+    def write(self, split: str, *, features: dict[str, np.ndarray], labels: np.ndarray,
+              index: np.ndarray, sources_done: int) -> None:
+        """Append rows to ``split``; once this returns they survive a kill of the process."""
+        g = self.f[split]
+        r, _ = self.progress(split)
+        k = len(labels)
+        if k:
+            for tap, x in features.items():
+                g["features"][tap][r:r + k] = x
+            g["labels"][r:r + k] = labels
+            g["index"][r:r + k] = index
+            self.f.flush()  # rows on disk before the counters that point past them
+        g.attrs.modify("rows_done", np.int64(r + k))
+        g.attrs.modify("sources_done", np.int64(sources_done))
+        self.f.flush()
+
+    def commit(self, skipped: dict[str, list[str]]) -> None:
+        """Trim splits that lost unreadable images, mark complete, rename to the final name."""
+        for split in self.f:
+            if not isinstance(self.f[split], h5py.Group):
+                continue
+            g = self.f[split]
+            rows, _ = self.progress(split)
+            for ds in [*g["features"].values(), g["labels"], g["index"]]:
+                if ds.shape[0] != rows:
+                    ds.resize(rows, axis=0)
+            g.attrs["skipped"] = json.dumps(skipped.get(split, []))
+        self.f.flush()
+        self.f.attrs.modify("complete", True)
+        self.f.close()
+        with open(self.partial, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.partial, self.path)
+        try:  # make the rename itself durable
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Close without completing (the partial file stays for a later resume)."""
+        if self.f.id.valid:
+            self.f.flush()
+            self.f.close()

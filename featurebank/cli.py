@@ -1,0 +1,102 @@
+"""The ``featurebank`` command: parse, call the library, print. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .backbones import list_backbones
+from .data import list_datasets
+from .exceptions import FeatureBankError
+
+__all__ = ["main"]
+
+
+def _model(name: str) -> str:
+    if name.startswith("timm:") or name in list_backbones():
+        return name
+    raise argparse.ArgumentTypeError(
+        f"unknown model {name!r}; choose a torchvision classification model "
+        f"({', '.join(list_backbones())}) or timm:NAME")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="featurebank",
+        description="Cache frozen-backbone features once; train heads on them in seconds.")
+    p.add_argument("--version", action="version", version=f"featurebank {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    e = sub.add_parser("extract", help="run a frozen backbone over a dataset into a feature bank",
+                       description="Run a frozen backbone once over an image dataset and write "
+                                   "an HDF5 feature bank. Rerunning an interrupted extraction "
+                                   "with the same arguments resumes it.")
+    e.add_argument("--dataset", default="cifar10",
+                   help=f"one of {', '.join(list_datasets())} (default: cifar10)")
+    e.add_argument("--data-root", default="data", metavar="DIR",
+                   help="folder holding cifar-10-batches-py / cifar-100-python (default: data)")
+    e.add_argument("--download", action="store_true",
+                   help="download CIFAR into --data-root when missing (needs a network)")
+    e.add_argument("--model", default="vgg19", type=_model,
+                   help="torchvision model name or timm:NAME (default: vgg19)")
+    e.add_argument("--weights", default="DEFAULT", metavar="DEFAULT|none|NAME|PATH",
+                   help="pretrained weights, random init, a weights name, or a local "
+                        "state_dict file (default: DEFAULT)")
+    e.add_argument("--taps", default=None, metavar="TAP[,TAP...]",
+                   help="taps to store: fc6, fc7, pool5 (VGG), penultimate, or any module "
+                        "name (default: fc7 for VGG, else penultimate)")
+    e.add_argument("--image-size", type=int, default=224, metavar="PX",
+                   help="square input size in pixels (default: 224)")
+    e.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="images per forward pass (default: 256 on CUDA, 64 on CPU)")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto = CUDA when present (default: auto)")
+    e.add_argument("--dtype", default="float16", choices=["float16", "float32"],
+                   help="storage dtype of the features (default: float16)")
+    e.add_argument("--num-workers", type=int, default=None, metavar="N",
+                   help="image decoding workers for folder datasets (default: min(8, cores))")
+    e.add_argument("--out", default=None, metavar="BANK.h5", help="output bank file")
+    e.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue an unfinished extraction of the same arguments (default: on)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing bank")
+    e.add_argument("--skip-bad", action="store_true",
+                   help="leave unreadable images out (logged and recorded) instead of failing")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("info", help="print a bank's provenance, splits, taps and shapes")
+    i.add_argument("bank", metavar="BANK.h5")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``featurebank`` and ``python -m featurebank``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "extract":
+            from .extract import extract
+
+            bank = extract(args.dataset, data_root=args.data_root, download=args.download,
+                           model=args.model, weights=args.weights, taps=args.taps,
+                           image_size=args.image_size, batch_size=args.batch_size,
+                           device=args.device, dtype=args.dtype, out=args.out,
+                           resume=args.resume, overwrite=args.overwrite,
+                           skip_bad=args.skip_bad, num_workers=args.num_workers,
+                           progress=not args.quiet)
+            print(f"wrote {bank.path}")
+            if not args.quiet:
+                print(bank.info())
+        elif args.command == "info":
+            from .bank import FeatureBank
+
+            print(FeatureBank(args.bank).info())
+    except FeatureBankError as e:
+        print(f"featurebank {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nfeaturebank {args.command}: interrupted; rows written so far are kept, rerun "
+              f"the same command to resume.", file=sys.stderr)
+        return 130
+    return 0

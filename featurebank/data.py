@@ -1,0 +1,348 @@
+"""Image sources: CIFAR-10/100, a folder of class sub-folders, or an ``.npz`` file.
+
+Every source becomes an :class:`ImageSource`: class names, and named splits that yield uint8
+``(B, H, W, 3)`` batches with their labels and source positions. Fixed-size sources (CIFAR, npz)
+are held as one array and resized on the device by the extraction engine; image files are decoded
+in DataLoader workers and brought to a square ``image_size`` there (shorter side resized, centre
+crop), because differently sized images cannot share a batch otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .exceptions import DataError
+
+__all__ = ["ImageSource", "ImageBatch", "list_datasets", "open_source"]
+
+_CIFAR = {
+    "cifar10": ("CIFAR10", "CIFAR-10", "cifar-10-batches-py"),
+    "cifar100": ("CIFAR100", "CIFAR-100", "cifar-100-python"),
+}
+_PREFIXED = ("folder", "npz")
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by ``dataset=`` / ``--dataset`` (``folder:`` and ``npz:`` take a path)."""
+    return [*_CIFAR, *(f"{p}:PATH" for p in _PREFIXED)]
+
+
+@dataclass
+class ImageBatch:
+    """One batch of a split: the readable images of source positions ``[start, stop)``."""
+
+    start: int
+    stop: int
+    images: torch.Tensor  # (B, H, W, 3) uint8, readable images only
+    positions: np.ndarray  # (B,) int64 position of each row in the source split
+    labels: np.ndarray  # (B,) int64
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out (skip_bad)
+
+
+class _ArraySplit:
+    """A split held in memory as uint8 NHWC images (CIFAR, npz)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images = np.ascontiguousarray(images)
+        self.labels = labels.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def fingerprint(self, h: Any) -> None:
+        h.update(repr(self.images.shape).encode())
+        h.update(memoryview(self.images).cast("B"))
+        h.update(self.labels.tobytes())
+
+    def describe_row(self, i: int) -> str:
+        return f"image {i}"
+
+    def batches(self, start: int, batch_size: int, **_: Any) -> Iterator[ImageBatch]:
+        for s in range(start, len(self), batch_size):
+            e = min(s + batch_size, len(self))
+            yield ImageBatch(s, e, torch.from_numpy(self.images[s:e]),
+                             np.arange(s, e, dtype=np.int64), self.labels[s:e])
+
+
+def _decode(path: str):
+    """The RGB image in ``path``, or the decoder's error message."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB"), None  # a full decode: truncated files fail here
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _fit(im, image_size: int, interpolation: Any) -> np.ndarray:
+    """Shorter side resized to ``image_size`` (antialiased), then centre-cropped square."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    im = F.resize(im, image_size, interpolation=InterpolationMode(interpolation), antialias=True)
+    return np.asarray(F.center_crop(im, [image_size, image_size]), dtype=np.uint8)
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    def __init__(self, samples, first, image_size, interpolation):
+        self.samples, self.first = samples, first
+        self.image_size, self.interpolation = image_size, interpolation
+
+    def __len__(self) -> int:
+        return len(self.samples) - self.first
+
+    def __getitem__(self, i: int):
+        pos = self.first + i
+        path, label = self.samples[pos]
+        im, err = _decode(path)  # a bad file is reported by path in the main process
+        if im is None:
+            return pos, label, path, None, err
+        return pos, label, path, _fit(im, self.image_size, self.interpolation), None
+
+
+def _collate(items):
+    return items
+
+
+class _FileSplit:
+    """A split of image files with labels, decoded lazily in DataLoader workers."""
+
+    def __init__(self, samples: list[tuple[str, int]], root: Path):
+        self.samples = samples
+        self.root = root
+        self.labels = np.array([y for _, y in samples], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def fingerprint(self, h: Any) -> None:
+        # Relative paths, sizes and labels: cheap for large folders, and it survives a move.
+        for path, label in self.samples:
+            rel = os.path.relpath(path, self.root)
+            h.update(f"{rel}\0{os.path.getsize(path)}\0{label}\n".encode())
+
+    def describe_row(self, i: int) -> str:
+        return self.samples[i][0]
+
+    def batches(self, start: int, batch_size: int, *, image_size: int, interpolation: Any,
+                num_workers: int = 0, skip_bad: bool = False, **_: Any) -> Iterator[ImageBatch]:
+        ds = _FileDataset(self.samples, start, image_size, interpolation)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+            collate_fn=_collate, persistent_workers=False,
+            prefetch_factor=4 if num_workers else None)
+        s = start
+        for items in loader:
+            bad = [(path, err) for _, _, path, img, err in items if img is None]
+            if bad and not skip_bad:
+                path, err = bad[0]
+                raise DataError(
+                    f"cannot read image {path!r} ({err}). Fix or remove the file, or pass "
+                    f"skip_bad=True (--skip-bad) to leave unreadable images out of the bank "
+                    f"(each skipped path is logged and recorded in the bank).")
+            good = [it for it in items if it[3] is not None]
+            e = s + len(items)
+            if good:
+                images = torch.from_numpy(np.stack([it[3] for it in good]))
+            else:
+                images = torch.empty((0, image_size, image_size, 3), dtype=torch.uint8)
+            yield ImageBatch(s, e, images,
+                             np.array([it[0] for it in good], dtype=np.int64),
+                             np.array([it[1] for it in good], dtype=np.int64),
+                             [path for path, _ in bad])
+            s = e
+
+
+@dataclass
+class ImageSource:
+    """An image dataset: class names and named splits.
+
+    Attributes
+    ----------
+    name : str
+        ``"cifar10"``, ``"cifar100"``, ``"folder"`` or ``"npz"``.
+    location : str
+        Where the data was read from (data root, folder or file).
+    classes : list of str
+        Class names; label ``i`` is ``classes[i]``.
+    splits : dict
+        Split name (``"train"``, ``"test"``, ...) to split object.
+    resize : str
+        How images reach ``image_size``: ``"device"`` (the whole fixed-size image is resized on
+        the device) or ``"shorter_side_center_crop"`` (files, resized when decoded).
+    """
+
+    name: str
+    location: str
+    classes: list[str]
+    splits: dict[str, Any]
+    resize: str
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the class names and every split's images (or file list) and labels."""
+        h = hashlib.sha256()
+        h.update("\0".join(self.classes).encode())
+        for name, split in self.splits.items():
+            h.update(f"\0split:{name}\0".encode())
+            split.fingerprint(h)
+        return h.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance of this source, stored as the bank's ``dataset`` attribute."""
+        return {
+            "name": self.name,
+            "source": self.location,
+            "classes": list(self.classes),
+            "splits": {k: len(v) for k, v in self.splits.items()},
+            "resize": self.resize,
+            "fingerprint": self.fingerprint(),
+        }
+
+
+def _open_cifar(name: str, root: Path, download: bool) -> ImageSource:
+    import torchvision.datasets as tvd
+
+    cls_name, pretty, folder = _CIFAR[name]
+    cls = getattr(tvd, cls_name)
+    splits = {}
+    classes: list[str] = []
+    for split in ("train", "test"):
+        try:
+            ds = cls(root=str(root), train=split == "train", download=download)
+        except RuntimeError as e:
+            if "not found or corrupted" not in str(e):
+                raise
+            raise DataError(
+                f"{pretty} was not found under data root {str(root)!r} (or its files failed their "
+                f"checksum): expected the folder {str(root / folder)!r} in the standard python "
+                f"layout. Pass data_root= (--data-root DIR) pointing at the folder that holds "
+                f"{folder!r}, or download=True (--download) to fetch it (needs a network)."
+            ) from None
+        except OSError as e:  # a download that could not reach the server
+            raise DataError(
+                f"downloading {pretty} into {str(root)!r} failed ({e}). Without a network, copy "
+                f"{folder!r} into a folder and pass it as data_root= (--data-root DIR)."
+            ) from None
+        splits[split] = _ArraySplit(ds.data, np.asarray(ds.targets))
+        classes = list(ds.classes)
+    return ImageSource(name, str(root), classes, splits, "device")
+
+
+def _open_npz(path: Path) -> ImageSource:
+    if not path.is_file():
+        raise DataError(f"npz file {str(path)!r} does not exist (dataset='npz:PATH').")
+    try:
+        z = np.load(path, allow_pickle=False)
+        arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise DataError(f"cannot read npz file {str(path)!r}: {e}") from None
+    if "images" in arrays:
+        names = {"train": ("images", "labels")}
+    else:
+        names = {k[: -len("_images")]: (k, k[: -len("_images")] + "_labels")
+                 for k in sorted(arrays) if k.endswith("_images")}
+        names = dict(sorted(names.items(), key=lambda kv: (kv[0] != "train", kv[0])))
+    if not names:
+        raise DataError(
+            f"npz file {str(path)!r} holds arrays {sorted(arrays)}; expected 'images' and "
+            f"'labels', or '<split>_images' and '<split>_labels' (e.g. train_images, "
+            f"train_labels, test_images, test_labels), with optional 'classes'.")
+    splits = {}
+    for split, (ik, lk) in names.items():
+        if lk not in arrays:
+            raise DataError(f"npz file {str(path)!r} has {ik!r} but no {lk!r} array.")
+        images, labels = arrays[ik], arrays[lk]
+        if images.ndim == 4 and images.shape[-1] == 1 or images.ndim == 3:
+            images = np.repeat(images.reshape(images.shape[:3] + (1,)), 3, axis=-1)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise DataError(
+                f"npz array {ik!r} in {str(path)!r} has shape {images.shape} and dtype "
+                f"{images.dtype}; expected uint8 images of shape (N, H, W, 3) (or (N, H, W) "
+                f"greyscale).")
+        if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype,
+                                                                               np.integer):
+            raise DataError(
+                f"npz array {lk!r} in {str(path)!r} has shape {labels.shape} and dtype "
+                f"{labels.dtype}; expected {len(images)} integer labels, one per image.")
+        if len(labels) and labels.min() < 0:
+            raise DataError(f"npz array {lk!r} in {str(path)!r} has negative labels.")
+        splits[split] = _ArraySplit(images, labels)
+    n_classes = max(int(s.labels.max()) + 1 for s in splits.values() if len(s))
+    if "classes" in arrays:
+        classes = [str(c) for c in arrays["classes"]]
+        if len(classes) < n_classes:
+            raise DataError(
+                f"npz file {str(path)!r}: 'classes' names {len(classes)} classes but the labels "
+                f"go up to {n_classes - 1}.")
+    else:
+        classes = [str(i) for i in range(n_classes)]
+    return ImageSource("npz", str(path), classes, splits, "device")
+
+
+def _open_folder(root: Path) -> ImageSource:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    if not root.is_dir():
+        raise DataError(f"image folder {str(root)!r} does not exist (dataset='folder:PATH').")
+    parts = {s: root / s for s in ("train", "test")}
+    if not all(p.is_dir() for p in parts.values()):
+        parts = {"train": root}
+    try:
+        classes, class_to_idx = find_classes(str(parts["train"]))
+    except FileNotFoundError:
+        raise DataError(
+            f"image folder {str(parts['train'])!r} has no class sub-folders: expected "
+            f"PATH/<class>/<image> (or PATH/train/<class>/... and PATH/test/<class>/...)."
+        ) from None
+    splits = {}
+    for split, path in parts.items():
+        extra = set(find_classes(str(path))[0]) - set(classes)
+        if extra:
+            raise DataError(
+                f"{str(path)!r} has class folders {sorted(extra)} that {str(parts['train'])!r} "
+                f"lacks; train and test must share their classes.")
+        try:
+            samples = make_dataset(str(path), class_to_idx, extensions=IMG_EXTENSIONS,
+                                   allow_empty=False)
+        except FileNotFoundError as e:
+            raise DataError(f"image folder {str(path)!r}: {e} (extensions {IMG_EXTENSIONS}).")
+        splits[split] = _FileSplit(samples, path)
+    return ImageSource("folder", str(root), classes, splits, "shorter_side_center_crop")
+
+
+def open_source(dataset: str, *, data_root: str | os.PathLike = "data",
+                download: bool = False) -> ImageSource:
+    """Open an image source by name.
+
+    Parameters
+    ----------
+    dataset : str
+        ``"cifar10"``, ``"cifar100"``, ``"folder:PATH"`` (class sub-folders, with optional
+        ``train/`` and ``test/`` sub-folders) or ``"npz:PATH"``.
+    data_root : path-like, default="data"
+        Folder holding (or receiving) the CIFAR files; unused for ``folder:`` and ``npz:``.
+    download : bool, default=False
+        Download CIFAR into ``data_root`` when it is not there (needs a network).
+
+    Returns
+    -------
+    ImageSource
+    """
+    kind, _, arg = str(dataset).partition(":")
+    if kind in _CIFAR and not arg:
+        return _open_cifar(kind, Path(data_root).expanduser(), download)
+    if kind in _PREFIXED and arg:
+        path = Path(arg).expanduser()
+        return _open_npz(path) if kind == "npz" else _open_folder(path)
+    raise DataError(
+        f"unknown dataset {dataset!r}; expected one of {list_datasets()} "
+        f"(e.g. dataset='folder:/data/flowers').")

@@ -1,0 +1,268 @@
+"""The extraction engine: images through a frozen backbone, once, into a feature bank.
+
+One straight line per batch: uint8 images (prefetched, pinned on CUDA) -> device -> resize and
+normalise there -> backbone under inference mode (channels_last; bf16/fp16 autocast on CUDA) ->
+features cast to the bank dtype and copied back asynchronously -> written by a writer thread,
+so the HDF5 writes of one batch overlap the compute of the next.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backbones import get_backbone
+from .bank import FeatureBank, _BankWriter, _Lock
+from .data import ImageBatch, open_source
+from .exceptions import BankError, FeatureBankError
+
+__all__ = ["extract", "resolve_device"]
+
+_DTYPES = ("float16", "float32")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU; ``"cuda"`` without a GPU is an error."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise FeatureBankError(f"device={name!r} is not a device; expected 'auto', 'cpu', "
+                               f"'cuda' or 'cuda:N'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FeatureBankError("device='cuda' was asked for but torch sees no CUDA GPU; use "
+                               "device='auto' or 'cpu'.")
+    if dev.type not in ("cpu", "cuda"):
+        raise FeatureBankError(f"device={name!r}: only 'cpu' and 'cuda' are supported.")
+    return dev
+
+
+def _default_out(dataset: str, model: str, weights: Any, image_size: int) -> Path:
+    kind, _, arg = str(dataset).partition(":")
+    data = Path(arg).stem or kind if arg else kind
+    w = "none" if weights is None else Path(str(weights)).stem.lower()
+    return Path(f"{data}_{model.replace(':', '-')}_{w}_{image_size}px.h5")
+
+
+def _prefetch(it: Iterator[ImageBatch], pin: bool, depth: int = 3) -> Iterator[ImageBatch]:
+    """Run ``it`` in a background thread, ``depth`` batches ahead (pinned when ``pin``)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def fill() -> None:
+        try:
+            for b in it:
+                if pin:
+                    b.images = b.images.pin_memory()
+                while not stop.is_set():
+                    try:
+                        q.put(b, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    t = threading.Thread(target=fill, daemon=True, name="featurebank-prefetch")
+    t.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise FeatureBankError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def extract(dataset: str = "cifar10", *, data_root: str | os.PathLike = "data",
+            download: bool = False, model: str = "vgg19",
+            weights: str | os.PathLike | None = "DEFAULT",
+            taps: str | list[str] | None = None, image_size: int = 224,
+            batch_size: int | None = None, device: str = "auto", dtype: str = "float16",
+            out: str | os.PathLike | None = None, resume: bool = True, overwrite: bool = False,
+            skip_bad: bool = False, num_workers: int | None = None,
+            progress: bool = True) -> FeatureBank:
+    """Run a frozen backbone once over an image dataset and write a feature bank.
+
+    Parameters
+    ----------
+    dataset : str, default="cifar10"
+        ``"cifar10"``, ``"cifar100"``, ``"folder:PATH"`` or ``"npz:PATH"``.
+    data_root : path-like, default="data"
+        Folder holding (or receiving, with ``download``) the CIFAR files.
+    download : bool, default=False
+        Download CIFAR when it is not under ``data_root`` (needs a network).
+    model : str, default="vgg19"
+        Backbone name; see :func:`featurebank.list_backbones`.
+    weights : str, path-like or None, default="DEFAULT"
+        ``"DEFAULT"``, a weights name, ``"none"``/``None`` or a local state_dict file.
+    taps : str or list of str, optional
+        Taps to store (all from one forward pass). Default ``fc7`` for VGG, else
+        ``penultimate``.
+    image_size : int, default=224
+        Images are resized to ``image_size`` x ``image_size``.
+    batch_size : int, optional
+        Images per forward pass; default 256 on CUDA, 64 on the CPU.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+    dtype : {"float16", "float32"}, default="float16"
+        Storage dtype of the features.
+    out : path-like, optional
+        Bank file; default ``<dataset>_<model>_<weights>_<size>px.h5`` in the working folder.
+    resume : bool, default=True
+        Continue an unfinished extraction of the same arguments (``<out>.partial``).
+    overwrite : bool, default=False
+        Replace an existing complete bank at ``out`` (it stays until the new one is complete).
+    skip_bad : bool, default=False
+        Leave unreadable image files out (each logged, and listed in the bank) instead of
+        failing on the first one.
+    num_workers : int, optional
+        DataLoader workers that decode image files; default ``min(8, cpu_count)``.
+    progress : bool, default=True
+        Show a progress bar with images/s and ETA on stderr.
+
+    Returns
+    -------
+    FeatureBank
+        The complete bank at ``out``.
+    """
+    image_size = _check_int("image_size", image_size, 8)
+    dev = resolve_device(device)
+    batch_size = _check_int("batch_size", batch_size or (256 if dev.type == "cuda" else 64), 1)
+    if dtype not in _DTYPES:
+        raise FeatureBankError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
+    workers = (min(8, os.cpu_count() or 1) if num_workers is None
+               else _check_int("num_workers", num_workers, 0))
+    out = Path(out) if out is not None else _default_out(dataset, model, weights, image_size)
+    if out.exists() and not overwrite:
+        raise BankError(f"feature bank {str(out)!r} exists already; pass overwrite=True "
+                        f"(--overwrite) to replace it, or choose another out= path.")
+
+    lock = _Lock(Path(f"{out}.lock"))
+    lock.acquire()  # before any slow work, so a second writer fails fast
+    try:
+        source = open_source(dataset, data_root=data_root, download=download)
+        backbone = get_backbone(model, weights=weights, taps=taps)
+        backbone.requires_grad_(False).to(dev).to(memory_format=torch.channels_last)
+        tap_info = backbone.probe(image_size, dev)
+        prep = backbone.preprocessing
+        spec = {
+            "model": backbone.name, "weights": backbone.weights,
+            "weights_path": backbone.weights_path, "taps": backbone.taps,
+            "tap_layers": tap_info, "image_size": image_size, "resize": source.resize,
+            "interpolation": prep.interpolation, "antialias": prep.interpolation != "nearest",
+            "mean": list(prep.mean), "std": list(prep.std),
+            "preprocessing_source": prep.source, "dtype": dtype,
+        }
+        writer = _BankWriter(out, spec=spec, dataset=source.describe(),
+                             split_sizes={k: len(v) for k, v in source.splits.items()},
+                             tap_dims={t: v["dim"] for t, v in tap_info.items()}, resume=resume)
+        try:
+            _run(backbone, source, writer, dev=dev, image_size=image_size,
+                 batch_size=batch_size, dtype=dtype, workers=workers, skip_bad=skip_bad,
+                 progress=progress)
+            skipped = {}
+            for name, split in source.splits.items():
+                kept = set(writer.f[name]["index"][: writer.progress(name)[0]].tolist())
+                skipped[name] = [split.describe_row(i) for i in range(len(split)) if i not in kept]
+            writer.commit(skipped)
+        finally:
+            writer.close()
+    finally:
+        lock.release()
+    return FeatureBank(out)
+
+
+def _run(backbone, source, writer, *, dev, image_size, batch_size, dtype, workers, skip_bad,
+         progress) -> None:
+    from tqdm.auto import tqdm
+
+    cuda = dev.type == "cuda"
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    store = getattr(torch, dtype)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    total = sum(len(s) for s in source.splits.values())
+    done = sum(writer.progress(name)[1] for name in source.splits)
+    bar = tqdm(total=total, initial=done, unit="img", disable=not progress, dynamic_ncols=True,
+               desc="extract", file=sys.stderr, smoothing=0.1)
+    if writer.resumed and done and progress:
+        bar.write(f"resuming {writer.partial}: {done} of {total} images already done",
+                  file=sys.stderr)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featurebank-writer")
+    pending: deque = deque()
+    failed = threading.Event()
+    n_skipped = 0
+
+    def write(split: str, batch: ImageBatch, feats: dict[str, torch.Tensor], event) -> None:
+        if failed.is_set():  # rows must land in order: nothing after a failed write
+            return
+        if event is not None:
+            event.synchronize()
+        try:
+            writer.write(split, features={t: v.numpy() for t, v in feats.items()},
+                         labels=batch.labels, index=batch.positions, sources_done=batch.stop)
+        except BaseException:
+            failed.set()
+            raise
+
+    try:
+        for name, split in source.splits.items():
+            bar.set_description(f"extract {name}")
+            start = writer.progress(name)[1]
+            batches = split.batches(start, batch_size, image_size=image_size,
+                                    interpolation=backbone.preprocessing.interpolation,
+                                    num_workers=workers, skip_bad=skip_bad)
+            for batch in _prefetch(batches, pin=cuda):
+                for path in batch.skipped:  # logged even when quiet: the bank lacks these
+                    bar.write(f"skipped unreadable image: {path}", file=sys.stderr)
+                    n_skipped += 1
+                feats, event = {}, None
+                if len(batch.labels):
+                    with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype,
+                                                                enabled=cuda):
+                        x = backbone.preprocess(batch.images.to(dev, non_blocking=True),
+                                                image_size)
+                        out = backbone(x)
+                    feats = {t: v.to(store).to("cpu", non_blocking=True) for t, v in out.items()}
+                    if cuda:
+                        event = torch.cuda.Event()
+                        event.record()
+                pending.append(pool.submit(write, name, batch, feats, event))
+                while len(pending) > 2:
+                    pending.popleft().result()
+                bar.update(batch.stop - batch.start)
+        while pending:
+            pending.popleft().result()
+        if n_skipped:
+            bar.write(f"skipped {n_skipped} unreadable images (listed in the bank: "
+                      f"FeatureBank.skipped(split))", file=sys.stderr)
+    finally:
+        for fut in pending:  # let rows already computed reach the disk, even on Ctrl-C
+            try:
+                fut.result()
+            except Exception:
+                pass
+        pool.shutdown(wait=True)
+        bar.close()

@@ -1,0 +1,155 @@
+"""Shared fixtures: tiny datasets written in the real on-disk formats, and a VGG19 weights file.
+
+Nothing here touches the network. CIFAR pickles are written in the ``cifar-10-batches-py`` /
+``cifar-100-python`` layouts and read through ``torchvision.datasets`` exactly as a real copy
+is; only the md5 sums torchvision checks are swapped for those of the generated files, inside
+the tests (``cifar_checksums``), so a real user's copy is still verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _images(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarray:
+    """Smooth random images (so resizing is meaningful) as uint8 (N, H, W, 3)."""
+    low = rng.integers(0, 256, (n, 3, 4, 4)).astype(np.float32)
+    x = torch.nn.functional.interpolate(torch.from_numpy(low), size=(size, size),
+                                        mode="bilinear", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def write_cifar10(root: Path, n_per_batch: int = 40, n_test: int = 50, seed: int = 0):
+    """Write ``root/cifar-10-batches-py``; return (train images, train labels, test ...)."""
+    rng = np.random.default_rng(seed)
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    train_x, train_y = [], []
+    for b in range(1, 6):
+        x, y = _images(rng, n_per_batch), rng.integers(0, 10, n_per_batch).tolist()
+        with open(d / f"data_batch_{b}", "wb") as f:
+            pickle.dump({"batch_label": f"training batch {b} of 5", "labels": y,
+                         "data": x.transpose(0, 3, 1, 2).reshape(len(x), -1),
+                         "filenames": [f"img_{b}_{i}.png" for i in range(len(x))]}, f)
+        train_x.append(x), train_y.extend(y)
+    test_x, test_y = _images(rng, n_test), rng.integers(0, 10, n_test).tolist()
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({"batch_label": "testing batch 1 of 1", "labels": test_y,
+                     "data": test_x.transpose(0, 3, 1, 2).reshape(n_test, -1)}, f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CIFAR10_CLASSES, "num_cases_per_batch": n_per_batch,
+                     "num_vis": 3072}, f)
+    return np.concatenate(train_x), np.array(train_y), test_x, np.array(test_y)
+
+
+def write_cifar100(root: Path, n_train: int = 60, n_test: int = 20, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True)
+    out = []
+    for name, n in (("train", n_train), ("test", n_test)):
+        x, y = _images(rng, n), rng.integers(0, 100, n).tolist()
+        with open(d / name, "wb") as f:
+            pickle.dump({"data": x.transpose(0, 3, 1, 2).reshape(n, -1), "fine_labels": y,
+                         "coarse_labels": [v // 5 for v in y]}, f)
+        out += [x, np.array(y)]
+    with open(d / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class_{i:03d}" for i in range(100)],
+                     "coarse_label_names": [f"super_{i}" for i in range(20)]}, f)
+    return out
+
+
+@pytest.fixture
+def cifar_checksums(monkeypatch):
+    """Make torchvision's CIFAR classes accept the generated files' md5 sums (tests only)."""
+    import torchvision.datasets as tvd
+
+    def patch(root: Path):
+        for cls, folder in ((tvd.CIFAR10, "cifar-10-batches-py"),
+                            (tvd.CIFAR100, "cifar-100-python")):
+            d = root / folder
+            if not d.is_dir():
+                continue
+            for attr in ("train_list", "test_list"):
+                monkeypatch.setattr(cls, attr, [[n, _md5(d / n)] for n, _ in getattr(cls, attr)])
+            monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": _md5(d / cls.meta["filename"])})
+
+    return patch
+
+
+@pytest.fixture
+def cifar10(tmp_path, cifar_checksums):
+    arrays = write_cifar10(tmp_path / "cifar")
+    cifar_checksums(tmp_path / "cifar")
+    return tmp_path / "cifar", arrays
+
+
+def write_folder(root: Path, *, splits=("train", "test"), classes=("cat", "dog", "emu"),
+                 n_per_class: int = 4, seed: int = 0) -> dict[str, list[tuple[Path, int]]]:
+    """Class sub-folders of JPEG and PNG files of varied sizes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split in splits:
+        base = root / split if split else root
+        samples = []
+        for label, cls in enumerate(classes):
+            (base / cls).mkdir(parents=True)
+            for i in range(n_per_class):
+                h, w = int(rng.integers(20, 48)), int(rng.integers(20, 48))
+                img = Image.fromarray(_images(rng, 1, size=max(h, w))[0][:h, :w])
+                path = base / cls / f"{i:03d}.{'png' if i % 2 else 'jpg'}"
+                img.save(path)
+                samples.append((path, label))
+        out[split or "train"] = samples
+    return out
+
+
+def write_npz(path: Path, n_train: int = 120, n_test: int = 40, seed: int = 0,
+              **extra) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = {"train_images": _images(rng, n_train), "train_labels": rng.integers(0, 4, n_train),
+              "test_images": _images(rng, n_test), "test_labels": rng.integers(0, 4, n_test),
+              "classes": np.array(["a", "b", "c", "d"]), **extra}
+    np.savez(path, **arrays)
+    return arrays
+
+
+@pytest.fixture(scope="session")
+def vgg19_file(tmp_path_factory) -> Path:
+    """A random-init VGG19 state_dict, written once: loading it skips the slow random init."""
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "vgg19_random.pth"
+    torch.save(torchvision.models.vgg19(weights=None).state_dict(), path)
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = True,
+            **kwargs) -> subprocess.CompletedProcess:
+    """``python -m featurebank ARGS`` in a subprocess, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "featurebank", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"featurebank {args} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc

@@ -1,0 +1,168 @@
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from featurebank import BackboneError, get_backbone, list_backbones, list_taps
+
+
+def _x(n=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g)
+
+
+def test_registry_lists_torchvision_classifiers_and_named_taps():
+    names = list_backbones()
+    assert {"vgg19", "vgg16", "resnet50", "vit_b_16"} <= set(names)
+    assert list_taps("vgg19") == ["fc6", "fc7", "penultimate", "pool5"]
+    assert list_taps("resnet50") == ["penultimate"]
+
+
+def test_vgg19_taps_match_a_manual_forward(vgg19_file):
+    bb = get_backbone("vgg19", weights=vgg19_file, taps="fc6,fc7,pool5")
+    m, x = bb.model, _x()
+    with torch.no_grad():
+        conv = m.features(x)
+        flat = torch.flatten(m.avgpool(conv), 1)
+        out = bb(x)
+        torch.testing.assert_close(out["pool5"], conv.mean((2, 3)))
+        torch.testing.assert_close(out["fc6"], m.classifier[:2](flat))
+        torch.testing.assert_close(out["fc7"], m.classifier[:5](flat))
+    assert (out["fc7"] >= 0).all()  # post-ReLU
+    info = bb.probe(32)
+    assert {t: v["dim"] for t, v in info.items()} == {"fc6": 4096, "fc7": 4096, "pool5": 512}
+    assert info["pool5"]["pool"] == "avg" and info["fc7"]["pool"] == "none"
+    assert info["fc7"]["module"] == "classifier.4"
+
+
+def test_forward_stops_after_the_last_tap(vgg19_file):
+    bb = get_backbone("vgg19", weights=vgg19_file, taps=["fc6"])
+    calls = []
+    bb.model.classifier[3].register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        bb(_x(1))
+    assert calls == []
+
+
+def test_preprocessing_comes_from_the_weights_enum(vgg19_file):
+    bb = get_backbone("vgg19", weights=vgg19_file)
+    t = torchvision.models.VGG19_Weights.DEFAULT.transforms()
+    assert bb.preprocessing.mean == tuple(t.mean) and bb.preprocessing.std == tuple(t.std)
+    assert bb.preprocessing.interpolation == t.interpolation.value
+    assert bb.preprocessing.source == "torchvision:VGG19_Weights.IMAGENET1K_V1"
+    assert bb.taps == ["fc7"] and bb.weights.startswith("file:sha256:")
+
+
+def test_default_weights_go_through_torchvision_weights_enum(monkeypatch):
+    # No network here: stand in for the download, keep torchvision's own loading path.
+    sd = torchvision.models.resnet18(weights=None).state_dict()
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict",
+                        lambda self, *a, **k: sd)
+    bb = get_backbone("resnet18", weights="DEFAULT")
+    assert bb.weights == "torchvision:ResNet18_Weights.IMAGENET1K_V1"
+    torch.testing.assert_close(bb.model.fc.weight, sd["fc.weight"])
+    bb = get_backbone("resnet18", weights="IMAGENET1K_V1")
+    assert bb.weights == "torchvision:ResNet18_Weights.IMAGENET1K_V1"
+
+
+def test_penultimate_of_a_resnet_is_the_input_of_fc():
+    bb = get_backbone("resnet18", weights=None)
+    m, x = bb.model, _x(size=64)
+    seen = []
+    m.fc.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        m(x)
+        out = bb(x)["penultimate"]
+    torch.testing.assert_close(out, seen[0])
+    assert out.shape == (2, 512) and bb.weights == "none"
+
+
+def test_any_named_module_is_a_tap():
+    bb = get_backbone("resnet18", weights=None, taps=["layer3", "penultimate"])
+    info = bb.probe(64)
+    assert info["layer3"]["dim"] == 256 and info["layer3"]["activation_shape"] == [256, 4, 4]
+
+
+def test_weights_file_roundtrip_and_common_wrappers(tmp_path):
+    torch.manual_seed(3)
+    sd = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(sd, tmp_path / "plain.pth")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "ddp.pt")
+    for name in ("plain.pth", "ddp.pt"):
+        bb = get_backbone("resnet18", weights=tmp_path / name)
+        for k, v in bb.model.state_dict().items():
+            torch.testing.assert_close(v, sd[k])
+        assert bb.weights_path == str(tmp_path / name)
+    # the id is the content hash: a renamed copy is the same weights
+    assert (get_backbone("resnet18", weights=tmp_path / "plain.pth").weights
+            != get_backbone("resnet18", weights=None).weights)
+
+
+def test_weights_file_of_the_wrong_architecture(tmp_path):
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(BackboneError, match=r"r18\.pth' does not fit model 'vgg19' "
+                                            r"\(missing keys.*unexpected keys"):
+        get_backbone("vgg19", weights=tmp_path / "r18.pth")
+    sd = torchvision.models.resnet18(weights=None, num_classes=10).state_dict()
+    torch.save(sd, tmp_path / "r18_10.pth")
+    with pytest.raises(BackboneError, match=r"shape mismatches \['fc.weight: file \(10, 512\)"):
+        get_backbone("resnet18", weights=tmp_path / "r18_10.pth")
+
+
+def test_weights_file_errors(tmp_path):
+    with pytest.raises(BackboneError, match="does not exist"):
+        get_backbone("resnet18", weights=tmp_path / "missing.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(BackboneError, match="does not hold a state_dict"):
+        get_backbone("resnet18", weights=tmp_path / "list.pth")
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(BackboneError, match=r"weights_only=True.*torch.save\(model.state_dict"):
+        get_backbone("resnet18", weights=tmp_path / "junk.pth")
+
+
+def test_bad_names_are_clear_errors():
+    with pytest.raises(BackboneError, match=r"unknown model 'vgg91'.*list_backbones"):
+        get_backbone("vgg91")
+    with pytest.raises(BackboneError, match=r"unknown tap 'fc9' for model 'resnet18'.*"
+                                            r"penultimate"):
+        get_backbone("resnet18", weights=None, taps="fc9")
+    with pytest.raises(BackboneError, match=r"unknown weights 'IMAGENET9K'.*IMAGENET1K_V1"):
+        get_backbone("resnet18", weights="IMAGENET9K")
+    with pytest.raises(BackboneError, match="name a tap twice"):
+        get_backbone("resnet18", weights=None, taps="penultimate,penultimate")
+
+
+def test_a_module_run_twice_is_refused_as_a_tap():
+    bb = get_backbone("resnet18", weights=None, taps="layer1.0.relu")
+    with pytest.raises(BackboneError, match=r"more than once.*layer1.0.relu': 2"):
+        bb.probe(32)
+
+
+def test_preprocess_resizes_and_normalises_on_the_tensor_device():
+    bb = get_backbone("resnet18", weights=None)
+    imgs = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3),
+                                                                 dtype=np.uint8))
+    x = bb.preprocess(imgs, 32)
+    assert x.shape == (2, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.functional.interpolate(imgs.permute(0, 3, 1, 2).float() / 255, size=32,
+                                          mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(bb.preprocessing.mean).view(1, 3, 1, 1)
+    std = torch.tensor(bb.preprocessing.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, (ref - mean) / std, rtol=1e-4, atol=1e-4)
+    same = bb.preprocess(imgs, 16)
+    torch.testing.assert_close(same, (imgs.permute(0, 3, 1, 2).float() / 255 - mean) / std)
+
+
+def test_timm_models_with_pretrained_cfg_and_weights_file(tmp_path):
+    timm = pytest.importorskip("timm")  # the [timm] extra; installed by the dev extra
+    bb = get_backbone("timm:resnet18", weights="none")
+    cfg = timm.data.resolve_model_data_config(bb.model)
+    assert bb.preprocessing.mean == tuple(cfg["mean"])
+    assert bb.preprocessing.interpolation == cfg["interpolation"]
+    assert bb.probe(32)["penultimate"]["dim"] == 512
+    torch.save(bb.model.state_dict(), tmp_path / "t.pth")
+    bb2 = get_backbone("timm:resnet18", weights=tmp_path / "t.pth")
+    with torch.no_grad():
+        torch.testing.assert_close(bb2(_x())["penultimate"], bb(_x())["penultimate"])
+    with pytest.raises(BackboneError, match="unknown model 'timm:no_such_net'"):
+        get_backbone("timm:no_such_net", weights="none")
