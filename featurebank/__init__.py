@@ -14,8 +14,12 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 from .backbones import Backbone, Preprocessing, get_backbone, list_backbones, list_taps
 from .bank import FORMAT_VERSION, FeatureBank
 from .data import ImageSource, list_datasets, open_source
-from .exceptions import BackboneError, BankError, BankLockedError, DataError, FeatureBankError
+from .exceptions import (BackboneError, BankError, BankLockedError, DataError, FeatureBankError,
+                         HeadError)
 from .extract import extract
+from .fit import fit_heads
+from .heads import LogisticHead, MLPHead, to_torch
+from .heads.persist import load_head, save_head
 
 __all__ = [
     "__version__",
@@ -27,12 +31,19 @@ __all__ = [
     "DataError",
     "FeatureBank",
     "FeatureBankError",
+    "HeadError",
     "ImageSource",
+    "LogisticHead",
+    "MLPHead",
     "Preprocessing",
     "extract",
+    "fit_heads",
     "get_backbone",
     "list_backbones",
     "list_datasets",
     "list_taps",
+    "load_head",
     "open_source",
+    "save_head",
+    "to_torch",
 ]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from .backbones import list_backbones
 from .data import list_datasets
 from .exceptions import FeatureBankError
+from .heads.registry import list_heads
 
 __all__ = ["main"]
 
@@ -68,7 +69,31 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print a bank's provenance, splits, taps and shapes")
     i.add_argument("bank", metavar="BANK.h5")
+
+    f = sub.add_parser("fit", help="fit heads on a bank, select on a validation split, rank",
+                       description="Fit heads on cached features, sweep each head's main "
+                                   "regulariser on a stratified validation split of the train "
+                                   "rows, save the heads and a leaderboard.")
+    f.add_argument("bank", metavar="BANK.h5")
+    f.add_argument("--tap", default=None, help="tap to fit on (default: the bank's first)")
+    f.add_argument("--heads", default="logreg,mlp", type=_heads, metavar="HEAD[,HEAD...]",
+                   help=f"heads from {{{','.join(list_heads())}}} (default: logreg,mlp)")
+    f.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of train rows held out for selection (default: 0.1)")
+    f.add_argument("--out", default="runs", metavar="RUNS_DIR",
+                   help="folder for the heads and the leaderboard (default: runs)")
+    f.add_argument("--seed", type=int, default=0, help="validation split and head seed")
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return p
+
+
+def _heads(value: str) -> list[str]:
+    names = [h.strip() for h in value.split(",") if h.strip()]
+    unknown = [h for h in names if h not in list_heads()]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown heads {unknown}; choose from "
+                                         f"{','.join(list_heads())}")
+    return names
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,6 +117,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bank import FeatureBank
 
             print(FeatureBank(args.bank).info())
+        elif args.command == "fit":
+            from .fit import fit_heads, format_leaderboard
+
+            print(f"fitting {', '.join(args.heads)} on {args.bank} ...", flush=True)
+            board = fit_heads(args.bank, tap=args.tap, heads=args.heads,
+                              val_fraction=args.val_fraction, out=args.out,
+                              random_state=args.seed, device=args.device)
+            print(f"\ntap {board['tap']}: {board['n_train']} train rows, {board['n_val']} "
+                  f"validation rows, {board['n_test']} test rows")
+            print(format_leaderboard(board))
+            print(f"\nwrote {args.out}/: {', '.join(r['file'] for r in board['rows'])}, "
+                  f"leaderboard.json, leaderboard.csv, split.npz")
     except FeatureBankError as e:
         print(f"featurebank {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ __all__ = [
     "BackboneError",
     "BankError",
     "BankLockedError",
+    "HeadError",
 ]
 
 
@@ -34,3 +35,7 @@ class BankError(FeatureBankError, ValueError):
 
 class BankLockedError(BankError):
     """Another process is writing the same feature bank."""
+
+
+class HeadError(FeatureBankError, ValueError):
+    """A saved head is unreadable, or belongs to another bank or tap."""

@@ -153,3 +153,40 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True,
     if check and proc.returncode != 0:
         raise AssertionError(f"featurebank {args} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def blobs(n: int, d: int = 32, n_classes: int = 3, seed: int = 0, spread: float = 1.5):
+    """ReLU-like features with class structure: (X float32 (n, d), y int64)."""
+    centers = np.random.default_rng(1234).standard_normal((n_classes, d)) * spread
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    X = np.maximum(centers[y] + rng.standard_normal((n, d)), 0) * 3 + 0.5
+    return X.astype(np.float32), y
+
+
+def write_feature_bank(path: Path, *, n_train: int = 300, n_test: int = 100, d: int = 32,
+                       n_classes: int = 3, seed: int = 0, tap: str = "fc7",
+                       dtype: str = "float32", source: str = "synthetic"):
+    """A complete bank of blob features, written by the real writer (no backbone needed)."""
+    from featurebank import FeatureBank
+    from featurebank.bank import _BankWriter
+
+    spec = {"model": "toy", "weights": "none", "weights_path": None, "taps": [tap],
+            "tap_layers": {tap: {"module": tap, "where": "output", "activation_shape": [d],
+                                 "pool": "none", "dim": d}},
+            "image_size": 8, "resize": "device", "interpolation": "bilinear",
+            "antialias": True, "mean": [0.5] * 3, "std": [0.25] * 3,
+            "preprocessing_source": "test", "dtype": dtype}
+    data = {"train": blobs(n_train, d, n_classes, seed), "test": blobs(n_test, d, n_classes,
+                                                                       seed + 1)}
+    dataset = {"name": "npz", "source": source, "classes": [f"c{i}" for i in range(n_classes)],
+               "splits": {k: len(v[1]) for k, v in data.items()}, "resize": "device",
+               "fingerprint": f"{seed:064d}"}
+    w = _BankWriter(Path(path), spec=spec, dataset=dataset, split_sizes=dataset["splits"],
+                    tap_dims={tap: d}, resume=False)
+    for split, (X, y) in data.items():
+        w.write(split, features={tap: X}, labels=y, index=np.arange(len(y)),
+                sources_done=len(y))
+    w.commit({})
+    w.close()
+    return FeatureBank(path)

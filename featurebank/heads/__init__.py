@@ -1,0 +1,14 @@
+"""Heads: scikit-learn compatible classifiers that train on cached features.
+
+``LogisticHead`` and ``MLPHead`` are estimators written in torch; :func:`to_torch` turns them,
+and scikit-learn's linear classifiers, into networks for fine-tuning.
+"""
+
+from .export import is_graftable, to_torch
+from .logistic import LogisticHead, logistic_path
+from .mlp import MLPHead
+from .persist import load_head, save_head
+from .registry import HeadSpec, get_head, get_head_spec, list_heads
+
+__all__ = ["HeadSpec", "LogisticHead", "MLPHead", "get_head", "get_head_spec", "is_graftable",
+           "list_heads", "load_head", "logistic_path", "save_head", "to_torch"]

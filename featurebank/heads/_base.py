@@ -1,0 +1,69 @@
+"""What every head shares: device choice, input checks, the standardisation statistics, and the
+export of affine layers to torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.utils.multiclass import check_classification_targets
+from torch import nn
+
+from ..extract import resolve_device
+
+
+def _device(device: str) -> torch.device:
+    try:
+        return resolve_device(device)
+    except Exception as e:  # FeatureBankError -> the ValueError scikit-learn users expect
+        raise ValueError(str(e)) from None
+
+
+def _check_classes(y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``classes_`` and integer targets; refuses a single class with a clear message."""
+    check_classification_targets(y)  # "Unknown label type" for continuous targets
+    classes, y_idx = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(
+            f"{name} needs samples of at least 2 classes in the data, but the data contain only "
+            f"one class: {classes[0].item()!r}.")
+    return classes, y_idx.astype(np.int64)
+
+
+def _standardization(X: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and scale (1 for constant features), or (0, 1) when not standardising."""
+    d = X.shape[1]
+    if not standardize:
+        return (torch.zeros(d, dtype=torch.float64, device=X.device),
+                torch.ones(d, dtype=torch.float64, device=X.device))
+    mean = torch.zeros(d, dtype=torch.float64, device=X.device)
+    sq = torch.zeros(d, dtype=torch.float64, device=X.device)
+    for start in range(0, X.shape[0], 8192):  # float64 sums, float32 blocks: no full copy
+        block = X[start:start + 8192].double()
+        mean += block.sum(0)
+        sq += (block * block).sum(0)
+    n = X.shape[0]
+    mean /= n
+    var = (sq / n - mean * mean).clamp_(min=0)
+    scale = var.sqrt()
+    scale[scale < 10 * torch.finfo(torch.float64).eps * mean.abs().clamp(min=1)] = 1.0
+    return mean, scale
+
+
+def _affine_to_torch(coef: np.ndarray, intercept: np.ndarray, *,
+                     two_class_logits: bool = True) -> nn.Linear:
+    """A Linear layer from scikit-learn style ``coef_`` (K, D) and ``intercept_`` (K,).
+
+    With ``two_class_logits``, a binary model's single score ``s`` becomes the two logits
+    ``(0, s)``: argmax picks class 1 exactly when ``s > 0``, and softmax gives ``sigmoid(s)``,
+    as ``predict_proba`` does.
+    """
+    coef = np.atleast_2d(np.asarray(coef, dtype=np.float64))
+    intercept = np.broadcast_to(np.asarray(intercept, dtype=np.float64), (coef.shape[0],))
+    if two_class_logits and coef.shape[0] == 1:
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    layer = nn.Linear(coef.shape[1], coef.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(coef))
+        layer.bias.copy_(torch.from_numpy(np.array(intercept)))
+    return layer

@@ -1,0 +1,85 @@
+"""``to_torch``: a fitted head as an ``nn.Module`` from raw tap features to logits.
+
+Works for the heads of this package (their own ``to_torch()``), for scikit-learn's linear
+classifiers (``LogisticRegression``, ``LinearSVC``, ``RidgeClassifier``, ``SGDClassifier``, ...:
+anything with ``coef_`` and ``intercept_``), and for a ``Pipeline`` of a ``StandardScaler`` and
+one of those, the scaler folded into the linear layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model._base import LinearClassifierMixin
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._base import _affine_to_torch
+
+__all__ = ["is_graftable", "to_torch"]
+
+
+def _split_pipeline(estimator: Any) -> tuple[list[Any], Any]:
+    if isinstance(estimator, Pipeline):
+        steps = [s for _, s in estimator.steps if s not in (None, "passthrough")]
+        return steps[:-1], steps[-1]
+    return [], estimator
+
+
+def is_graftable(estimator: Any) -> bool:
+    """Whether :func:`to_torch` can turn ``estimator`` into a network."""
+    pre, final = _split_pipeline(estimator)
+    if not all(isinstance(s, StandardScaler) for s in pre):
+        return False
+    return hasattr(final, "to_torch") or isinstance(final, LinearClassifierMixin)
+
+
+def to_torch(estimator: Any) -> nn.Module:
+    """A fitted head as an ``nn.Module`` mapping raw features to logits.
+
+    ``to_torch(head)(x).argmax(1)`` equals the index of ``head.predict(x)`` in ``classes_``, and
+    for linear heads the logits equal ``decision_function`` (binary heads give the two logits
+    ``(0, s)``).
+
+    Parameters
+    ----------
+    estimator : fitted estimator
+        A featurebank head, a scikit-learn linear classifier, or a ``Pipeline`` of
+        ``StandardScaler`` steps followed by one of those.
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    pre, final = _split_pipeline(estimator)
+    if not is_graftable(estimator):
+        raise TypeError(
+            f"cannot turn {type(estimator).__name__} into a torch module: expected a featurebank "
+            f"head, a scikit-learn linear classifier (coef_, intercept_), or a Pipeline of "
+            f"StandardScaler steps and one of those; got steps "
+            f"{[type(s).__name__ for s in [*pre, final]]}.")
+    check_is_fitted(final)
+    if hasattr(final, "to_torch"):
+        module = final.to_torch()
+        first = next(m for m in module.modules() if isinstance(m, nn.Linear))
+        W, b = first.weight.detach().double().numpy(), first.bias.detach().double().numpy()
+    else:
+        module = None
+        W = np.atleast_2d(np.asarray(final.coef_, dtype=np.float64))
+        b = np.broadcast_to(np.asarray(final.intercept_, dtype=np.float64), (W.shape[0],))
+    # fold scalers, last first: x' = (x - mean) / scale  =>  W x' + b = (W / scale) x + b'
+    for scaler in reversed(pre):
+        check_is_fitted(scaler)
+        mean = scaler.mean_ if scaler.with_mean else 0.0
+        scale = scaler.scale_ if scaler.with_std else 1.0
+        W = W / scale
+        b = b - W @ np.broadcast_to(mean, (W.shape[1],))
+    if module is None:
+        return _affine_to_torch(W, b)
+    if pre:
+        first.weight.data.copy_(first.weight.new_tensor(W))
+        first.bias.data.copy_(first.bias.new_tensor(b))
+    return module

@@ -1,0 +1,264 @@
+"""LogisticHead: multinomial L2-regularised logistic regression, evaluated in torch.
+
+The objective is scikit-learn's ``LogisticRegression`` (lbfgs, l2) exactly, on standardised
+features when ``standardize=True``::
+
+    mean_i CE(x_i W + b, y_i) + ||W||^2 / (2 C n)          (binary: one logit, as scikit-learn)
+
+and it is minimised by the same optimiser (SciPy's L-BFGS-B, ``gtol=tol``), so ``C``, ``tol``
+and ``max_iter`` mean what they mean there. The differences are in how a step is computed: in
+float32 on the chosen device, with the standardisation folded into the weights (the raw
+feature matrix is never copied or centred), and with the matrix products laid out for tall,
+narrow shapes. ``coef_`` and ``intercept_`` are in raw-feature space, so prediction is one
+affine map, and a whole regularisation path shares one prepared problem and warm starts.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model._base import LinearClassifierMixin
+from sklearn.utils.extmath import softmax
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._base import _affine_to_torch, _check_classes, _device, _standardization
+
+__all__ = ["LogisticHead", "logistic_path"]
+
+
+def _scores_grad_numpy(X, Wr, br, T, binary):
+    """Loss sum and score gradient (n, k) in float32 numpy (the CPU path)."""
+    z = X @ Wr.T + br
+    if binary:  # log(1 + e^z) - y z, as scikit-learn's binary model
+        loss = float((np.logaddexp(0, z) - T * z).sum())
+        return loss, 1 / (1 + np.exp(-z)) - T
+    m = z.max(1, keepdims=True)
+    e = np.exp(z - m)
+    s = e.sum(1, keepdims=True)
+    return float((np.log(s) + m - (z * T).sum(1, keepdims=True)).sum()), e / s - T
+
+
+def _scores_grad_torch(X, Wr, br, T, binary):
+    """The same in torch (the CUDA path)."""
+    z = torch.nn.functional.linear(X, Wr, br)
+    if binary:
+        return float((torch.nn.functional.softplus(z) - T * z).sum()), torch.sigmoid(z) - T
+    return (float((torch.logsumexp(z, 1) - (z * T).sum(1)).sum()),
+            torch.softmax(z, 1) - T)
+
+
+class _Problem:
+    """Training data prepared once (on the device, with its standardisation) for many fits.
+
+    On the CPU the products run in numpy (OpenBLAS runs these tall, narrow shapes faster than
+    torch's MKL, and mixing the two thread pools slows both); on CUDA they run in torch.
+    """
+
+    def __init__(self, X: np.ndarray, y_idx: np.ndarray, n_classes: int, *, standardize: bool,
+                 fit_intercept: bool, device: torch.device):
+        self.cuda = device.type == "cuda"
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        self.n, self.d = X.shape
+        self.k = 1 if n_classes == 2 else n_classes
+        self.fit_intercept = fit_intercept
+        T = (y_idx[:, None] == (np.arange(self.k) if self.k > 1 else 1)).astype(np.float32)
+        self.X = torch.from_numpy(X).to(device) if self.cuda else X
+        self.T = torch.from_numpy(T).to(device) if self.cuda else T
+        mean, scale = _standardization(torch.as_tensor(self.X), standardize)
+        self.mean, self.scale = mean.cpu().numpy(), scale.cpu().numpy()
+
+    def raw(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Parameters (standardised space) to raw-feature-space ``coef`` (k, d), ``intercept``."""
+        k, d = self.k, self.d
+        W = theta[: k * d].reshape(k, d)
+        b = theta[k * d:] if self.fit_intercept else np.zeros(k)
+        Wr = W / self.scale
+        return Wr, b - Wr @ self.mean
+
+    def loss_grad(self, theta: np.ndarray, C: float) -> tuple[float, np.ndarray]:
+        k, d, n = self.k, self.d, self.n
+        W = theta[: k * d].reshape(k, d)
+        Wr, br = self.raw(theta)
+        if self.cuda:
+            loss, G = _scores_grad_torch(self.X, torch.from_numpy(Wr).float().to(self.X.device),
+                                         torch.from_numpy(br).float().to(self.X.device),
+                                         self.T, k == 1)
+            gWr, gbr = (G.T @ self.X).double().cpu().numpy(), G.sum(0).double().cpu().numpy()
+        else:
+            loss, G = _scores_grad_numpy(self.X, Wr.astype(np.float32), br.astype(np.float32),
+                                         self.T, k == 1)
+            gWr, gbr = (G.T @ self.X).astype(np.float64), G.sum(0, dtype=np.float64)
+        gWr /= n
+        gbr /= n
+        # chain rule through Wr = W / scale and br = b - Wr @ mean
+        gW = (gWr - gbr[:, None] * self.mean) / self.scale + W / (C * n)
+        gb = gbr if self.fit_intercept else np.zeros(k)
+        value = loss / n + float((W * W).sum()) / (2 * C * n)
+        return value, np.concatenate([gW.ravel(), gb])
+
+    def solve(self, C: float, theta0: np.ndarray, max_iter: int, tol: float):
+        res = minimize(self.loss_grad, theta0, args=(C,), method="L-BFGS-B", jac=True,
+                       options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
+                                "ftol": 64 * np.finfo(float).eps})
+        return res.x, int(res.nit), res.status == 1  # status 1: iteration limit reached
+
+    def zeros(self) -> np.ndarray:
+        return np.zeros(self.k * self.d + self.k)
+
+
+class LogisticHead(LinearClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression on cached features, in torch, CPU or GPU.
+
+    Same objective and meaning of ``C`` as scikit-learn's
+    ``make_pipeline(StandardScaler(), LogisticRegression(C=C))`` (or of a bare
+    ``LogisticRegression`` with ``standardize=False``), fitted with the same L-BFGS-B.
+
+    Parameters
+    ----------
+    C : float, default=1.0
+        Inverse regularisation strength, as in scikit-learn.
+    standardize : bool, default=True
+        Standardise features (mean 0, variance 1) inside the model; ``coef_`` is still in
+        raw-feature space.
+    fit_intercept : bool, default=True
+    max_iter : int, default=100
+        L-BFGS-B iterations.
+    tol : float, default=1e-4
+        Stop when the largest gradient component is below ``tol``.
+    warm_start : bool, default=False
+        Start from the previous solution (same data), as in scikit-learn.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    coef_ : ndarray of shape (1, n_features) or (n_classes, n_features)
+    intercept_ : ndarray of shape (1,) or (n_classes,)
+    mean_, scale_ : ndarray of shape (n_features,)
+        The standardisation (zeros and ones when ``standardize=False``).
+    n_features_in_ : int
+    n_iter_ : ndarray of shape (1,)
+    """
+
+    def __init__(self, C: float = 1.0, *, standardize: bool = True, fit_intercept: bool = True,
+                 max_iter: int = 100, tol: float = 1e-4, warm_start: bool = False,
+                 device: str = "auto"):
+        self.C = C
+        self.standardize = standardize
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.warm_start = warm_start
+        self.device = device
+
+    def _check_params(self) -> None:
+        if not isinstance(self.C, (int, float, np.number)) or not self.C > 0:
+            raise ValueError(f"C must be a positive number, got {self.C!r}.")
+        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}.")
+        if not isinstance(self.tol, (int, float, np.number)) or not self.tol >= 0:
+            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}.")
+
+    def _prepare(self, X, y) -> tuple[_Problem, np.ndarray]:
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], order="C")
+        classes, y_idx = _check_classes(y, type(self).__name__)
+        problem = _Problem(X, y_idx, len(classes), standardize=self.standardize,
+                           fit_intercept=self.fit_intercept, device=_device(self.device))
+        return problem, classes
+
+    def fit(self, X, y) -> LogisticHead:
+        """Fit on features ``X`` (n_samples, n_features) and labels ``y``."""
+        problem, classes = self._prepare(X, y)
+        theta0 = problem.zeros()
+        if self.warm_start and hasattr(self, "_theta") and len(self._theta) == len(theta0):
+            theta0 = self._theta
+        theta, n_iter, hit_limit = problem.solve(float(self.C), theta0, self.max_iter, self.tol)
+        self._set_solution(problem, classes, theta, n_iter, hit_limit)
+        return self
+
+    def _set_solution(self, problem, classes, theta, n_iter, hit_limit) -> None:
+        if hit_limit:
+            warnings.warn(
+                f"{type(self).__name__} did not converge in max_iter={self.max_iter} "
+                f"iterations (C={self.C}); increase max_iter, or lower C.", ConvergenceWarning,
+                stacklevel=3)
+        Wr, br = problem.raw(theta)
+        self.classes_ = classes
+        self.coef_ = Wr
+        self.intercept_ = br
+        self.mean_ = problem.mean
+        self.scale_ = problem.scale
+        self.n_iter_ = np.array([n_iter])
+        self._theta = theta
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
+        check_is_fitted(self)
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            p1 = 1.0 / (1.0 + np.exp(-scores))
+            return np.column_stack([1.0 - p1, p1])
+        return softmax(scores.copy())
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        """Logarithm of :meth:`predict_proba`."""
+        return np.log(self.predict_proba(X))
+
+    def to_torch(self) -> torch.nn.Module:
+        """An ``nn.Linear`` from raw tap features to logits (standardisation folded in).
+
+        ``head.to_torch()(x).argmax(1)`` equals ``head.predict(x)`` as class indices.
+        """
+        check_is_fitted(self)
+        return _affine_to_torch(self.coef_, self.intercept_)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        return tags
+
+
+def logistic_path(X, y, Cs, **params) -> list[LogisticHead]:
+    """Fit one :class:`LogisticHead` per ``C``, warm-starting each from the previous.
+
+    The data are validated, moved to the device and standardised once for the whole path,
+    and each fit starts from the last solution, so a path costs far less than
+    ``len(Cs)`` independent fits. ``Cs`` are visited in increasing order (strong
+    regularisation first, where the solution is cheapest), and the heads are returned in
+    the order given.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+    y : array-like of shape (n_samples,)
+    Cs : sequence of float
+    **params
+        Other :class:`LogisticHead` parameters.
+
+    Returns
+    -------
+    list of LogisticHead
+    """
+    Cs = [float(c) for c in Cs]
+    if not Cs:
+        raise ValueError("Cs must hold at least one value of C.")
+    template = LogisticHead(**params)
+    problem, classes = template._prepare(X, y)
+    theta = problem.zeros()
+    heads: dict[float, LogisticHead] = {}
+    for C in sorted(set(Cs)):
+        head = LogisticHead(**{**template.get_params(), "C": C})
+        head._check_params()
+        theta, n_iter, hit_limit = problem.solve(C, theta, head.max_iter, head.tol)
+        head.n_features_in_ = template.n_features_in_
+        if hasattr(template, "feature_names_in_"):
+            head.feature_names_in_ = template.feature_names_in_
+        head._set_solution(problem, classes, theta, n_iter, hit_limit)
+        heads[C] = head
+    return [heads[C] for C in Cs]

@@ -1,0 +1,283 @@
+"""MLPHead: a small multi-layer perceptron on cached features, trained in torch.
+
+AdamW on shuffled mini-batches, on the chosen device, float32. Early stopping watches the loss
+on a stratified held-out fraction of the training rows and restores the best weights. Training
+is deterministic for a given ``random_state``: weight init, shuffling and dropout draw from a
+seeded generator, and the global RNG state is left as it was. The fitted layers are kept as
+numpy arrays (``coefs_``, ``intercepts_``, as in scikit-learn's ``MLPClassifier``) with the
+standardisation folded into the first layer, so prediction needs no torch and gives the same
+result for a row whatever batch it comes in.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import torch
+from scipy.special import erf
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.extmath import softmax
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+
+from ._base import _affine_to_torch, _check_classes, _device, _standardization
+
+__all__ = ["MLPHead"]
+
+_ACTIVATIONS = {
+    "relu": (nn.ReLU, lambda a: np.maximum(a, 0)),
+    "gelu": (nn.GELU, lambda a: 0.5 * a * (1 + erf(a / np.sqrt(2)))),
+    "tanh": (nn.Tanh, np.tanh),
+}
+
+
+class MLPHead(ClassifierMixin, BaseEstimator):
+    """A multi-layer perceptron head, trained with AdamW and early stopping.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default=(512,)
+        Width of each hidden layer.
+    activation : {"relu", "gelu", "tanh"}, default="relu"
+    dropout : float, default=0.0
+        Dropout after each hidden activation, while training.
+    weight_decay : float, default=1e-4
+        AdamW's decoupled weight decay.
+    learning_rate : float, default=1e-3
+    batch_size : int, default=256
+    max_iter : int, default=100
+        Maximum number of epochs.
+    early_stopping : bool, default=True
+        Hold out ``validation_fraction`` of the training rows (stratified), stop when their loss
+        has not improved by ``tol`` for ``n_iter_no_change`` epochs, and restore the best
+        weights. Without it, the training loss is watched the same way.
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=5
+    tol : float, default=1e-4
+    standardize : bool, default=True
+        Standardise features inside the model (folded into the first layer).
+    random_state : int, RandomState or None, default=None
+    device : {"auto", "cpu", "cuda"}, default="auto"
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    coefs_ : list of ndarray
+        Weight matrices ``(n_in, n_out)`` per layer, the first in raw-feature space.
+    intercepts_ : list of ndarray
+    n_features_in_ : int
+    n_iter_ : int
+        Epochs run.
+    best_loss_ : float
+        Best validation loss (training loss without early stopping).
+    loss_curve_, validation_loss_curve_ : list of float
+    """
+
+    def __init__(self, hidden_layer_sizes=(512,), *, activation: str = "relu",
+                 dropout: float = 0.0, weight_decay: float = 1e-4, learning_rate: float = 1e-3,
+                 batch_size: int = 256, max_iter: int = 100, early_stopping: bool = True,
+                 validation_fraction: float = 0.1, n_iter_no_change: int = 5, tol: float = 1e-4,
+                 standardize: bool = True, random_state=None, device: str = "auto"):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.dropout = dropout
+        self.weight_decay = weight_decay
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.standardize = standardize
+        self.random_state = random_state
+        self.device = device
+
+    def _check_params(self) -> tuple[int, ...]:
+        sizes = self.hidden_layer_sizes
+        sizes = (sizes,) if isinstance(sizes, (int, np.integer)) else tuple(sizes)
+        if not all(isinstance(h, (int, np.integer)) and h > 0 for h in sizes):
+            raise ValueError(f"hidden_layer_sizes must be positive integers, got "
+                             f"{self.hidden_layer_sizes!r}.")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got "
+                             f"{self.activation!r}.")
+        for name, lo, hi in (("dropout", 0, 1), ("validation_fraction", 0, 1)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float, np.number)) or not lo <= v < hi:
+                raise ValueError(f"{name} must be in [{lo}, {hi}), got {v!r}.")
+        for name in ("batch_size", "max_iter", "n_iter_no_change"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+        for name in ("weight_decay", "tol", "learning_rate"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float, np.number)) or v < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}.")
+        return tuple(int(h) for h in sizes)
+
+    def _network(self, d: int, sizes: tuple[int, ...], k: int) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for h in sizes:
+            layers += [nn.Linear(d, h), _ACTIVATIONS[self.activation][0]()]
+            if self.dropout:
+                layers.append(nn.Dropout(self.dropout))
+            d = h
+        layers.append(nn.Linear(d, k))
+        return nn.Sequential(*layers)
+
+    def fit(self, X, y) -> MLPHead:
+        """Fit on features ``X`` (n_samples, n_features) and labels ``y``."""
+        sizes = self._check_params()
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+        classes, y_idx = _check_classes(y, type(self).__name__)
+        dev = _device(self.device)
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        train, val = self._holdout(y_idx, len(classes), seed)
+        k = 1 if len(classes) == 2 else len(classes)
+        Xt = torch.as_tensor(X, dtype=torch.float32).to(dev)
+        yt = torch.as_tensor(y_idx).to(dev)
+        mean, scale = _standardization(Xt[train], self.standardize)
+        mean, scale = mean.float(), scale.float()
+        devices = [dev] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # seeded init and dropout, no global leak
+            torch.manual_seed(seed)
+            net = self._network(X.shape[1], sizes, k).to(dev)
+            self._train(net, Xt, yt, train, val, mean, scale, k, seed)
+        self._export(net, mean, scale)
+        self.classes_ = classes
+        return self
+
+    def _holdout(self, y_idx: np.ndarray, n_classes: int, seed: int):
+        n = len(y_idx)
+        idx = np.arange(n)
+        n_val = int(round(self.validation_fraction * n))
+        if not self.early_stopping or n_val < 1 or n - n_val < 1:
+            return idx, None
+        counts = np.bincount(y_idx)
+        stratify = y_idx if counts.min() >= 2 and n_classes <= n_val <= n - n_classes else None
+        train, val = train_test_split(idx, test_size=n_val, random_state=seed,
+                                      stratify=stratify)
+        return np.sort(train), np.sort(val)
+
+    def _loss(self, net, Xt, yt, rows, mean, scale, k) -> torch.Tensor:
+        logits = net((Xt[rows] - mean) / scale)
+        if k == 1:
+            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], yt[rows].float())
+        return nn.functional.cross_entropy(logits, yt[rows])
+
+    @torch.no_grad()
+    def _eval_loss(self, net, Xt, yt, rows, mean, scale, k) -> float:
+        net.eval()
+        total = 0.0
+        for s in range(0, len(rows), 8192):
+            part = rows[s:s + 8192]
+            total += float(self._loss(net, Xt, yt, part, mean, scale, k)) * len(part)
+        net.train()
+        return total / len(rows)
+
+    def _train(self, net, Xt, yt, train, val, mean, scale, k, seed) -> None:
+        opt = torch.optim.AdamW(net.parameters(), lr=self.learning_rate,
+                                weight_decay=self.weight_decay)
+        gen = torch.Generator().manual_seed(seed)
+        train_t = torch.as_tensor(train, device=Xt.device)
+        val_t = None if val is None else torch.as_tensor(val, device=Xt.device)
+        best, best_state, stale = np.inf, None, 0
+        self.loss_curve_, self.validation_loss_curve_ = [], []
+        net.train()
+        epoch = 0
+        for epoch in range(1, self.max_iter + 1):
+            perm = train_t[torch.randperm(len(train_t), generator=gen).to(Xt.device)]
+            total = 0.0
+            for s in range(0, len(perm), self.batch_size):
+                rows = perm[s:s + self.batch_size]
+                loss = self._loss(net, Xt, yt, rows, mean, scale, k)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss) * len(rows)
+            self.loss_curve_.append(total / len(perm))
+            if val_t is not None:
+                watched = self._eval_loss(net, Xt, yt, val_t, mean, scale, k)
+                self.validation_loss_curve_.append(watched)
+            else:
+                watched = self.loss_curve_[-1]
+            if watched < best - self.tol:
+                best, stale = watched, 0
+                best_state = copy.deepcopy(net.state_dict())
+            else:
+                stale += 1
+                if stale >= self.n_iter_no_change:
+                    break
+        else:
+            if stale < self.n_iter_no_change:
+                warnings.warn(f"{type(self).__name__} stopped at max_iter={self.max_iter} epochs "
+                              f"while its {'validation' if val_t is not None else 'training'} "
+                              f"loss was still improving; increase max_iter.",
+                              ConvergenceWarning, stacklevel=3)
+        if best_state is not None and val_t is not None:
+            net.load_state_dict(best_state)  # the epoch with the best validation loss
+        self.n_iter_ = epoch
+        self.best_loss_ = float(best)
+
+    def _export(self, net, mean, scale) -> None:
+        linears = [m for m in net if isinstance(m, nn.Linear)]
+        self.coefs_ = [m.weight.detach().double().cpu().numpy().T for m in linears]
+        self.intercepts_ = [m.bias.detach().double().cpu().numpy() for m in linears]
+        # fold (x - mean) / scale into the first layer
+        m, s = mean.double().cpu().numpy(), scale.double().cpu().numpy()
+        self.coefs_[0] = self.coefs_[0] / s[:, None]
+        self.intercepts_[0] = self.intercepts_[0] - m @ self.coefs_[0]
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits, shape (n_samples, n_classes), or (n_samples,) for two classes."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        act = _ACTIVATIONS[self.activation][1]
+        a = np.asarray(X, dtype=np.float64)
+        for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
+            a = a @ W + b
+            if i < len(self.coefs_) - 1:
+                a = act(a)
+        return a[:, 0] if a.shape[1] == 1 else a
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, shape (n_samples, n_classes), in ``classes_`` order."""
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            p1 = 1.0 / (1.0 + np.exp(-scores))
+            return np.column_stack([1.0 - p1, p1])
+        return softmax(scores.copy())
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        """Logarithm of :meth:`predict_proba`."""
+        return np.log(self.predict_proba(X))
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted class labels."""
+        scores = self.decision_function(X)
+        idx = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(1)
+        return self.classes_[idx]
+
+    def to_torch(self) -> nn.Module:
+        """An ``nn.Sequential`` from raw tap features to logits (standardisation folded in)."""
+        check_is_fitted(self)
+        layers: list[nn.Module] = []
+        last = len(self.coefs_) - 1
+        for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
+            layers.append(_affine_to_torch(W.T, b, two_class_logits=i == last))
+            if i < last:
+                layers.append(_ACTIVATIONS[self.activation][0]())
+        return nn.Sequential(*layers)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        tags.non_deterministic = False
+        return tags

@@ -1,0 +1,112 @@
+"""The head registry: names the ``fit`` command and :func:`featurebank.fit_heads` accept.
+
+Each entry builds an estimator and carries the grid of its main regulariser that ``fit`` sweeps
+on the validation split. scikit-learn classifiers come in a ``Pipeline`` after a
+``StandardScaler`` (or a ``Normalizer`` for cosine k-NN), as they would be used by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.svm import LinearSVC
+
+from .logistic import LogisticHead
+from .mlp import MLPHead
+
+__all__ = ["HeadSpec", "get_head", "get_head_spec", "list_heads"]
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A registered head: how to build it and which settings ``fit`` tries.
+
+    Attributes
+    ----------
+    name : str
+    build : callable
+        ``build(**params) -> estimator``; ``params`` are the grid's keys and ``device``/
+        ``random_state`` where the estimator has them.
+    grid : dict
+        Parameter name to the values swept on the validation split.
+    description : str
+    """
+
+    name: str
+    build: Callable[..., Any]
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    description: str = ""
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """Every combination of the grid, in order."""
+        out: list[dict[str, Any]] = [{}]
+        for key, values in self.grid.items():
+            out = [{**c, key: v} for c in out for v in values]
+        return out
+
+
+def _logreg(C=1.0, device="auto", random_state=None):
+    return LogisticHead(C=C, max_iter=200, device=device)
+
+
+def _mlp(hidden_layer_sizes=(512,), weight_decay=1e-4, device="auto", random_state=0):
+    return MLPHead(hidden_layer_sizes=hidden_layer_sizes, weight_decay=weight_decay,
+                   dropout=0.2, device=device, random_state=random_state)
+
+
+def _sk_logreg(C=1.0, device=None, random_state=None):
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+
+
+def _linear_svc(C=0.01, device=None, random_state=0):
+    return make_pipeline(StandardScaler(), LinearSVC(C=C, random_state=random_state))
+
+
+def _ridge(alpha=1.0, device=None, random_state=None):
+    return make_pipeline(StandardScaler(), RidgeClassifier(alpha=alpha))
+
+
+def _knn(n_neighbors=10, device=None, random_state=None):
+    return make_pipeline(Normalizer(), KNeighborsClassifier(n_neighbors=n_neighbors))
+
+
+_REGISTRY = {spec.name: spec for spec in [
+    HeadSpec("logreg", _logreg, {"C": [0.01, 0.1, 1.0, 10.0]},
+             "LogisticHead: multinomial logistic regression in torch (L-BFGS, warm-started "
+             "C path)"),
+    HeadSpec("mlp", _mlp, {"hidden_layer_sizes": [(512,), (1024,)],
+                           "weight_decay": [1e-4, 1e-2]},
+             "MLPHead: one hidden layer, dropout 0.2, AdamW, early stopping"),
+    HeadSpec("sk-logreg", _sk_logreg, {"C": [0.01, 0.1, 1.0]},
+             "scikit-learn LogisticRegression (lbfgs) after StandardScaler"),
+    HeadSpec("linear-svc", _linear_svc, {"C": [0.001, 0.01, 0.1]},
+             "scikit-learn LinearSVC after StandardScaler"),
+    HeadSpec("ridge", _ridge, {"alpha": [1.0, 100.0, 10000.0]},
+             "scikit-learn RidgeClassifier after StandardScaler"),
+    HeadSpec("knn", _knn, {"n_neighbors": [5, 20]},
+             "scikit-learn KNeighborsClassifier on L2-normalised features (cosine)"),
+]}
+
+
+def list_heads() -> list[str]:
+    """Registered head names, in registry order."""
+    return list(_REGISTRY)
+
+
+def get_head_spec(name: str) -> HeadSpec:
+    """The :class:`HeadSpec` registered as ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown head {name!r}; expected one of {list_heads()}.") from None
+
+
+def get_head(name: str, **params) -> Any:
+    """A new, unfitted estimator of the head registered as ``name``."""
+    return get_head_spec(name).build(**params)

@@ -1,0 +1,146 @@
+import csv
+import json
+
+import h5py
+import joblib
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_feature_bank
+from featurebank import BankError, FeatureBankError, HeadError, fit_heads, load_head, to_torch
+from featurebank.cli import main
+
+
+@pytest.fixture
+def bank(tmp_path):
+    return write_feature_bank(tmp_path / "bank.h5")
+
+
+def test_fit_ranks_saves_and_marks_the_best_graftable_head(tmp_path, bank):
+    board = fit_heads(bank, heads=["knn", "logreg", "ridge", "mlp"], out=tmp_path / "runs",
+                      verbose=False)
+    rows = board["rows"]
+    assert [r["val_accuracy"] for r in rows] == sorted((r["val_accuracy"] for r in rows),
+                                                       reverse=True)
+    assert board["n_train"] == 270 and board["n_val"] == 30 and board["n_test"] == 100
+    logreg = next(r for r in rows if r["head"] == "logreg")
+    assert logreg["params"]["C"] in (0.01, 0.1, 1.0, 10.0) and len(logreg["tried"]) == 4
+    assert logreg["val_accuracy"] == max(a for _, a in logreg["tried"])
+    assert logreg["test_accuracy"] > 0.8
+    knn = next(r for r in rows if r["head"] == "knn")
+    assert not knn["graftable"] and not knn["best"]
+    best = [r for r in rows if r["best"]]
+    assert len(best) == 1 and best[0]["graftable"] and best[0]["head"] == board["best_head"]
+    assert best[0]["val_accuracy"] == max(r["val_accuracy"] for r in rows if r["graftable"])
+
+    runs = tmp_path / "runs"
+    saved = json.loads((runs / "leaderboard.json").read_text())
+    assert saved["best_head"] == board["best_head"] and saved["tap"] == "fc7"
+    assert saved["bank_fingerprint"] == bank.fingerprint
+    with open(runs / "leaderboard.csv") as f:
+        assert [r["head"] for r in csv.DictReader(f)] == [r["head"] for r in rows]
+    split = np.load(runs / "split.npz")
+    train, val = split["train_rows"], split["val_rows"]
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == 300
+    y = bank.labels("train")  # stratified: class shares match
+    np.testing.assert_allclose(np.bincount(y[val]) / len(val), np.bincount(y) / len(y),
+                               atol=0.04)
+
+    head = load_head(runs / "logreg.joblib", bank=bank)
+    info = head.featurebank_
+    assert info["tap"] == "fc7" and info["classes"] == ["c0", "c1", "c2"]
+    np.testing.assert_array_equal(info["val_rows"], val)
+    assert info["metrics"]["test_accuracy"] == logreg["test_accuracy"]
+    Xt, yt = bank.load("test")
+    assert head.score(Xt, yt) == logreg["test_accuracy"]
+    assert "torch_version" in info["versions"]
+
+
+def test_chosen_setting_never_saw_the_validation_rows(tmp_path, bank):
+    board = fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", verbose=False)
+    head = load_head(tmp_path / "runs" / "logreg.joblib")
+    from featurebank import LogisticHead
+
+    X, y = bank.load("train")
+    train = np.load(tmp_path / "runs" / "split.npz")["train_rows"]
+    again = LogisticHead(C=board["rows"][0]["params"]["C"], max_iter=200).fit(X[train], y[train])
+    np.testing.assert_allclose(head.predict_proba(X), again.predict_proba(X), atol=1e-3)
+
+
+def test_split_is_seeded(tmp_path, bank):
+    a = fit_heads(bank, heads=["ridge"], out=tmp_path / "a", verbose=False, random_state=3)
+    b = fit_heads(bank, heads=["ridge"], out=tmp_path / "b", verbose=False, random_state=3)
+    c = fit_heads(bank, heads=["ridge"], out=tmp_path / "c", verbose=False, random_state=4)
+    va, vb, vc = (np.load(tmp_path / k / "split.npz")["val_rows"] for k in "abc")
+    np.testing.assert_array_equal(va, vb)
+    assert not np.array_equal(va, vc)
+    assert a["rows"][0]["val_accuracy"] == b["rows"][0]["val_accuracy"]
+
+
+def test_load_head_refuses_other_banks_taps_and_broken_files(tmp_path, bank):
+    fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", verbose=False)
+    path = tmp_path / "runs" / "logreg.joblib"
+    other = write_feature_bank(tmp_path / "other.h5", seed=5)
+    with pytest.raises(HeadError, match=r"fitted on another feature bank.*Refit the head"):
+        load_head(path, bank=other)
+    with pytest.raises(HeadError, match="fitted on tap 'fc7', not 'fc6'"):
+        load_head(path, tap="fc6")
+    renamed = write_feature_bank(tmp_path / "renamed.h5", tap="pool5")
+    with pytest.raises(HeadError, match="fitted on another feature bank"):
+        load_head(path, bank=renamed)
+    moved = write_feature_bank(tmp_path / "moved.h5", source="elsewhere")  # same content
+    assert load_head(path, bank=tmp_path / "moved.h5").featurebank_["tap"] == "fc7"
+    assert moved.fingerprint == bank.fingerprint
+    truncated = tmp_path / "truncated.joblib"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(HeadError, match="truncated or not a featurebank head"):
+        load_head(truncated)
+    joblib.dump({"some": "dict"}, tmp_path / "plain.joblib")
+    with pytest.raises(HeadError, match="joblib file but not a featurebank head"):
+        load_head(tmp_path / "plain.joblib")
+    with pytest.raises(HeadError, match="does not exist"):
+        load_head(tmp_path / "missing.joblib")
+
+
+def test_loaded_head_grafts(tmp_path, bank):
+    fit_heads(bank, heads=["mlp"], out=tmp_path / "runs", verbose=False)
+    head = load_head(tmp_path / "runs" / "mlp.joblib", bank=bank)
+    X, _ = bank.load("test")
+    with torch.no_grad():
+        logits = to_torch(head)(torch.from_numpy(X)).numpy()
+    np.testing.assert_array_equal(head.classes_[logits.argmax(1)], head.predict(X))
+
+
+def test_bad_banks_and_arguments(tmp_path, bank):
+    with pytest.raises(BankError, match="has no tap 'fc6'"):
+        fit_heads(bank, tap="fc6", out=None, verbose=False)
+    with pytest.raises(FeatureBankError, match=r"unknown heads \['svm'\]"):
+        fit_heads(bank, heads=["svm"], out=None, verbose=False)
+    with pytest.raises(FeatureBankError, match="val_fraction must be in"):
+        fit_heads(bank, val_fraction=1.5, out=None, verbose=False)
+    nan = write_feature_bank(tmp_path / "nan.h5")
+    with h5py.File(nan.path, "r+") as f:
+        f["train/features/fc7"][7, 3] = np.nan
+    with pytest.raises(BankError, match=r"split 'train', tap 'fc7' has 1 rows with NaN or "
+                                        r"infinite features \(rows \[7\]\)"):
+        fit_heads(nan, out=None, verbose=False)
+    one = write_feature_bank(tmp_path / "one.h5", n_classes=1)
+    with pytest.raises(BankError, match="holds only one class"):
+        fit_heads(one, out=None, verbose=False)
+    tiny = write_feature_bank(tmp_path / "tiny.h5", n_train=4, n_test=2)
+    with pytest.raises(FeatureBankError, match="cannot hold out a stratified validation split"):
+        fit_heads(tiny, out=None, verbose=False)
+
+
+def test_cli_fit(tmp_path, bank, capsys):
+    assert main(["fit", str(bank.path), "--heads", "logreg,ridge", "--out",
+                 str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "<- best graftable" in out and "val acc" in out and "logreg" in out
+    assert (tmp_path / "runs" / "ridge.joblib").is_file()
+    with pytest.raises(SystemExit):
+        main(["fit", str(bank.path), "--heads", "logreg,svm"])
+    assert "unknown heads ['svm']" in capsys.readouterr().err
+    assert main(["fit", str(bank.path), "--tap", "nope"]) == 2
+    assert "has no tap 'nope'" in capsys.readouterr().err

@@ -1,0 +1,208 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from conftest import blobs
+from featurebank.heads import (LogisticHead, MLPHead, get_head, get_head_spec, is_graftable,
+                               list_heads, logistic_path, to_torch)
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = blobs(600, d=40, n_classes=4, spread=0.6)
+    X[:, 0] *= 50  # badly scaled columns: standardisation has work to do
+    X[:, 1] += 20
+    return X[:450], y[:450], X[450:], y[450:]
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_logistic_head_matches_scikit_learn(n_classes):
+    X, y = blobs(500, d=30, n_classes=n_classes, spread=0.5)
+    sk = make_pipeline(StandardScaler(), LogisticRegression(C=0.3, tol=1e-8, max_iter=5000))
+    sk.fit(X, y)
+    head = LogisticHead(C=0.3, tol=1e-6, max_iter=5000).fit(X, y)
+    np.testing.assert_allclose(head.decision_function(X), sk.decision_function(X), atol=2e-3)
+    np.testing.assert_allclose(head.predict_proba(X), sk.predict_proba(X), atol=5e-4)
+    assert (head.predict(X) == sk.predict(X)).mean() >= 0.998
+    assert head.coef_.shape == ((1 if n_classes == 2 else n_classes), 30)
+    # standardize=False is a bare LogisticRegression
+    Xs = StandardScaler().fit_transform(X)
+    raw = LogisticHead(C=0.3, standardize=False, tol=1e-6, max_iter=5000).fit(Xs, y)
+    np.testing.assert_allclose(raw.decision_function(Xs), sk.decision_function(X), atol=2e-3)
+    np.testing.assert_allclose(raw.mean_, 0) and np.testing.assert_allclose(raw.scale_, 1)
+
+
+def test_regularisation_path_warm_starts_to_the_same_solutions(data):
+    X, y, _, _ = data
+    Cs = [10.0, 0.01, 1.0]
+    path = logistic_path(X, y, Cs, tol=1e-5, max_iter=1000)
+    assert [h.C for h in path] == Cs
+    for C, h in zip(Cs, path):
+        alone = LogisticHead(C=C, tol=1e-5, max_iter=1000).fit(X, y)
+        np.testing.assert_allclose(h.predict_proba(X), alone.predict_proba(X), atol=2e-3)
+    # warm starts: the path takes fewer iterations than independent fits
+    independent = sum(LogisticHead(C=C, tol=1e-5, max_iter=1000).fit(X, y).n_iter_[0]
+                      for C in Cs)
+    assert sum(h.n_iter_[0] for h in path) < independent
+
+
+def test_warm_start_reuses_the_last_solution(data):
+    X, y, _, _ = data
+    head = LogisticHead(C=1.0, warm_start=True, tol=1e-5, max_iter=1000).fit(X, y)
+    first = head.n_iter_[0]
+    head.fit(X, y)
+    assert head.n_iter_[0] < first
+
+
+def test_convergence_warning(data):
+    X, y, _, _ = data
+    with pytest.warns(ConvergenceWarning, match=r"did not converge in max_iter=2"):
+        LogisticHead(max_iter=2, tol=0).fit(X, y)
+
+
+def test_string_labels_pipeline_and_grid_search(data):
+    X, y, Xt, yt = data
+    names = np.array(["ant", "bee", "cat", "dog"])
+    head = LogisticHead().fit(X, names[y])
+    assert head.classes_.tolist() == names.tolist()
+    assert set(head.predict(Xt)) <= set(names)
+    assert head.score(Xt, names[yt]) > 0.8
+    grid = GridSearchCV(make_pipeline(StandardScaler(), LogisticHead(standardize=False)),
+                        {"logistichead__C": [0.01, 1.0]}, cv=3).fit(X, y)
+    assert grid.best_score_ > 0.8
+    assert clone(head).get_params() == head.get_params()
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_mlp_head_learns_and_is_deterministic(data):
+    X, y, Xt, yt = data
+    a = MLPHead(hidden_layer_sizes=(32,), random_state=0, max_iter=60).fit(X, y)
+    b = MLPHead(hidden_layer_sizes=(32,), random_state=0, max_iter=60).fit(X, y)
+    assert a.score(Xt, yt) > 0.8
+    np.testing.assert_array_equal(a.coefs_[0], b.coefs_[0])
+    np.testing.assert_array_equal(a.predict_proba(Xt), b.predict_proba(Xt))
+    c = MLPHead(hidden_layer_sizes=(32,), random_state=1, max_iter=60).fit(X, y)
+    assert not np.array_equal(a.coefs_[0], c.coefs_[0])
+    state = torch.random.get_rng_state()
+    MLPHead(hidden_layer_sizes=(8,), random_state=0, max_iter=2, dropout=0.5).fit(X, y)
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+
+
+def test_mlp_early_stopping_restores_the_best_epoch(data):
+    X, y, _, _ = data
+    head = MLPHead(hidden_layer_sizes=(256, 256), learning_rate=3e-3, weight_decay=0,
+                   n_iter_no_change=3, max_iter=200, random_state=0).fit(X, y)
+    curve = head.validation_loss_curve_
+    assert head.n_iter_ < 200 and len(curve) == head.n_iter_
+    assert head.best_loss_ == pytest.approx(min(curve))
+    assert int(np.argmin(curve)) == head.n_iter_ - 1 - 3  # stopped 3 epochs after the best
+
+
+def test_mlp_without_early_stopping_warns_at_max_iter(data):
+    X, y, _, _ = data
+    with pytest.warns(ConvergenceWarning, match="max_iter=2 epochs"):
+        MLPHead(hidden_layer_sizes=(8,), early_stopping=False, max_iter=2,
+                random_state=0).fit(X, y)
+
+
+def _graftables(X, y):
+    return [
+        LogisticHead().fit(X, y),
+        MLPHead(hidden_layer_sizes=(16, 8), activation="gelu", random_state=0).fit(X, y),
+        MLPHead(hidden_layer_sizes=(16,), activation="tanh", random_state=0).fit(X, y),
+        LogisticRegression(max_iter=2000).fit(X, y),
+        make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y),
+        make_pipeline(StandardScaler(), LinearSVC()).fit(X, y),
+        make_pipeline(StandardScaler(), RidgeClassifier()).fit(X, y),
+        make_pipeline(StandardScaler(), LogisticHead(standardize=False)).fit(X, y),
+        make_pipeline(StandardScaler(), MLPHead(hidden_layer_sizes=(8,),
+                                                random_state=0)).fit(X, y),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_to_torch_agrees_with_predict(n_classes):
+    X, y = blobs(300, d=20, n_classes=n_classes, spread=0.7)
+    X[:, 0] *= 30
+    for est in _graftables(X, y):
+        assert is_graftable(est)
+        net = to_torch(est)
+        with torch.no_grad():
+            logits = net(torch.from_numpy(X)).double().numpy()
+        assert logits.shape == (len(X), n_classes)
+        np.testing.assert_array_equal(est.classes_[logits.argmax(1)], est.predict(X),
+                                      err_msg=repr(est))
+        scores = est.decision_function(X)
+        if scores.ndim == 1:
+            scores = np.column_stack([np.zeros_like(scores), scores])
+        np.testing.assert_allclose(logits, scores, rtol=1e-4, atol=1e-3, err_msg=repr(est))
+        if hasattr(est, "to_torch"):
+            torch.testing.assert_close(est.to_torch()(torch.from_numpy(X[:5])),
+                                       net(torch.from_numpy(X[:5])))
+
+
+def test_non_graftable_heads_say_so(data):
+    X, y, _, _ = data
+    knn = get_head("knn").fit(X, y)
+    assert not is_graftable(knn)
+    with pytest.raises(TypeError, match=r"cannot turn Pipeline into a torch module.*"
+                                        r"\['Normalizer', 'KNeighborsClassifier'\]"):
+        to_torch(knn)
+
+
+def test_registry(data):
+    X, y, Xt, yt = data
+    assert list_heads() == ["logreg", "mlp", "sk-logreg", "linear-svc", "ridge", "knn"]
+    for name in list_heads():
+        spec = get_head_spec(name)
+        assert spec.candidates() and spec.description
+        est = spec.build(**spec.candidates()[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            assert est.fit(X, y).score(Xt, yt) > 0.6, name
+    assert len(get_head_spec("mlp").candidates()) == 4
+    with pytest.raises(ValueError, match=r"unknown head 'svm'; expected one of \['logreg'"):
+        get_head("svm")
+
+
+@pytest.mark.parametrize("Head", [LogisticHead, MLPHead])
+def test_bad_input_is_a_clear_error(Head, data):
+    X, y, _, _ = data
+    bad = X.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        Head().fit(bad, y)
+    bad[3, 2] = np.inf
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        Head().fit(bad, y)
+    with pytest.raises(ValueError, match="only one class: 'a'"):
+        Head().fit(X, np.full(len(y), "a"))
+    head = Head(max_iter=5).fit(X, y)
+    with pytest.raises(ValueError, match=r"X has 39 features, but \w+Head is expecting 40"):
+        head.predict(X[:, :-1])
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        head.predict(np.full_like(X[:2], np.nan))
+
+
+def test_bad_parameters_name_the_parameter(data):
+    X, y, _, _ = data
+    with pytest.raises(ValueError, match="C must be a positive number, got -1"):
+        LogisticHead(C=-1).fit(X, y)
+    with pytest.raises(ValueError, match=r"activation must be one of \['gelu', 'relu', 'tanh'\]"):
+        MLPHead(activation="swish").fit(X, y)
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.5"):
+        MLPHead(dropout=1.5).fit(X, y)
+    with pytest.raises(ValueError, match="hidden_layer_sizes must be positive integers"):
+        MLPHead(hidden_layer_sizes=(0,)).fit(X, y)
+    with pytest.raises(ValueError, match="device='tpu'"):
+        LogisticHead(device="tpu").fit(X, y)
