@@ -194,15 +194,15 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         epoch = 0
         for epoch in range(1, self.max_iter + 1):
             perm = train_t[torch.randperm(len(train_t), generator=gen).to(Xt.device)]
-            total = 0.0
+            total = torch.zeros((), device=Xt.device)  # summed on the device: no sync per step
             for s in range(0, len(perm), self.batch_size):
                 rows = perm[s:s + self.batch_size]
                 loss = self._loss(net, Xt, yt, rows, mean, scale, k)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(rows)
-            self.loss_curve_.append(total / len(perm))
+                total += loss.detach() * len(rows)
+            self.loss_curve_.append(float(total) / len(perm))
             if val_t is not None:
                 watched = self._eval_loss(net, Xt, yt, val_t, mean, scale, k)
                 self.validation_loss_curve_.append(watched)
