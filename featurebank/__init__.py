@@ -13,18 +13,20 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 from .backbones import Backbone, Preprocessing, get_backbone, list_backbones, list_taps
 from .bank import FORMAT_VERSION, FeatureBank
-from .data import ImageSource, list_datasets, open_source
+from .data import ImageSource, from_arrays, list_datasets, open_source
 from .exceptions import (BackboneError, BankError, BankLockedError, DataError, FeatureBankError,
                          HeadError)
 from .extract import extract
 from .fit import fit_heads
 from .heads import LogisticHead, MLPHead, to_torch
 from .heads.persist import load_head, save_head
+from .transformer import BackboneTransformer
 
 __all__ = [
     "__version__",
     "FORMAT_VERSION",
     "Backbone",
+    "BackboneTransformer",
     "BackboneError",
     "BankError",
     "BankLockedError",
@@ -38,6 +40,7 @@ __all__ = [
     "Preprocessing",
     "extract",
     "fit_heads",
+    "from_arrays",
     "get_backbone",
     "list_backbones",
     "list_datasets",

@@ -140,6 +140,14 @@ def _build(name: str, *, pretrained: Any) -> nn.Module:
     return torchvision.models.get_model(name, weights=pretrained or None)
 
 
+def _random_init(name: str) -> nn.Module:
+    """A randomly initialised network, the same on every call: ``weights="none"`` banks are
+    reproducible and resumable, and the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _build(name, pretrained=False)
+
+
 def _is_path(weights: str) -> bool:
     return (os.sep in weights or "/" in weights or weights.endswith(_WEIGHT_FILE_SUFFIXES)
             or Path(weights).exists())
@@ -217,7 +225,7 @@ def _resolve(name: str, weights: str | None) -> tuple[nn.Module, str, Path | Non
             model, wid = _load_weights_file(name, path), f"file:sha256:{_sha256(path)}"
         else:
             pretrained = w.lower() == "default"
-            model = _build(name, pretrained=pretrained)
+            model = _build(name, pretrained=True) if pretrained else _random_init(name)
             wid = f"timm:{model.pretrained_cfg.get('tag') or 'default'}" if pretrained else "none"
         from timm.data import resolve_model_data_config
 
@@ -246,7 +254,7 @@ def _resolve(name: str, weights: str | None) -> tuple[nn.Module, str, Path | Non
         if path is not None:
             model, wid = _load_weights_file(name, path), f"file:sha256:{_sha256(path)}"
         else:
-            model, wid = _build(name, pretrained=False), "none"
+            model, wid = _random_init(name), "none"
     t = chosen.transforms()
     prep = Preprocessing(tuple(map(float, t.mean)), tuple(map(float, t.std)),
                          t.interpolation.value, f"torchvision:{chosen}")
@@ -399,7 +407,7 @@ def get_backbone(name: str = "vgg19", *, weights: str | os.PathLike | None = "DE
     weights : str, path-like or None, default="DEFAULT"
         ``"DEFAULT"`` (the model's best pretrained weights; downloaded once by torchvision or
         timm), a torchvision weights name such as ``"IMAGENET1K_V1"``, ``"none"``/``None``
-        (random init) or the path of a local state_dict file (loaded with
+        (random init, seeded: the same network every time) or the path of a local state_dict file (loaded with
         ``weights_only=True``).
     taps : str or sequence of str, optional
         Tap names (comma-separated string or list): named taps (:func:`list_taps`) or dotted

@@ -21,7 +21,7 @@ import torch
 
 from .exceptions import DataError
 
-__all__ = ["ImageSource", "ImageBatch", "list_datasets", "open_source"]
+__all__ = ["ImageSource", "ImageBatch", "from_arrays", "list_datasets", "open_source"]
 
 _CIFAR = {
     "cifar10": ("CIFAR10", "CIFAR-10", "cifar-10-batches-py"),
@@ -237,6 +237,46 @@ def _open_cifar(name: str, root: Path, download: bool) -> ImageSource:
     return ImageSource(name, str(root), classes, splits, "device")
 
 
+def _check_images(images: Any, what: str) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[-1] == 1 or images.ndim == 3:
+        images = np.repeat(images.reshape(images.shape[:3] + (1,)), 3, axis=-1)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(
+            f"{what} has shape {images.shape} and dtype {images.dtype}; expected uint8 images "
+            f"of shape (N, H, W, 3) (or (N, H, W) greyscale).")
+    return images
+
+
+def from_arrays(images: Any, labels: Any = None, *, classes: list[str] | None = None,
+                name: str = "arrays") -> ImageSource:
+    """An in-memory image source with one ``train`` split.
+
+    Parameters
+    ----------
+    images : array-like of shape (N, H, W, 3), uint8
+    labels : array-like of shape (N,), optional
+        Integer labels; all 0 when omitted.
+    classes : list of str, optional
+        Class names; default ``["0", "1", ...]``.
+    name : str, default="arrays"
+
+    Returns
+    -------
+    ImageSource
+    """
+    images = _check_images(images, "images")
+    labels = np.zeros(len(images), np.int64) if labels is None else np.asarray(labels)
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or (
+            len(labels) and labels.min() < 0):
+        raise DataError(f"labels have shape {labels.shape} and dtype {labels.dtype}; expected "
+                        f"{len(images)} integer labels >= 0, one per image.")
+    n_classes = int(labels.max()) + 1 if len(labels) else 1
+    classes = [str(c) for c in classes] if classes is not None else [str(i) for i in
+                                                                      range(n_classes)]
+    return ImageSource(name, "memory", classes, {"train": _ArraySplit(images, labels)}, "device")
+
+
 def _open_npz(path: Path) -> ImageSource:
     if not path.is_file():
         raise DataError(f"npz file {str(path)!r} does not exist (dataset='npz:PATH').")
@@ -260,14 +300,8 @@ def _open_npz(path: Path) -> ImageSource:
     for split, (ik, lk) in names.items():
         if lk not in arrays:
             raise DataError(f"npz file {str(path)!r} has {ik!r} but no {lk!r} array.")
-        images, labels = arrays[ik], arrays[lk]
-        if images.ndim == 4 and images.shape[-1] == 1 or images.ndim == 3:
-            images = np.repeat(images.reshape(images.shape[:3] + (1,)), 3, axis=-1)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise DataError(
-                f"npz array {ik!r} in {str(path)!r} has shape {images.shape} and dtype "
-                f"{images.dtype}; expected uint8 images of shape (N, H, W, 3) (or (N, H, W) "
-                f"greyscale).")
+        images = _check_images(arrays[ik], f"npz array {ik!r} in {str(path)!r}")
+        labels = arrays[lk]
         if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype,
                                                                                np.integer):
             raise DataError(

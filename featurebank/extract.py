@@ -23,7 +23,7 @@ import torch
 
 from .backbones import get_backbone
 from .bank import FeatureBank, _BankWriter, _Lock
-from .data import ImageBatch, open_source
+from .data import ImageBatch, ImageSource, open_source
 from .exceptions import BankError, FeatureBankError
 
 __all__ = ["extract", "resolve_device"]
@@ -96,7 +96,7 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def extract(dataset: str = "cifar10", *, data_root: str | os.PathLike = "data",
+def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathLike = "data",
             download: bool = False, model: str = "vgg19",
             weights: str | os.PathLike | None = "DEFAULT",
             taps: str | list[str] | None = None, image_size: int = 224,
@@ -108,8 +108,9 @@ def extract(dataset: str = "cifar10", *, data_root: str | os.PathLike = "data",
 
     Parameters
     ----------
-    dataset : str, default="cifar10"
-        ``"cifar10"``, ``"cifar100"``, ``"folder:PATH"`` or ``"npz:PATH"``.
+    dataset : str or ImageSource, default="cifar10"
+        ``"cifar10"``, ``"cifar100"``, ``"folder:PATH"``, ``"npz:PATH"``, or an
+        :class:`ImageSource` (e.g. :func:`featurebank.from_arrays`; then ``out`` is required).
     data_root : path-like, default="data"
         Folder holding (or receiving, with ``download``) the CIFAR files.
     download : bool, default=False
@@ -154,6 +155,8 @@ def extract(dataset: str = "cifar10", *, data_root: str | os.PathLike = "data",
         raise FeatureBankError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
     workers = (min(8, os.cpu_count() or 1) if num_workers is None
                else _check_int("num_workers", num_workers, 0))
+    if isinstance(dataset, ImageSource) and out is None:
+        raise FeatureBankError("out= is required when dataset is an ImageSource.")
     out = Path(out) if out is not None else _default_out(dataset, model, weights, image_size)
     if out.exists() and not overwrite:
         raise BankError(f"feature bank {str(out)!r} exists already; pass overwrite=True "
@@ -162,7 +165,8 @@ def extract(dataset: str = "cifar10", *, data_root: str | os.PathLike = "data",
     lock = _Lock(Path(f"{out}.lock"))
     lock.acquire()  # before any slow work, so a second writer fails fast
     try:
-        source = open_source(dataset, data_root=data_root, download=download)
+        source = (dataset if isinstance(dataset, ImageSource)
+                  else open_source(dataset, data_root=data_root, download=download))
         backbone = get_backbone(model, weights=weights, taps=taps)
         backbone.requires_grad_(False).to(dev).to(memory_format=torch.channels_last)
         tap_info = backbone.probe(image_size, dev)

@@ -59,6 +59,7 @@ def main() -> None:
     p.add_argument("--max-iter", type=int, default=100, help="lbfgs iterations, both libraries")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--device", default="auto")
+    p.add_argument("--skip-logistic", action="store_true")
     p.add_argument("--skip-mlp", action="store_true")
     args = p.parse_args()
 
@@ -79,6 +80,13 @@ def main() -> None:
 
     scaler = StandardScaler().fit(X)
     Xs, Xts = scaler.transform(X), scaler.transform(Xt)
+    if not args.skip_logistic:
+        bench_logistic(args, X, y, Xt, yt, Xs, Xts)
+    if not args.skip_mlp:
+        bench_mlp(args, X, y, Xt, yt, Xs, Xts)
+
+
+def bench_logistic(args, X, y, Xt, yt, Xs, Xts) -> None:
     ours, t_ours, w_ours = timed(lambda: LogisticHead(C=args.C, max_iter=args.max_iter,
                                                       device=args.device).fit(X, y))
     sk, t_sk, w_sk = timed(lambda: LogisticRegression(C=args.C, max_iter=args.max_iter)
@@ -90,8 +98,9 @@ def main() -> None:
           f"test acc {a_sk:.4f}{'  (hit max_iter)' if w_sk else ''}")
     print(f"  speed-up {t_sk / t_ours:.2f}x, accuracy difference {100 * (a_ours - a_sk):+.2f} "
           f"points")
-    if args.skip_mlp:
-        return
+
+
+def bench_mlp(args, X, y, Xt, yt, Xs, Xts) -> None:
     mlp, t_mlp, _ = timed(lambda: MLPHead(hidden_layer_sizes=(args.hidden,), random_state=0,
                                           device=args.device).fit(X, y))
     skm, t_skm, _ = timed(lambda: MLPClassifier(hidden_layer_sizes=(args.hidden,),

@@ -77,6 +77,15 @@ def test_penultimate_of_a_resnet_is_the_input_of_fc():
     assert out.shape == (2, 512) and bb.weights == "none"
 
 
+def test_random_init_is_seeded_and_leaves_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a = get_backbone("resnet18", weights=None)
+    b = get_backbone("resnet18", weights="none")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
 def test_any_named_module_is_a_tap():
     bb = get_backbone("resnet18", weights=None, taps=["layer3", "penultimate"])
     info = bb.probe(64)

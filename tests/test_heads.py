@@ -12,6 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from conftest import blobs
+from featurebank import FeatureBank
 from featurebank.heads import (LogisticHead, MLPHead, get_head, get_head_spec, is_graftable,
                                list_heads, logistic_path, to_torch)
 
@@ -206,3 +207,36 @@ def test_bad_parameters_name_the_parameter(data):
         MLPHead(hidden_layer_sizes=(0,)).fit(X, y)
     with pytest.raises(ValueError, match="device='tpu'"):
         LogisticHead(device="tpu").fit(X, y)
+
+
+def test_mlp_streams_a_bank_in_blocks(tmp_path, monkeypatch):
+    import h5py
+
+    from conftest import write_feature_bank
+
+    bank = write_feature_bank(tmp_path / "b.h5", n_train=10000, n_test=500, d=16)
+    reads = []
+    original = h5py.Dataset.__getitem__
+
+    def counting(self, key):
+        out = original(self, key)
+        if self.ndim == 2:
+            reads.append(len(out))
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+    kw = dict(hidden_layer_sizes=(16,), random_state=0, max_iter=5, batch_size=64)
+    with pytest.warns(ConvergenceWarning):
+        a = MLPHead(**kw).fit(bank.features("train"), bank.labels("train"))
+    assert max(reads) <= 4096 and len(reads) > 3  # blocks, never the whole split
+    with pytest.warns(ConvergenceWarning):
+        b = MLPHead(**kw).fit(bank.features("train"), bank.labels("train"))
+    np.testing.assert_array_equal(a.coefs_[0], b.coefs_[0])
+    Xt, yt = bank.load("test")
+    assert a.score(Xt, yt) > 0.8 and a.n_features_in_ == 16
+    bank.close()
+    with h5py.File(bank.path, "r+") as f:
+        f["train/features/fc7"][5000, 2] = np.inf
+    with pytest.raises(ValueError, match=r"contains NaN or infinity \(row 5000 of "
+                                         r"/train/features/fc7\)"):
+        MLPHead(**kw).fit(FeatureBank(bank.path).features("train"), bank.labels("train"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.utils.extmath import softmax
 from sklearn.utils.multiclass import check_classification_targets
 from torch import nn
 
@@ -29,24 +30,44 @@ def _check_classes(y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     return classes, y_idx.astype(np.int64)
 
 
-def _standardization(X: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and scale (1 for constant features), or (0, 1) when not standardising."""
+def _mean_scale(total: np.ndarray, sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation from float64 sums and sums of squares; a constant feature
+    gets scale 1, as in scikit-learn's StandardScaler."""
+    mean = total / n
+    scale = np.sqrt(np.maximum(sq / n - mean * mean, 0))
+    scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1)] = 1.0
+    return mean, scale
+
+
+def _standardization(X: torch.Tensor, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale of ``X`` (float64 numpy), or (0, 1) when not standardising."""
     d = X.shape[1]
     if not standardize:
-        return (torch.zeros(d, dtype=torch.float64, device=X.device),
-                torch.ones(d, dtype=torch.float64, device=X.device))
-    mean = torch.zeros(d, dtype=torch.float64, device=X.device)
+        return np.zeros(d), np.ones(d)
+    total = torch.zeros(d, dtype=torch.float64, device=X.device)
     sq = torch.zeros(d, dtype=torch.float64, device=X.device)
-    for start in range(0, X.shape[0], 8192):  # float64 sums, float32 blocks: no full copy
+    for start in range(0, X.shape[0], 8192):  # float64 sums of float32 blocks: no full copy
         block = X[start:start + 8192].double()
-        mean += block.sum(0)
+        total += block.sum(0)
         sq += (block * block).sum(0)
-    n = X.shape[0]
-    mean /= n
-    var = (sq / n - mean * mean).clamp_(min=0)
-    scale = var.sqrt()
-    scale[scale < 10 * torch.finfo(torch.float64).eps * mean.abs().clamp(min=1)] = 1.0
-    return mean, scale
+    return _mean_scale(total.cpu().numpy(), sq.cpu().numpy(), X.shape[0])
+
+
+class _ProbaMixin:
+    """``predict_proba`` / ``predict_log_proba`` from ``decision_function``: a sigmoid for one
+    binary score, a softmax otherwise (scikit-learn's LogisticRegression does the same)."""
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            p1 = 1.0 / (1.0 + np.exp(-scores))
+            return np.column_stack([1.0 - p1, p1])
+        return softmax(scores.copy())
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        """Logarithm of :meth:`predict_proba`."""
+        return np.log(self.predict_proba(X))
 
 
 def _affine_to_torch(coef: np.ndarray, intercept: np.ndarray, *,

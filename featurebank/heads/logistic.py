@@ -23,10 +23,9 @@ from scipy.optimize import minimize
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._base import LinearClassifierMixin
-from sklearn.utils.extmath import softmax
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import _affine_to_torch, _check_classes, _device, _standardization
+from ._base import _affine_to_torch, _check_classes, _device, _ProbaMixin, _standardization
 
 __all__ = ["LogisticHead", "logistic_path"]
 
@@ -88,8 +87,7 @@ class _Problem:
         T = (y_idx[:, None] == (np.arange(self.k) if self.k > 1 else 1)).astype(np.float32)
         self.X = torch.from_numpy(X).to(device) if self.cuda else X
         self.T = torch.from_numpy(T).to(device) if self.cuda else T
-        mean, scale = _standardization(torch.as_tensor(self.X), standardize)
-        self.mean, self.scale = mean.cpu().numpy(), scale.cpu().numpy()
+        self.mean, self.scale = _standardization(torch.as_tensor(self.X), standardize)
 
     def raw(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Parameters (standardised space) to raw-feature-space ``coef`` (k, d), ``intercept``."""
@@ -129,7 +127,7 @@ class _Problem:
         return np.zeros(self.k * self.d + self.k)
 
 
-class LogisticHead(LinearClassifierMixin, BaseEstimator):
+class LogisticHead(_ProbaMixin, LinearClassifierMixin, BaseEstimator):
     """Multinomial logistic regression on cached features, in torch, CPU or GPU.
 
     Same objective and meaning of ``C`` as scikit-learn's
@@ -214,19 +212,6 @@ class LogisticHead(LinearClassifierMixin, BaseEstimator):
         self.scale_ = problem.scale
         self.n_iter_ = np.array([n_iter])
         self._theta = theta
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
-        check_is_fitted(self)
-        scores = self.decision_function(X)
-        if scores.ndim == 1:
-            p1 = 1.0 / (1.0 + np.exp(-scores))
-            return np.column_stack([1.0 - p1, p1])
-        return softmax(scores.copy())
-
-    def predict_log_proba(self, X) -> np.ndarray:
-        """Logarithm of :meth:`predict_proba`."""
-        return np.log(self.predict_proba(X))
 
     def to_torch(self) -> torch.nn.Module:
         """An ``nn.Linear`` from raw tap features to logits (standardisation folded in).

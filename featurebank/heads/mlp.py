@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import h5py
 import numpy as np
 import torch
 from scipy.special import erf
@@ -21,11 +22,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils.extmath import softmax
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from torch import nn
 
-from ._base import _affine_to_torch, _check_classes, _device, _standardization
+from ._base import (_affine_to_torch, _check_classes, _device, _mean_scale, _ProbaMixin,
+                    _standardization)
 
 __all__ = ["MLPHead"]
 
@@ -36,7 +37,82 @@ _ACTIVATIONS = {
 }
 
 
-class MLPHead(ClassifierMixin, BaseEstimator):
+class _MemoryRows:
+    """Feature rows held as one float32 tensor on the device."""
+
+    def __init__(self, X: np.ndarray, device: torch.device):
+        self.X = torch.as_tensor(X, dtype=torch.float32).to(device)
+
+    def take(self, idx: np.ndarray) -> torch.Tensor:
+        return self.X[torch.as_tensor(idx, device=self.X.device)]
+
+    def standardization(self, train: np.ndarray, standardize: bool):
+        mean, scale = _standardization(self.take(train), standardize)
+        return (torch.from_numpy(mean).float().to(self.X.device),
+                torch.from_numpy(scale).float().to(self.X.device))
+
+    def epoch(self, train: np.ndarray, batch_size: int, gen: torch.Generator):
+        perm = train[torch.randperm(len(train), generator=gen).numpy()]
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s:s + batch_size]
+            yield self.take(idx), torch.as_tensor(idx, device=self.X.device)
+
+
+class _StreamedRows:
+    """Feature rows read from an HDF5 dataset in contiguous blocks, never whole."""
+
+    def __init__(self, ds: h5py.Dataset, device: torch.device, batch_size: int):
+        self.ds, self.device = ds, device
+        self.block = max(batch_size * 32, 4096)  # rows per read: large, sequential reads
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        x = np.asarray(self.ds[start:stop], dtype=np.float32)
+        if not np.isfinite(x).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(x).all(1))[0])
+            raise ValueError(f"Input X contains NaN or infinity (row {bad} of {self.ds.name}).")
+        return x
+
+    def take(self, idx: np.ndarray) -> torch.Tensor:
+        out = np.empty((len(idx), self.ds.shape[1]), np.float32)
+        for s in range(0, self.ds.shape[0], self.block):
+            sel = (idx >= s) & (idx < s + self.block)
+            if sel.any():
+                out[sel] = self._read(s, s + self.block)[idx[sel] - s]
+        return torch.from_numpy(out).to(self.device)
+
+    def standardization(self, train: np.ndarray, standardize: bool):
+        d = self.ds.shape[1]
+        if not standardize:
+            return torch.zeros(d, device=self.device), torch.ones(d, device=self.device)
+        total, sq = np.zeros(d), np.zeros(d)
+        mask = np.zeros(self.ds.shape[0], bool)
+        mask[train] = True
+        for s in range(0, self.ds.shape[0], self.block):
+            x = self._read(s, s + self.block)[mask[s:s + self.block]].astype(np.float64)
+            total += x.sum(0)
+            sq += (x * x).sum(0)
+        mean, scale = _mean_scale(total, sq, len(train))
+        return (torch.from_numpy(mean).float().to(self.device),
+                torch.from_numpy(scale).float().to(self.device))
+
+    def epoch(self, train: np.ndarray, batch_size: int, gen: torch.Generator):
+        mask = np.zeros(self.ds.shape[0], bool)
+        mask[train] = True
+        starts = np.arange(0, self.ds.shape[0], self.block)
+        for b in torch.randperm(len(starts), generator=gen).numpy():
+            s = int(starts[b])
+            rows = np.flatnonzero(mask[s:s + self.block])
+            if not len(rows):
+                continue
+            x = torch.from_numpy(self._read(s, s + self.block)[rows]).to(self.device)
+            order = torch.randperm(len(rows), generator=gen)
+            for i in range(0, len(rows), batch_size):
+                sel = order[i:i + batch_size]
+                yield x[sel.to(self.device)], torch.as_tensor(s + rows[sel.numpy()],
+                                                              device=self.device)
+
+
+class MLPHead(_ProbaMixin, ClassifierMixin, BaseEstimator):
     """A multi-layer perceptron head, trained with AdamW and early stopping.
 
     Parameters
@@ -132,24 +208,37 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         return nn.Sequential(*layers)
 
     def fit(self, X, y) -> MLPHead:
-        """Fit on features ``X`` (n_samples, n_features) and labels ``y``."""
+        """Fit on features ``X`` (n_samples, n_features) and labels ``y``.
+
+        ``X`` may also be an HDF5 dataset, e.g. ``bank.features("train", "fc7")``: it is then
+        streamed in blocks of rows and never loaded whole (banks larger than memory). Each
+        epoch visits the blocks in a random order and shuffles the rows within each block.
+        """
         sizes = self._check_params()
-        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
-        classes, y_idx = _check_classes(y, type(self).__name__)
         dev = _device(self.device)
+        if isinstance(X, h5py.Dataset):
+            if X.ndim != 2:
+                raise ValueError(f"X must be a 2-D dataset, got shape {X.shape}.")
+            y = column_or_1d(y, warn=True)
+            if len(y) != X.shape[0]:
+                raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels.")
+            self.n_features_in_ = X.shape[1]
+            rows = _StreamedRows(X, dev, self.batch_size)
+        else:
+            X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+            rows = _MemoryRows(X, dev)
+        classes, y_idx = _check_classes(y, type(self).__name__)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         train, val = self._holdout(y_idx, len(classes), seed)
         k = 1 if len(classes) == 2 else len(classes)
-        Xt = torch.as_tensor(X, dtype=torch.float32).to(dev)
         yt = torch.as_tensor(y_idx).to(dev)
-        mean, scale = _standardization(Xt[train], self.standardize)
-        mean, scale = mean.float(), scale.float()
+        mean, scale = rows.standardization(train, self.standardize)
         devices = [dev] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # seeded init and dropout, no global leak
             torch.manual_seed(seed)
-            net = self._network(X.shape[1], sizes, k).to(dev)
-            self._train(net, Xt, yt, train, val, mean, scale, k, seed)
+            net = self._network(self.n_features_in_, sizes, k).to(dev)
+            self._train(net, rows, yt, train, val, mean, scale, k, seed)
         self._export(net, mean, scale)
         self.classes_ = classes
         return self
@@ -166,45 +255,44 @@ class MLPHead(ClassifierMixin, BaseEstimator):
                                       stratify=stratify)
         return np.sort(train), np.sort(val)
 
-    def _loss(self, net, Xt, yt, rows, mean, scale, k) -> torch.Tensor:
-        logits = net((Xt[rows] - mean) / scale)
+    @staticmethod
+    def _loss(net, x, y, mean, scale, k) -> torch.Tensor:
+        logits = net((x - mean) / scale)
         if k == 1:
-            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], yt[rows].float())
-        return nn.functional.cross_entropy(logits, yt[rows])
+            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y.float())
+        return nn.functional.cross_entropy(logits, y)
 
     @torch.no_grad()
-    def _eval_loss(self, net, Xt, yt, rows, mean, scale, k) -> float:
+    def _eval_loss(self, net, x, y, mean, scale, k) -> float:
         net.eval()
         total = 0.0
-        for s in range(0, len(rows), 8192):
-            part = rows[s:s + 8192]
-            total += float(self._loss(net, Xt, yt, part, mean, scale, k)) * len(part)
+        for s in range(0, len(y), 8192):
+            total += float(self._loss(net, x[s:s + 8192], y[s:s + 8192], mean, scale, k)) * len(
+                y[s:s + 8192])
         net.train()
-        return total / len(rows)
+        return total / len(y)
 
-    def _train(self, net, Xt, yt, train, val, mean, scale, k, seed) -> None:
+    def _train(self, net, rows, yt, train, val, mean, scale, k, seed) -> None:
         opt = torch.optim.AdamW(net.parameters(), lr=self.learning_rate,
                                 weight_decay=self.weight_decay)
         gen = torch.Generator().manual_seed(seed)
-        train_t = torch.as_tensor(train, device=Xt.device)
-        val_t = None if val is None else torch.as_tensor(val, device=Xt.device)
+        if val is not None:
+            x_val, y_val = rows.take(val), yt[torch.as_tensor(val, device=yt.device)]
         best, best_state, stale = np.inf, None, 0
         self.loss_curve_, self.validation_loss_curve_ = [], []
         net.train()
         epoch = 0
         for epoch in range(1, self.max_iter + 1):
-            perm = train_t[torch.randperm(len(train_t), generator=gen).to(Xt.device)]
-            total = torch.zeros((), device=Xt.device)  # summed on the device: no sync per step
-            for s in range(0, len(perm), self.batch_size):
-                rows = perm[s:s + self.batch_size]
-                loss = self._loss(net, Xt, yt, rows, mean, scale, k)
+            total = torch.zeros((), device=yt.device)  # summed on the device: no sync per step
+            for x, idx in rows.epoch(train, self.batch_size, gen):
+                loss = self._loss(net, x, yt[idx], mean, scale, k)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += loss.detach() * len(rows)
-            self.loss_curve_.append(float(total) / len(perm))
-            if val_t is not None:
-                watched = self._eval_loss(net, Xt, yt, val_t, mean, scale, k)
+                total += loss.detach() * len(idx)
+            self.loss_curve_.append(float(total) / len(train))
+            if val is not None:
+                watched = self._eval_loss(net, x_val, y_val, mean, scale, k)
                 self.validation_loss_curve_.append(watched)
             else:
                 watched = self.loss_curve_[-1]
@@ -218,10 +306,10 @@ class MLPHead(ClassifierMixin, BaseEstimator):
         else:
             if stale < self.n_iter_no_change:
                 warnings.warn(f"{type(self).__name__} stopped at max_iter={self.max_iter} epochs "
-                              f"while its {'validation' if val_t is not None else 'training'} "
+                              f"while its {'validation' if val is not None else 'training'} "
                               f"loss was still improving; increase max_iter.",
                               ConvergenceWarning, stacklevel=3)
-        if best_state is not None and val_t is not None:
+        if best_state is not None and val is not None:
             net.load_state_dict(best_state)  # the epoch with the best validation loss
         self.n_iter_ = epoch
         self.best_loss_ = float(best)
@@ -246,18 +334,6 @@ class MLPHead(ClassifierMixin, BaseEstimator):
             if i < len(self.coefs_) - 1:
                 a = act(a)
         return a[:, 0] if a.shape[1] == 1 else a
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, shape (n_samples, n_classes), in ``classes_`` order."""
-        scores = self.decision_function(X)
-        if scores.ndim == 1:
-            p1 = 1.0 / (1.0 + np.exp(-scores))
-            return np.column_stack([1.0 - p1, p1])
-        return softmax(scores.copy())
-
-    def predict_log_proba(self, X) -> np.ndarray:
-        """Logarithm of :meth:`predict_proba`."""
-        return np.log(self.predict_proba(X))
 
     def predict(self, X) -> np.ndarray:
         """Predicted class labels."""
