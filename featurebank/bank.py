@@ -379,6 +379,9 @@ class _BankWriter:
 
     @staticmethod
     def _allocate(group: h5py.Group, name: str, shape, dtype, chunks) -> None:
+        if shape[0] == 0:  # an empty split: nothing to allocate or resume
+            group.create_dataset(name, shape=shape, dtype=dtype)
+            return
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # every chunk placed now
         dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # ...without writing zeros first

@@ -128,6 +128,10 @@ def test_bad_banks_and_arguments(tmp_path, bank):
     one = write_feature_bank(tmp_path / "one.h5", n_classes=1)
     with pytest.raises(BankError, match="holds only one class"):
         fit_heads(one, out=None, verbose=False)
+    empty = write_feature_bank(tmp_path / "empty.h5", n_train=0)
+    assert empty.num_rows("train") == 0 and empty.shape("train") == (0, 32)
+    with pytest.raises(BankError, match="the train split of .*empty.h5' is empty"):
+        fit_heads(empty, out=None, verbose=False)
     tiny = write_feature_bank(tmp_path / "tiny.h5", n_train=4, n_test=2)
     with pytest.raises(FeatureBankError, match="cannot hold out a stratified validation split"):
         fit_heads(tiny, out=None, verbose=False)

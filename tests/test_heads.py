@@ -42,6 +42,24 @@ def test_logistic_head_matches_scikit_learn(n_classes):
     np.testing.assert_allclose(raw.mean_, 0) and np.testing.assert_allclose(raw.scale_, 1)
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_cuda_kernel_equals_the_cpu_kernel(binary):
+    # The torch kernel serves CUDA; on CPU tensors it must give the numpy kernel's numbers.
+    from featurebank.heads.logistic import _scores_grad_numpy, _scores_grad_torch
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 20)).astype(np.float32)
+    k = 1 if binary else 4
+    T = np.eye(max(k, 2), dtype=np.float32)[rng.integers(0, max(k, 2), 3000)][:, -k:]
+    W = rng.standard_normal((k, 20)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32)
+    a = _scores_grad_numpy(X, W, b, T, binary)
+    t = _scores_grad_torch(*map(torch.from_numpy, (X, W, b, T)), binary)
+    assert a[0] == pytest.approx(t[0], rel=1e-5)
+    np.testing.assert_allclose(a[1], t[1], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(a[2], t[2], rtol=1e-4, atol=1e-3)
+
+
 def test_regularisation_path_warm_starts_to_the_same_solutions(data):
     X, y, _, _ = data
     Cs = [10.0, 0.01, 1.0]

@@ -128,7 +128,7 @@ class _Problem:
 
 
 class LogisticHead(_ProbaMixin, LinearClassifierMixin, BaseEstimator):
-    """Multinomial logistic regression on cached features, in torch, CPU or GPU.
+    """Multinomial logistic regression on cached features, on the CPU or a CUDA GPU.
 
     Same objective and meaning of ``C`` as scikit-learn's
     ``make_pipeline(StandardScaler(), LogisticRegression(C=C))`` (or of a bare
