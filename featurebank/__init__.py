@@ -17,6 +17,7 @@ from .data import ImageSource, from_arrays, list_datasets, open_source
 from .exceptions import (BackboneError, BankError, BankLockedError, DataError, FeatureBankError,
                          HeadError)
 from .extract import extract
+from .finetune import FinetuneError, GraftedNetwork, finetune
 from .fit import fit_heads
 from .heads import LogisticHead, MLPHead, to_torch
 from .heads.persist import load_head, save_head
@@ -33,12 +34,15 @@ __all__ = [
     "DataError",
     "FeatureBank",
     "FeatureBankError",
+    "FinetuneError",
+    "GraftedNetwork",
     "HeadError",
     "ImageSource",
     "LogisticHead",
     "MLPHead",
     "Preprocessing",
     "extract",
+    "finetune",
     "fit_heads",
     "from_arrays",
     "get_backbone",

@@ -84,6 +84,37 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder for the heads and the leaderboard (default: runs)")
     f.add_argument("--seed", type=int, default=0, help="validation split and head seed")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    t = sub.add_parser("finetune", help="graft the best head onto the backbone and fine-tune",
+                       description="Rebuild the bank's backbone up to the head's tap, attach the "
+                                   "head, check the hand-off, and train end to end with early "
+                                   "stopping and resumable checkpoints.")
+    t.add_argument("--bank", required=True, metavar="BANK.h5")
+    which = t.add_mutually_exclusive_group(required=True)
+    which.add_argument("--head", metavar="HEAD.joblib", help="a saved head")
+    which.add_argument("--runs", metavar="RUNS_DIR", help="use the best graftable head of a fit")
+    t.add_argument("--data-root", default=None, metavar="DIR",
+                   help="where the images are now, if they moved since the extraction")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
+    t.add_argument("--backbone-lr-ratio", type=float, default=0.1,
+                   help="backbone lr = lr x this (default 0.1)")
+    t.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--warmup-epochs", type=float, default=1.0)
+    t.add_argument("--freeze-until", default=None, metavar="MODULE",
+                   help="freeze backbone parameters up to and including this module")
+    t.add_argument("--clip-grad-norm", type=float, default=1.0)
+    t.add_argument("--patience", type=int, default=3, help="early-stopping patience (epochs)")
+    t.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    t.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help="also checkpoint every N steps (always at each epoch's end)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--out", default="finetune", metavar="DIR")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    t.add_argument("-q", "--quiet", action="store_true")
     return p
 
 
@@ -129,6 +160,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_leaderboard(board))
             print(f"\nwrote {args.out}/: {', '.join(r['file'] for r in board['rows'])}, "
                   f"leaderboard.json, leaderboard.csv, split.npz")
+        elif args.command == "finetune":
+            from .finetune import finetune
+
+            summary = finetune(args.bank, head=args.head, runs=args.runs,
+                               data_root=args.data_root, epochs=args.epochs,
+                               batch_size=args.batch_size, lr=args.lr,
+                               backbone_lr_ratio=args.backbone_lr_ratio,
+                               optimizer=args.optimizer, weight_decay=args.weight_decay,
+                               warmup_epochs=args.warmup_epochs, freeze_until=args.freeze_until,
+                               clip_grad_norm=args.clip_grad_norm, patience=args.patience,
+                               augment=not args.no_augment, device=args.device, out=args.out,
+                               resume=args.resume, checkpoint_every=args.checkpoint_every,
+                               seed=args.seed, progress=not args.quiet)
+            print(f"head test accuracy {summary['head_test_accuracy']}, fine-tuned "
+                  f"{summary['test_accuracy']} (best epoch {summary['best_epoch']}); "
+                  f"wrote {args.out}/")
     except FeatureBankError as e:
         print(f"featurebank {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -65,6 +65,10 @@ class _ArraySplit:
     def describe_row(self, i: int) -> str:
         return f"image {i}"
 
+    def take(self, positions: np.ndarray, **_: Any) -> np.ndarray:
+        """uint8 ``(len(positions), H, W, 3)`` images at these source positions."""
+        return self.images[positions]
+
     def batches(self, start: int, batch_size: int, **_: Any) -> Iterator[ImageBatch]:
         for s in range(start, len(self), batch_size):
             e = min(s + batch_size, len(self))
@@ -132,6 +136,17 @@ class _FileSplit:
 
     def describe_row(self, i: int) -> str:
         return self.samples[i][0]
+
+    def take(self, positions: np.ndarray, *, image_size: int, interpolation: Any,
+             **_: Any) -> np.ndarray:
+        """Decode the files at these source positions (in this process)."""
+        out = np.empty((len(positions), image_size, image_size, 3), np.uint8)
+        for j, pos in enumerate(positions):
+            im, err = _decode(self.samples[pos][0])
+            if im is None:
+                raise DataError(f"cannot read image {self.samples[pos][0]!r} ({err}).")
+            out[j] = _fit(im, image_size, interpolation)
+        return out
 
     def batches(self, start: int, batch_size: int, *, image_size: int, interpolation: Any,
                 num_workers: int = 0, skip_bad: bool = False, **_: Any) -> Iterator[ImageBatch]:

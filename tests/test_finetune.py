@@ -1,0 +1,181 @@
+"""Fine-tune on a tiny learnable task: a seeded random ResNet-18 at 32 px, a few hundred images."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+
+from conftest import REPO, _images
+from featurebank import FinetuneError, extract, finetune, fit_heads
+
+ft = sys.modules["featurebank.finetune"]
+
+KW = dict(epochs=3, batch_size=32, lr=3e-3, patience=5, progress=False, handoff_samples=128)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """npz images whose class is their dominant colour; bank; fitted logistic head."""
+    tmp = tmp_path_factory.mktemp("ft")
+    rng = np.random.default_rng(0)
+    n = 240
+    y = rng.integers(0, 3, n)
+    X = (_images(rng, n, size=24).astype(np.int16) // 2).astype(np.uint8)
+    for c in range(3):
+        X[y == c, :, :, c] += 90  # learnable from colour, not trivially by a random net
+    yt = rng.integers(0, 3, 60)
+    Xt = (_images(rng, 60, size=24).astype(np.int16) // 2).astype(np.uint8)
+    for c in range(3):
+        Xt[yt == c, :, :, c] += 90
+    np.savez(tmp / "d.npz", train_images=X, train_labels=y, test_images=Xt, test_labels=yt,
+             classes=np.array(["red", "green", "blue"]))
+    bank = extract(f"npz:{tmp / 'd.npz'}", model="resnet18", weights="none", image_size=32,
+                   dtype="float32", out=tmp / "bank.h5", progress=False)
+    fit_heads(bank, heads=["logreg", "knn"], out=tmp / "runs", verbose=False)
+    return tmp, bank
+
+
+def test_handoff_training_and_outputs(setup, tmp_path):
+    tmp, bank = setup
+    summary = finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **KW)
+    assert summary["handoff_agreement"] >= 0.99 and summary["handoff_images"] == 128
+    history = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert [r["epoch"] for r in history] == [0, 1, 2, 3]
+    assert min(r["val_loss"] for r in history[1:]) < history[0]["val_loss"]  # it learns
+    assert summary["best_val_accuracy"] >= history[0]["val_accuracy"]
+    assert summary["head_test_accuracy"] is not None and summary["test_accuracy"] is not None
+    state = torch.load(tmp_path / "ft" / "best_model.pt", weights_only=True)
+    assert any(k.startswith("backbone.model.layer4") for k in state) and "head.weight" in state
+    prov = json.loads((tmp_path / "ft" / "best_model.json").read_text())
+    assert prov["bank_fingerprint"] == bank.fingerprint and prov["tap"] == "penultimate"
+    assert (tmp_path / "ft" / "metrics.csv").read_text().startswith("epoch,")
+    # the validation rows are those the head was selected on, never trained on
+    val = np.load(tmp / "runs" / "split.npz")["val_rows"]
+    assert summary["best_epoch"] >= 1 and len(val) == 24
+
+
+def test_early_stopping(setup, tmp_path):
+    tmp, bank = setup
+    summary = finetune(bank, runs=tmp / "runs", out=tmp_path / "ft",
+                       **{**KW, "epochs": 8, "patience": 1, "lr": 0.5, "backbone_lr_ratio": 1.0})
+    assert summary["stopped_early"] and summary["epochs_run"] < 8
+    assert summary["epochs_run"] == summary["best_epoch"] + 1
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_after(monkeypatch, n_checkpoints):
+    """Make the run die right after its n-th checkpoint reaches the disk."""
+    real, count = ft._save_atomic, {"n": 0}
+
+    def save(obj, path):
+        real(obj, path)
+        if path.name == "checkpoint.pt":
+            count["n"] += 1
+            if count["n"] == n_checkpoints:
+                raise _Killed
+
+    monkeypatch.setattr(ft, "_save_atomic", save)
+
+
+@pytest.mark.parametrize("kill_at, where", [(3, "mid-epoch"), (4, "epoch boundary")])
+def test_resume_gives_the_same_result(setup, tmp_path, monkeypatch, kill_at, where):
+    # 216 train rows / 32 = 7 steps per epoch; a checkpoint every 2 steps and at each epoch end:
+    # the 3rd checkpoint is after step 6 of epoch 1, the 4th at the end of epoch 1
+    tmp, bank = setup
+    kw = {**KW, "checkpoint_every": 2, "epochs": 2}
+    ref = finetune(bank, runs=tmp / "runs", out=tmp_path / "ref", **kw)
+    _kill_after(monkeypatch, kill_at)
+    with pytest.raises(_Killed):
+        finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **kw)
+    monkeypatch.undo()
+    ckpt = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)
+    assert (ckpt["state"]["step"] > 0) == (where == "mid-epoch")
+    with pytest.raises(FinetuneError, match="exists: pass resume=True"):
+        finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **kw)
+    got = finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", resume=True, **kw)
+    a = torch.load(tmp_path / "ref" / "best_model.pt", weights_only=True)
+    b = torch.load(tmp_path / "ft" / "best_model.pt", weights_only=True)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    strip = [{k: v for k, v in r.items() if k != "seconds"}
+             for r in json.loads((tmp_path / "ref" / "metrics.json").read_text())]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"}
+                     for r in json.loads((tmp_path / "ft" / "metrics.json").read_text())]
+    assert got["test_accuracy"] == ref["test_accuracy"]
+
+
+def test_bad_checkpoints_and_heads(setup, tmp_path):
+    tmp, bank = setup
+    out = tmp_path / "ft"
+    with pytest.raises(FinetuneError, match="no checkpoint"):
+        finetune(bank, runs=tmp / "runs", out=out, resume=True, **KW)
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(FinetuneError, match="is damaged.*delete it to start over"):
+        finetune(bank, runs=tmp / "runs", out=out, resume=True, **KW)
+    finetune(bank, runs=tmp / "runs", out=tmp_path / "ok", **{**KW, "epochs": 1})
+    with pytest.raises(FinetuneError, match=r"belongs to another fine-tune \(epochs: "
+                                            r"checkpoint 1, now 3"):
+        finetune(bank, runs=tmp / "runs", out=tmp_path / "ok", resume=True, **KW)
+    with pytest.raises(FinetuneError, match="exactly one of head="):
+        finetune(bank, out=out, **KW)
+    other = extract(f"npz:{tmp / 'd.npz'}", model="resnet18", weights="none", image_size=40,
+                    dtype="float32", out=tmp_path / "other.h5", progress=False)
+    from featurebank import HeadError
+
+    with pytest.raises(HeadError, match="fitted on another feature bank"):
+        finetune(other, runs=tmp / "runs", out=tmp_path / "x", **KW)
+    with pytest.raises(FinetuneError, match="freeze_until='nope' names no module"):
+        finetune(bank, runs=tmp / "runs", out=tmp_path / "y", freeze_until="nope", **KW)
+
+
+def test_handoff_refuses_a_different_network(setup, tmp_path, monkeypatch):
+    tmp, bank = setup
+    real = ft.get_backbone
+
+    def other_weights(name, *, weights, taps):
+        bb = real(name, weights=weights, taps=taps)
+        with torch.no_grad():
+            for p in bb.parameters():
+                p.mul_(-1.3)
+        return bb
+
+    monkeypatch.setattr(ft, "get_backbone", other_weights)
+    with pytest.raises(FinetuneError, match=r"agrees with the head on only .* of 128 images"):
+        finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **KW)
+
+
+def test_moved_data_is_refused_and_found_with_data_root(setup, tmp_path):
+    tmp, bank = setup
+    moved = tmp_path / "moved.npz"
+    moved.write_bytes((tmp / "d.npz").read_bytes())
+    (tmp / "d.npz").rename(tmp / "d.npz.away")
+    try:
+        with pytest.raises(Exception, match="does not exist"):
+            finetune(bank, runs=tmp / "runs", out=tmp_path / "a", **KW)
+        s = finetune(bank, runs=tmp / "runs", out=tmp_path / "b", data_root=moved,
+                     **{**KW, "epochs": 1})
+        assert s["handoff_agreement"] >= 0.99
+    finally:
+        (tmp / "d.npz.away").rename(tmp / "d.npz")
+
+
+def test_wrapper_script_runs(setup, tmp_path):
+    tmp, bank = setup
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "finetune.py"), "--bank", str(bank.path),
+         "--head", str(tmp / "runs" / "logreg.joblib"), "--epochs", "1", "--batch-size", "32",
+         "--out", str(tmp_path / "ft"), "--freeze-until", "layer3"],
+        capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "hand-off agreement: 100.0% of" in proc.stderr or "hand-off agreement: 99" in \
+        proc.stderr
+    assert "fine-tuned" in proc.stdout and (tmp_path / "ft" / "summary.json").is_file()
