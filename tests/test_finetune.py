@@ -43,6 +43,7 @@ def test_handoff_training_and_outputs(setup, tmp_path):
     tmp, bank = setup
     summary = finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **KW)
     assert summary["handoff_agreement"] >= 0.99 and summary["handoff_images"] == 128
+    assert summary["handoff_logit_gap"] < 0.01
     history = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert [r["epoch"] for r in history] == [0, 1, 2, 3]
     assert min(r["val_loss"] for r in history[1:]) < history[0]["val_loss"]  # it learns
