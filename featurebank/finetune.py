@@ -287,12 +287,11 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
     if not np.isin(labels, classes).all():
         raise FinetuneError("the bank's train split has classes the head never saw; refit it.")
     targets = np.searchsorted(classes, labels)
-    index = bank.index("train")
+    index = {split: bank.index(split) for split in bank.splits}  # bank row -> source position
 
     def images(rows: np.ndarray, which: str = "train") -> torch.Tensor:
-        """Normalised images of bank rows of a split (read through the bank's index)."""
-        positions = bank.index(which)[rows] if which != "train" else index[rows]
-        x = source.splits[which].take(positions, image_size=size, interpolation=interp)
+        """Normalised images of bank rows of a split."""
+        x = source.splits[which].take(index[which][rows], image_size=size, interpolation=interp)
         return backbone.preprocess(torch.from_numpy(x).to(dev, non_blocking=True), size)
 
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
@@ -308,8 +307,7 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
     feats = bank.features("train", tap)[sample].astype(np.float32)
     head_pred = np.searchsorted(classes, est.predict(feats))
     with torch.no_grad():
-        head_logits = net.head.cpu()(torch.from_numpy(feats))
-        net.head.to(dev)
+        head_logits = to_torch(est)(torch.from_numpy(feats))
     agreement = float((net_logits.argmax(1).numpy() == head_pred).mean())
     # logit gap relative to the logits' own spread: the bank's float16 rounding stays far below
     gap = float((net_logits - head_logits).abs().median() / head_logits.std().clamp(min=1e-6))
