@@ -119,18 +119,20 @@ def _reopen_source(bank: FeatureBank, data_root) -> ImageSource:
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding (1/8 of the side) and horizontal flip, per image."""
-    n, _, h, w = x.shape
+    """Random crop with zero padding (1/8 of the side: 4 px at 32 px) and horizontal flip of a
+    uint8 ``(N, H, W, 3)`` batch, per image, on the batch's device."""
+    n, h, w, _ = x.shape
     pad = max(1, h // 8)
-    padded = nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
-    flip = (torch.rand(n, generator=gen) < 0.5).tolist()
-    out = torch.stack([padded[i, :, a:a + h, b:b + w] for i, (a, b) in enumerate(zip(oy, ox))])
-    idx = [i for i, f in enumerate(flip) if f]
-    if idx:
-        out[idx] = out[idx].flip(3)
-    return out.contiguous(memory_format=torch.channels_last)
+    padded = nn.functional.pad(x, (0, 0, pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    # one gather: row r of image i comes from padded row oy[i] + r, column likewise (flipped)
+    rows = (oy[:, None] + torch.arange(h)).to(x.device)
+    cols = ox[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols).to(x.device)
+    i = torch.arange(n, device=x.device)[:, None, None]
+    return padded[i, rows[:, :, None], cols[:, None, :]]
 
 
 def _rng_state() -> dict[str, Any]:
@@ -288,11 +290,13 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
         raise FinetuneError("the bank's train split has classes the head never saw; refit it.")
     targets = np.searchsorted(classes, labels)
     index = {split: bank.index(split) for split in bank.splits}  # bank row -> source position
+    gen = torch.Generator().manual_seed(seed)  # augmentation draws, kept in the checkpoint
 
-    def images(rows: np.ndarray, which: str = "train") -> torch.Tensor:
-        """Normalised images of bank rows of a split."""
+    def images(rows: np.ndarray, which: str = "train", augment: bool = False) -> torch.Tensor:
+        """Normalised images of bank rows of a split (augmented as uint8 on the device)."""
         x = source.splits[which].take(index[which][rows], image_size=size, interpolation=interp)
-        return backbone.preprocess(torch.from_numpy(x).to(dev, non_blocking=True), size)
+        x = torch.from_numpy(x).to(dev, non_blocking=True)
+        return backbone.preprocess(_augment(x, gen) if augment else x, size)
 
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
 
@@ -341,7 +345,6 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
-    gen = torch.Generator().manual_seed(seed)
     state = {"epoch": 0, "step": 0, "best_val_loss": math.inf, "best_epoch": 0, "stale": 0,
              "history": [], "train_loss_sum": 0.0, "order": None}
     best_path = out / "best_model.pt"
@@ -378,10 +381,12 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
         return loss / len(rows), correct / len(rows)
 
     y_val = y_all[torch.as_tensor(val_rows, device=dev)]
-    if not state["history"]:  # the grafted head before any fine-tuning, as epoch 0
-        val_loss, val_acc = evaluate(val_rows, y_val)
+    if not state["history"]:  # the grafted head before any fine-tuning is epoch 0, the first
+        val_loss, val_acc = evaluate(val_rows, y_val)  # best: fine-tuning must beat it
         state["history"].append({"epoch": 0, "train_loss": None, "val_loss": val_loss,
                                  "val_accuracy": val_acc, "lr": 0.0, "seconds": 0.0})
+        state.update(best_val_loss=val_loss, best_epoch=0)
+        _save_atomic(net.state_dict(), best_path)
         log(f"epoch 0 (head as grafted): val loss {val_loss:.4f}  val acc {val_acc:.4f}")
 
     # -- epochs ---------------------------------------------------------------------------------
@@ -396,9 +401,7 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
         net.train()
         while state["step"] < steps_per_epoch:
             rows = order[state["step"] * batch_size:(state["step"] + 1) * batch_size]
-            x = images(rows)
-            if augment:
-                x = _augment(x, gen)
+            x = images(rows, augment=augment)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=cuda):
                 loss = loss_fn(net(x).float(), y_all[torch.as_tensor(rows, device=dev)])
             opt.zero_grad(set_to_none=True)

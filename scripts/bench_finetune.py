@@ -58,8 +58,8 @@ def main() -> None:
     net.train()
 
     def step() -> None:
-        x = _augment(backbone.preprocess(images.to(dev, non_blocking=True), args.image_size),
-                     gen)
+        x = backbone.preprocess(_augment(images.to(dev, non_blocking=True), gen),
+                                args.image_size)
         with torch.autocast(dev.type, dtype=amp, enabled=cuda):
             loss = nn.functional.cross_entropy(net(x).float(), labels)
         opt.zero_grad(set_to_none=True)

@@ -1,8 +1,10 @@
 """Fine-tune on a tiny learnable task: a seeded random ResNet-18 at 32 px, a few hundred images."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -59,19 +61,38 @@ def test_handoff_training_and_outputs(setup, tmp_path):
     assert summary["best_epoch"] >= 1 and len(val) == 24
 
 
-def test_early_stopping(setup, tmp_path):
+def test_early_stopping_keeps_the_grafted_head_when_training_only_hurts(setup, tmp_path):
     tmp, bank = setup
+    # a learning rate that wrecks the network: validation loss is worse than at epoch 0
     summary = finetune(bank, runs=tmp / "runs", out=tmp_path / "ft",
-                       **{**KW, "epochs": 8, "patience": 1, "lr": 0.5, "backbone_lr_ratio": 1.0})
-    assert summary["stopped_early"] and summary["epochs_run"] < 8
-    assert summary["epochs_run"] == summary["best_epoch"] + 1
+                       **{**KW, "epochs": 8, "patience": 2, "lr": 5.0, "backbone_lr_ratio": 1.0,
+                          "warmup_epochs": 0})
+    assert summary["stopped_early"] and summary["epochs_run"] == 2
+    assert summary["best_epoch"] == 0
+    history = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert all(r["val_loss"] > history[0]["val_loss"] for r in history[1:])
+    # the weights restored at the end are the grafted head's: test accuracy is the head's
+    assert summary["test_accuracy"] == pytest.approx(summary["head_test_accuracy"], abs=0.02)
+
+
+def test_augment_is_a_padded_random_crop_and_flip():
+    x = torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8)
+    out = ft._augment(x, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    oy, ox = torch.randint(0, 5, (6,), generator=g), torch.randint(0, 5, (6,), generator=g)
+    flip = torch.rand(6, generator=g) < 0.5
+    padded = torch.nn.functional.pad(x, (0, 0, 2, 2, 2, 2))
+    for i in range(6):
+        crop = padded[i, oy[i]:oy[i] + 16, ox[i]:ox[i] + 16]
+        assert torch.equal(out[i], crop.flip(1) if flip[i] else crop)
+    assert out.dtype == torch.uint8 and flip.any() and not flip.all()
 
 
 class _Killed(Exception):
     pass
 
 
-def _kill_after(monkeypatch, n_checkpoints):
+def _kill_after_checkpoint(monkeypatch, n):
     """Make the run die right after its n-th checkpoint reaches the disk."""
     real, count = ft._save_atomic, {"n": 0}
 
@@ -79,37 +100,82 @@ def _kill_after(monkeypatch, n_checkpoints):
         real(obj, path)
         if path.name == "checkpoint.pt":
             count["n"] += 1
-            if count["n"] == n_checkpoints:
+            if count["n"] == n:
                 raise _Killed
 
     monkeypatch.setattr(ft, "_save_atomic", save)
 
 
-@pytest.mark.parametrize("kill_at, where", [(3, "mid-epoch"), (4, "epoch boundary")])
-def test_resume_gives_the_same_result(setup, tmp_path, monkeypatch, kill_at, where):
-    # 216 train rows / 32 = 7 steps per epoch; a checkpoint every 2 steps and at each epoch end:
-    # the 3rd checkpoint is after step 6 of epoch 1, the 4th at the end of epoch 1
+def _kill_at_step(monkeypatch, n):
+    """Make the run die while preparing its n-th training batch (between checkpoints)."""
+    real, count = ft._augment, {"n": 0}
+
+    def augment(x, gen):
+        count["n"] += 1
+        if count["n"] == n:
+            raise _Killed
+        return real(x, gen)
+
+    monkeypatch.setattr(ft, "_augment", augment)
+
+
+@pytest.mark.parametrize("kill, n, where", [(_kill_at_step, 6, "mid-epoch"),
+                                            (_kill_after_checkpoint, 4, "epoch boundary")])
+def test_resume_gives_the_same_result(setup, tmp_path, monkeypatch, kill, n, where):
+    # 216 train rows / 32 = 7 steps per epoch; a checkpoint every 2 steps and at each epoch end.
+    # Dying at step 6 of epoch 1 leaves the checkpoint of step 4 (steps 5-6 are redone); the
+    # 4th checkpoint is the one at the end of epoch 1.
     tmp, bank = setup
     kw = {**KW, "checkpoint_every": 2, "epochs": 2}
     ref = finetune(bank, runs=tmp / "runs", out=tmp_path / "ref", **kw)
-    _kill_after(monkeypatch, kill_at)
+    kill(monkeypatch, n)
     with pytest.raises(_Killed):
         finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **kw)
     monkeypatch.undo()
     ckpt = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)
-    assert (ckpt["state"]["step"] > 0) == (where == "mid-epoch")
+    assert (ckpt["state"]["step"], ckpt["state"]["epoch"]) == ((4, 0) if where == "mid-epoch"
+                                                               else (0, 1))
     with pytest.raises(FinetuneError, match="exists: pass resume=True"):
         finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **kw)
     got = finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", resume=True, **kw)
-    a = torch.load(tmp_path / "ref" / "best_model.pt", weights_only=True)
-    b = torch.load(tmp_path / "ft" / "best_model.pt", weights_only=True)
+    _assert_same_run(tmp_path / "ref", tmp_path / "ft")
+    assert got["test_accuracy"] == ref["test_accuracy"]
+
+
+def _assert_same_run(a_dir, b_dir):
+    a = torch.load(a_dir / "best_model.pt", weights_only=True)
+    b = torch.load(b_dir / "best_model.pt", weights_only=True)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    strip = [{k: v for k, v in r.items() if k != "seconds"}
-             for r in json.loads((tmp_path / "ref" / "metrics.json").read_text())]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"}
-                     for r in json.loads((tmp_path / "ft" / "metrics.json").read_text())]
-    assert got["test_accuracy"] == ref["test_accuracy"]
+
+    def metrics(d):
+        return [{k: v for k, v in r.items() if k != "seconds"}
+                for r in json.loads((d / "metrics.json").read_text())]
+
+    assert metrics(a_dir) == metrics(b_dir)
+
+
+def test_sigkilled_cli_run_resumes_to_the_same_result(setup, tmp_path):
+    tmp, bank = setup
+    args = [sys.executable, str(REPO / "scripts" / "finetune.py"), "--bank", str(bank.path),
+            "--runs", str(tmp / "runs"), "--epochs", "2", "--batch-size", "32",
+            "--checkpoint-every", "1", "-q"]
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    ref = subprocess.run([*args, "--out", str(tmp_path / "ref")], env=env, timeout=600,
+                         capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen([*args, "--out", str(tmp_path / "ft")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt, deadline = tmp_path / "ft" / "checkpoint.pt", time.time() + 300
+    while not (ckpt.exists() and torch.load(ckpt, weights_only=True)["state"]["step"] >= 3):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run([*args, "--out", str(tmp_path / "ft"), "--resume"], env=env,
+                          timeout=600, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same_run(tmp_path / "ref", tmp_path / "ft")
 
 
 def test_bad_checkpoints_and_heads(setup, tmp_path):
