@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--clip-grad-norm", type=float, default=1.0)
     t.add_argument("--patience", type=int, default=3, help="early-stopping patience (epochs)")
     t.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    t.add_argument("--train-bn", action="store_true",
+                   help="let BatchNorm use batch statistics and update its running ones "
+                        "(default: kept as at extraction)")
     t.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
                    help="also checkpoint every N steps (always at each epoch's end)")
     t.add_argument("--seed", type=int, default=0)
@@ -170,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                optimizer=args.optimizer, weight_decay=args.weight_decay,
                                warmup_epochs=args.warmup_epochs, freeze_until=args.freeze_until,
                                clip_grad_norm=args.clip_grad_norm, patience=args.patience,
-                               augment=not args.no_augment, device=args.device, out=args.out,
+                               augment=not args.no_augment, train_bn=args.train_bn,
+                               device=args.device, out=args.out,
                                resume=args.resume, checkpoint_every=args.checkpoint_every,
                                seed=args.seed, progress=not args.quiet)
             print(f"head test accuracy {summary['head_test_accuracy']}, fine-tuned "

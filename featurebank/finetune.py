@@ -35,6 +35,7 @@ from .bank import FeatureBank, _versions
 from .data import ImageSource, open_source
 from .exceptions import FeatureBankError
 from .extract import resolve_device
+from .heads._base import _mean_scale
 from .heads.export import to_torch
 from .heads.persist import load_head
 
@@ -44,7 +45,7 @@ _CHECKPOINT = "checkpoint.pt"
 # settings that change the result: a resumed run must use the ones it started with
 _RESULT_KEYS = ("bank_fingerprint", "tap", "classes", "epochs", "batch_size", "lr",
                 "backbone_lr_ratio", "optimizer", "weight_decay", "momentum", "warmup_epochs",
-                "freeze_until", "clip_grad_norm", "patience", "augment", "seed")
+                "freeze_until", "clip_grad_norm", "patience", "augment", "train_bn", "seed")
 
 
 class FinetuneError(FeatureBankError):
@@ -61,6 +62,43 @@ class GraftedNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised ``(N, 3, S, S)`` input (``backbone.preprocess``) to logits."""
         return self.head(self.backbone(x)[self.tap].float())
+
+
+class _Standardize(nn.Module):
+    """Fixed ``(x - mean) / scale`` of the tap's features (buffers, not trained)."""
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+
+def _trainable_head(est: Any, bank: FeatureBank, tap: str) -> nn.Module:
+    """``to_torch(head)`` with its first linear layer moved to standardised coordinates.
+
+    ``to_torch`` folds the standardisation into the first layer, so its weights are ``W / scale``:
+    fine for inference, but gradient steps on them are badly scaled (features with a small spread
+    get huge weights). Training the same function as ``Standardize -> Linear(W, b')`` keeps the
+    steps in the coordinates the head was fitted in. The function is unchanged.
+    """
+    module = to_torch(est)
+    first = next(m for m in module.modules() if isinstance(m, nn.Linear))
+    d = first.in_features
+    total, sq, n = np.zeros(d), np.zeros(d), 0
+    for X, _ in bank.iter_batches("train", tap, batch_size=8192):
+        X = X.astype(np.float64)
+        total += X.sum(0)
+        sq += (X * X).sum(0)
+        n += len(X)
+    mean, scale = _mean_scale(total, sq, n)
+    with torch.no_grad():
+        W = first.weight.double()
+        first.bias.copy_(first.bias.double() + W @ torch.from_numpy(mean))
+        first.weight.copy_(W * torch.from_numpy(scale))
+    return nn.Sequential(_Standardize(mean, scale), module)
 
 
 def _resolve_head(bank: FeatureBank, head, runs) -> tuple[Any, Path]:
@@ -200,7 +238,8 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
              backbone_lr_ratio: float = 0.1, optimizer: str = "adamw",
              weight_decay: float = 1e-4, momentum: float = 0.9, warmup_epochs: float = 1.0,
              freeze_until: str | None = None, clip_grad_norm: float | None = 1.0,
-             patience: int = 3, augment: bool = True, device: str = "auto",
+             patience: int = 3, augment: bool = True, train_bn: bool = False,
+             device: str = "auto",
              out: str | os.PathLike = "finetune", resume: bool = False,
              checkpoint_every: int | None = None, handoff_samples: int = 512, seed: int = 0,
              progress: bool = True) -> dict[str, Any]:
@@ -232,6 +271,11 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
         Stop when the validation loss has not improved for this many epochs.
     augment : bool, default=True
         Random crop with padding and horizontal flip, on the device.
+    train_bn : bool, default=False
+        Let BatchNorm layers update their running statistics and normalise with batch
+        statistics while training. By default they stay as they were at extraction (eval mode),
+        so the network trains on the same features the head was fitted on, whatever the batch
+        size.
     device : {"auto", "cpu", "cuda"}, default="auto"
     out : path-like, default="finetune"
         Folder for ``checkpoint.pt``, ``best_model.pt`` (+ ``.json``), ``metrics.csv``,
@@ -269,7 +313,8 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
               "optimizer": optimizer, "weight_decay": float(weight_decay),
               "momentum": float(momentum), "warmup_epochs": float(warmup_epochs),
               "freeze_until": freeze_until, "clip_grad_norm": clip_grad_norm,
-              "patience": int(patience), "augment": bool(augment), "seed": int(seed)}
+              "patience": int(patience), "augment": bool(augment), "train_bn": bool(train_bn),
+              "seed": int(seed)}
     ckpt = _load_checkpoint(ckpt_path, config) if resume else None
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
@@ -281,7 +326,7 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
 
     torch.manual_seed(seed)
     backbone = get_backbone(spec["model"], weights=_weights_for(spec), taps=[tap])
-    net = GraftedNetwork(backbone, to_torch(est), tap).to(dev)
+    net = GraftedNetwork(backbone, _trainable_head(est, bank, tap), tap).to(dev)
     if cuda:
         net = net.to(memory_format=torch.channels_last)
     classes = np.asarray(est.classes_)
@@ -399,6 +444,10 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
         order = state["order"].numpy()
         t0 = time.perf_counter()
         net.train()
+        if not train_bn:  # BatchNorm keeps the statistics the bank's features were made with
+            for m in net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         while state["step"] < steps_per_epoch:
             rows = order[state["step"] * batch_size:(state["step"] + 1) * batch_size]
             x = images(rows, augment=augment)

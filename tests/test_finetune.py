@@ -52,7 +52,8 @@ def test_handoff_training_and_outputs(setup, tmp_path):
     assert summary["best_val_accuracy"] >= history[0]["val_accuracy"]
     assert summary["head_test_accuracy"] is not None and summary["test_accuracy"] is not None
     state = torch.load(tmp_path / "ft" / "best_model.pt", weights_only=True)
-    assert any(k.startswith("backbone.model.layer4") for k in state) and "head.weight" in state
+    assert any(k.startswith("backbone.model.layer4") for k in state)
+    assert {"head.0.mean", "head.0.scale", "head.1.weight"} <= set(state)
     prov = json.loads((tmp_path / "ft" / "best_model.json").read_text())
     assert prov["bank_fingerprint"] == bank.fingerprint and prov["tap"] == "penultimate"
     assert (tmp_path / "ft" / "metrics.csv").read_text().startswith("epoch,")
@@ -70,7 +71,7 @@ def test_early_stopping_keeps_the_grafted_head_when_training_only_hurts(setup, t
     assert summary["stopped_early"] and summary["epochs_run"] == 2
     assert summary["best_epoch"] == 0
     history = json.loads((tmp_path / "ft" / "metrics.json").read_text())
-    assert all(r["val_loss"] > history[0]["val_loss"] for r in history[1:])
+    assert not any(r["val_loss"] < history[0]["val_loss"] for r in history[1:])  # or NaN
     # the weights restored at the end are the grafted head's: test accuracy is the head's
     assert summary["test_accuracy"] == pytest.approx(summary["head_test_accuracy"], abs=0.02)
 
