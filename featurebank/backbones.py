@@ -301,7 +301,6 @@ class Backbone(nn.Module):
         self.name, self.weights, self.weights_path = name, weights, weights_path
         self.taps = list(taps)
         self.preprocessing = preprocessing
-        self._tap_defs = taps
         self._captured: dict[str, torch.Tensor] | None = None
         self._early_exit = True
         modules = dict(model.named_modules())

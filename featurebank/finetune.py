@@ -35,7 +35,7 @@ from .bank import FeatureBank, _versions
 from .data import ImageSource, open_source
 from .exceptions import FeatureBankError
 from .extract import resolve_device
-from .heads._base import _mean_scale
+from .heads._base import _blockwise_mean_scale
 from .heads.export import to_torch
 from .heads.persist import load_head
 
@@ -86,14 +86,8 @@ def _trainable_head(est: Any, bank: FeatureBank, tap: str) -> nn.Module:
     """
     module = to_torch(est)
     first = next(m for m in module.modules() if isinstance(m, nn.Linear))
-    d = first.in_features
-    total, sq, n = np.zeros(d), np.zeros(d), 0
-    for X, _ in bank.iter_batches("train", tap, batch_size=8192):
-        X = X.astype(np.float64)
-        total += X.sum(0)
-        sq += (X * X).sum(0)
-        n += len(X)
-    mean, scale = _mean_scale(total, sq, n)
+    mean, scale = _blockwise_mean_scale(X for X, _ in bank.iter_batches("train", tap,
+                                                                       batch_size=8192))
     with torch.no_grad():
         W = first.weight.double()
         first.bias.copy_(first.bias.double() + W @ torch.from_numpy(mean))

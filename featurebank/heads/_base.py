@@ -39,18 +39,27 @@ def _mean_scale(total: np.ndarray, sq: np.ndarray, n: int) -> tuple[np.ndarray, 
     return mean, scale
 
 
+def _blockwise_mean_scale(blocks) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale over row blocks (numpy arrays or torch tensors on any device), summed in
+    float64 one block at a time, so no full-size copy is ever made."""
+    total = sq = 0.0
+    n = 0
+    for block in blocks:
+        if isinstance(block, torch.Tensor):
+            block = block.double()
+            s, q = block.sum(0).cpu().numpy(), (block * block).sum(0).cpu().numpy()
+        else:
+            block = np.asarray(block, dtype=np.float64)
+            s, q = block.sum(0), (block * block).sum(0)
+        total, sq, n = total + s, sq + q, n + len(block)
+    return _mean_scale(total, sq, n)
+
+
 def _standardization(X: torch.Tensor, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and scale of ``X`` (float64 numpy), or (0, 1) when not standardising."""
-    d = X.shape[1]
     if not standardize:
-        return np.zeros(d), np.ones(d)
-    total = torch.zeros(d, dtype=torch.float64, device=X.device)
-    sq = torch.zeros(d, dtype=torch.float64, device=X.device)
-    for start in range(0, X.shape[0], 8192):  # float64 sums of float32 blocks: no full copy
-        block = X[start:start + 8192].double()
-        total += block.sum(0)
-        sq += (block * block).sum(0)
-    return _mean_scale(total.cpu().numpy(), sq.cpu().numpy(), X.shape[0])
+        return np.zeros(X.shape[1]), np.ones(X.shape[1])
+    return _blockwise_mean_scale(X[s:s + 8192] for s in range(0, X.shape[0], 8192))
 
 
 class _ProbaMixin:

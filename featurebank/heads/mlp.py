@@ -25,8 +25,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from torch import nn
 
-from ._base import (_affine_to_torch, _check_classes, _device, _mean_scale, _ProbaMixin,
-                    _standardization)
+from ._base import (_affine_to_torch, _blockwise_mean_scale, _check_classes, _device,
+                    _ProbaMixin, _standardization)
 
 __all__ = ["MLPHead"]
 
@@ -84,14 +84,11 @@ class _StreamedRows:
         d = self.ds.shape[1]
         if not standardize:
             return torch.zeros(d, device=self.device), torch.ones(d, device=self.device)
-        total, sq = np.zeros(d), np.zeros(d)
         mask = np.zeros(self.ds.shape[0], bool)
         mask[train] = True
-        for s in range(0, self.ds.shape[0], self.block):
-            x = self._read(s, s + self.block)[mask[s:s + self.block]].astype(np.float64)
-            total += x.sum(0)
-            sq += (x * x).sum(0)
-        mean, scale = _mean_scale(total, sq, len(train))
+        mean, scale = _blockwise_mean_scale(
+            self._read(s, s + self.block)[mask[s:s + self.block]]
+            for s in range(0, self.ds.shape[0], self.block))
         return (torch.from_numpy(mean).float().to(self.device),
                 torch.from_numpy(scale).float().to(self.device))
 
