@@ -75,7 +75,8 @@ def _sweep(name: str, X, y, train, val, *, device, random_state):
         if name == "logreg":  # one warm-started path over C
             t = time.perf_counter()
             Cs = spec.grid["C"]
-            heads = logistic_path(Xtr, ytr, Cs, **spec.build(device=device).get_params())
+            heads = logistic_path(Xtr, ytr, Cs, **spec.build(
+                device=device, random_state=random_state).get_params())
             per = (time.perf_counter() - t) / len(Cs)
             tried = [(h, {"C": C}, float((h.predict(Xva) == yva).mean()), per)
                      for h, C in zip(heads, Cs)]

@@ -3,6 +3,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from scipy.special import logsumexp
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
@@ -25,20 +26,43 @@ def data():
     return X[:450], y[:450], X[450:], y[450:]
 
 
+def _objective(Xs, y, coef, intercept, C):
+    """scikit-learn's lbfgs objective in float64, standardised space."""
+    z = Xs @ coef.T + intercept
+    if z.shape[1] == 1:
+        z = z[:, 0]
+        loss = np.logaddexp(0, z) - (y == y.max()) * z
+    else:
+        loss = logsumexp(z, 1) - z[np.arange(len(y)), y]
+    return loss.mean() + (coef ** 2).sum() / (2 * C * len(y))
+
+
+@pytest.mark.parametrize("preconditioner_rank", [0, 128])
 @pytest.mark.parametrize("n_classes", [2, 4])
-def test_logistic_head_matches_scikit_learn(n_classes):
+def test_logistic_head_matches_scikit_learn(n_classes, preconditioner_rank):
     X, y = blobs(500, d=30, n_classes=n_classes, spread=0.5)
     sk = make_pipeline(StandardScaler(), LogisticRegression(C=0.3, tol=1e-8, max_iter=5000))
     sk.fit(X, y)
-    head = LogisticHead(C=0.3, tol=1e-6, max_iter=5000).fit(X, y)
-    np.testing.assert_allclose(head.decision_function(X), sk.decision_function(X), atol=2e-3)
-    np.testing.assert_allclose(head.predict_proba(X), sk.predict_proba(X), atol=5e-4)
+    with warnings.catch_warnings():  # tol=1e-6 is past float32 precision on some of these
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        head = LogisticHead(C=0.3, tol=1e-6, max_iter=5000, random_state=0,
+                            preconditioner_rank=preconditioner_rank).fit(X, y)
+        Xs = StandardScaler().fit_transform(X.astype(np.float64))
+        raw = LogisticHead(C=0.3, standardize=False, tol=1e-6, max_iter=5000, random_state=0,
+                           preconditioner_rank=preconditioner_rank).fit(Xs, y)
+    # the same objective, minimised as far as scikit-learn's float64 solver gets it (the
+    # optimum is flat: 1e-8 of objective moves decision values by 1e-3)
+    best = _objective(Xs, y, sk[-1].coef_, sk[-1].intercept_, 0.3)
+    ours = _objective(Xs, y, head.coef_ * head.scale_, head.intercept_ + head.coef_ @ head.mean_,
+                      0.3)
+    assert ours <= best * (1 + 1e-6)
+    np.testing.assert_allclose(head.decision_function(X), sk.decision_function(X), atol=2e-2)
+    np.testing.assert_allclose(head.predict_proba(X), sk.predict_proba(X), atol=2e-3)
     assert (head.predict(X) == sk.predict(X)).mean() >= 0.998
     assert head.coef_.shape == ((1 if n_classes == 2 else n_classes), 30)
     # standardize=False is a bare LogisticRegression
-    Xs = StandardScaler().fit_transform(X)
-    raw = LogisticHead(C=0.3, standardize=False, tol=1e-6, max_iter=5000).fit(Xs, y)
-    np.testing.assert_allclose(raw.decision_function(Xs), sk.decision_function(X), atol=2e-3)
+    assert _objective(Xs, y, raw.coef_, raw.intercept_, 0.3) <= best * (1 + 1e-6)
+    np.testing.assert_allclose(raw.decision_function(Xs), sk.decision_function(X), atol=2e-2)
     np.testing.assert_allclose(raw.mean_, 0) and np.testing.assert_allclose(raw.scale_, 1)
 
 
@@ -60,18 +84,79 @@ def test_cuda_kernel_equals_the_cpu_kernel(binary):
     np.testing.assert_allclose(a[2], t[2], rtol=1e-4, atol=1e-3)
 
 
+def test_preconditioner_cuts_iterations_on_ill_conditioned_features():
+    # A few dominant directions (as in CNN features) make plain L-BFGS crawl; the sketched
+    # preconditioner flattens them and reaches the same objective in far fewer iterations.
+    rng = np.random.default_rng(0)
+    n, d = 3000, 200
+    y = rng.integers(0, 3, n)
+    latent = rng.standard_normal((n, 8)) * 10 + y[:, None]
+    X = (latent @ rng.standard_normal((8, d)) + rng.standard_normal((n, d))).astype(np.float32)
+    Xs = StandardScaler().fit_transform(X.astype(np.float64))
+    plain = LogisticHead(C=1.0, preconditioner_rank=0, max_iter=1000).fit(X, y)
+    pre = LogisticHead(C=1.0, preconditioner_rank=16, max_iter=1000, random_state=0).fit(X, y)
+    assert pre.n_iter_[0] <= plain.n_iter_[0] / 2
+    f = [_objective(Xs, y, h.coef_ * h.scale_, h.intercept_ + h.coef_ @ h.mean_, 1.0)
+         for h in (plain, pre)]
+    assert f[1] <= f[0] * (1 + 1e-4)
+    # the sketch is seeded: the same random_state gives the same model, bit for bit
+    again = LogisticHead(C=1.0, preconditioner_rank=16, max_iter=1000, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(again.coef_, pre.coef_)
+
+
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_standardisation_statistics_match_standard_scaler(as_torch):
+    # numpy blocks (the CPU path, h5py streams) and torch blocks (CUDA, the fine-tune) give
+    # StandardScaler's statistics, even with a large offset and a constant feature
+    from featurebank.heads._base import _blockwise_mean_scale
+
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((5000, 6)) * [1, 10, 0.01, 1, 1, 0] + [0, 1e4, 3, -7, 0, 5])
+    X = X.astype(np.float32)
+    blocks = [X[s:s + 700] for s in range(0, 5000, 700)] + [X[:0]]
+    if as_torch:
+        blocks = [torch.from_numpy(b) for b in blocks]
+    mean, scale = _blockwise_mean_scale(blocks)
+    ref = StandardScaler().fit(X.astype(np.float64))
+    np.testing.assert_allclose(mean, ref.mean_, rtol=1e-6)
+    np.testing.assert_allclose(scale, ref.scale_, rtol=1e-4)
+    assert scale[5] == 1.0
+
+
+def test_preconditioner_is_invertible():
+    from featurebank.heads.logistic import _Preconditioner
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((500, 40)).astype(np.float32) @ np.diag(np.geomspace(30, 1, 40))
+    X = X.astype(np.float32)
+    P = _Preconditioner.from_sketch(X, X.mean(0).astype(np.float64),
+                                    X.std(0).astype(np.float64), 10, np.random.RandomState(0))
+    assert P.V.shape == (40, 10) and np.all(P.s <= 0) and np.all(P.s > -1)
+    np.testing.assert_allclose(P.V.T @ P.V, np.eye(10), atol=1e-6)
+    M = rng.standard_normal((3, 40))
+    np.testing.assert_allclose(P.inverse(P.apply(M)), M, atol=1e-10)
+    # rank 0 / one feature: no preconditioner
+    assert _Preconditioner.from_sketch(X[:, :1], np.zeros(1), np.ones(1), 10,
+                                       np.random.RandomState(0)) is None
+
+
 def test_regularisation_path_warm_starts_to_the_same_solutions(data):
     X, y, _, _ = data
-    Cs = [10.0, 0.01, 1.0]
+    Cs = [3.0, 0.1, 1.0, 0.3]
     path = logistic_path(X, y, Cs, tol=1e-5, max_iter=1000)
     assert [h.C for h in path] == Cs
+    Xs = StandardScaler().fit_transform(X.astype(np.float64))
     for C, h in zip(Cs, path):
         alone = LogisticHead(C=C, tol=1e-5, max_iter=1000).fit(X, y)
-        np.testing.assert_allclose(h.predict_proba(X), alone.predict_proba(X), atol=2e-3)
-    # warm starts: the path takes fewer iterations than independent fits
+        f = [_objective(Xs, y, m.coef_ * m.scale_, m.intercept_ + m.coef_ @ m.mean_, C)
+             for m in (h, alone)]
+        assert f[0] == pytest.approx(f[1], rel=1e-4)
+        assert (h.predict(X) == alone.predict(X)).mean() >= 0.99
+    # warm starts: the path takes fewer iterations than independent fits (74 against 91), on
+    # top of preparing the problem (standardisation, preconditioner) once instead of 4 times
     independent = sum(LogisticHead(C=C, tol=1e-5, max_iter=1000).fit(X, y).n_iter_[0]
                       for C in Cs)
-    assert sum(h.n_iter_[0] for h in path) < independent
+    assert sum(h.n_iter_[0] for h in path) < 0.9 * independent
 
 
 def test_warm_start_reuses_the_last_solution(data):
@@ -217,6 +302,8 @@ def test_bad_parameters_name_the_parameter(data):
     X, y, _, _ = data
     with pytest.raises(ValueError, match="C must be a positive number, got -1"):
         LogisticHead(C=-1).fit(X, y)
+    with pytest.raises(ValueError, match="preconditioner_rank must be an integer >= 0 .* got -3"):
+        LogisticHead(preconditioner_rank=-3).fit(X, y)
     with pytest.raises(ValueError, match=r"activation must be one of \['gelu', 'relu', 'tanh'\]"):
         MLPHead(activation="swish").fit(X, y)
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.5"):

@@ -30,32 +30,47 @@ def _check_classes(y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     return classes, y_idx.astype(np.int64)
 
 
-def _mean_scale(total: np.ndarray, sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation from float64 sums and sums of squares; a constant feature
-    gets scale 1, as in scikit-learn's StandardScaler."""
-    mean = total / n
-    scale = np.sqrt(np.maximum(sq / n - mean * mean, 0))
-    scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1)] = 1.0
-    return mean, scale
-
-
 def _blockwise_mean_scale(blocks) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and scale over row blocks (numpy arrays or torch tensors on any device), summed in
-    float64 one block at a time, so no full-size copy is ever made."""
-    total = sq = 0.0
-    n = 0
+    """Mean and scale over row blocks (numpy arrays or torch tensors on any device).
+
+    Within a block, its mean and centred sum of squares in float32 (cache-sized, so the
+    block is read from memory once); across blocks, Chan et al.'s exact pairwise update in
+    float64. No full-size or float64 copy is ever made, and there is no cancellation from
+    ``E[x^2] - E[x]^2``. A constant feature gets scale 1, as in scikit-learn's StandardScaler.
+    """
+    n, mean, m2 = 0, 0.0, 0.0
     for block in blocks:
         if isinstance(block, torch.Tensor):
-            block = block.double()
-            s, q = block.sum(0).cpu().numpy(), (block * block).sum(0).cpu().numpy()
-        else:
-            block = np.asarray(block, dtype=np.float64)
-            s, q = block.sum(0), (block * block).sum(0)
-        total, sq, n = total + s, sq + q, n + len(block)
-    return _mean_scale(total, sq, n)
+            parts = [block.float()]
+        else:  # numpy / h5py: 256-row pieces stay in cache for both passes
+            block = np.asarray(block)
+            parts = [block[s:s + 256] for s in range(0, len(block), 256)]
+        for part in parts:
+            nb = len(part)
+            if nb == 0:
+                continue
+            if isinstance(part, torch.Tensor):
+                bmean = part.mean(0)
+                c = part - bmean
+                bmean, bm2 = bmean.double().cpu().numpy(), (c * c).sum(0).double().cpu().numpy()
+            else:
+                part = part.astype(np.float32, copy=False)
+                ones = np.ones(nb, dtype=np.float32)
+                bmean = (ones @ part) / nb  # BLAS: faster than numpy's column reduction
+                c = part - bmean
+                np.multiply(c, c, out=c)
+                bmean, bm2 = bmean.astype(np.float64), (ones @ c).astype(np.float64)
+            total = n + nb
+            delta = bmean - mean
+            mean = mean + delta * (nb / total)
+            m2 = m2 + bm2 + delta * delta * (n * nb / total)
+            n = total
+    scale = np.sqrt(m2 / n)
+    scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1)] = 1.0
+    return np.asarray(mean, dtype=np.float64), scale
 
 
-def _standardization(X: torch.Tensor, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
+def _standardization(X, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and scale of ``X`` (float64 numpy), or (0, 1) when not standardising."""
     if not standardize:
         return np.zeros(X.shape[1]), np.ones(X.shape[1])

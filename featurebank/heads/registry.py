@@ -51,8 +51,8 @@ class HeadSpec:
         return out
 
 
-def _logreg(C=1.0, device="auto", random_state=None):
-    return LogisticHead(C=C, max_iter=200, device=device)
+def _logreg(C=1.0, device="auto", random_state=0):
+    return LogisticHead(C=C, max_iter=200, device=device, random_state=random_state)
 
 
 def _mlp(hidden_layer_sizes=(512,), weight_decay=1e-4, device="auto", random_state=0):
@@ -78,8 +78,8 @@ def _knn(n_neighbors=10, device=None, random_state=None):
 
 _REGISTRY = {spec.name: spec for spec in [
     HeadSpec("logreg", _logreg, {"C": [0.01, 0.1, 1.0, 10.0]},
-             "LogisticHead: multinomial logistic regression in torch (L-BFGS, warm-started "
-             "C path)"),
+             "LogisticHead: multinomial logistic regression, float32 (preconditioned L-BFGS, "
+             "warm-started C path)"),
     HeadSpec("mlp", _mlp, {"hidden_layer_sizes": [(512,), (1024,)],
                            "weight_decay": [1e-4, 1e-2]},
              "MLPHead: one hidden layer, dropout 0.2, AdamW, early stopping"),
