@@ -110,8 +110,8 @@ class _Preconditioner:
         Xt = torch.as_tensor(X)
         rows = np.sort(rng.choice(n, size=min(n, _SKETCH_ROWS), replace=False))
         dev = Xt.device
-        S = (Xt[torch.from_numpy(rows).to(dev)].double() - torch.from_numpy(mean).to(dev))
-        S = (S / torch.from_numpy(scale).to(dev)).float()
+        mu, sd = (torch.from_numpy(v).float().to(dev) for v in (mean, scale))
+        S = (Xt[torch.from_numpy(rows).to(dev)] - mu) / sd  # float32: plenty for a preconditioner
         omega = torch.from_numpy(rng.standard_normal((d, min(d, r + 16)))).float().to(dev)
         Q = torch.linalg.qr(S.T @ (S @ omega)).Q
         Q = torch.linalg.qr(S.T @ (S @ Q)).Q
@@ -120,7 +120,7 @@ class _Preconditioner:
         ev, U = ev.flip(0).cpu().numpy(), U.flip(1)
         V = (Q.double() @ U[:, :r]).cpu().numpy()
         # never stretch a direction, and keep P well away from singular on degenerate data
-        floor = max(ev[r], 1e-2 * float((S.double() ** 2).sum()) / (len(rows) * d), 1e-12)
+        floor = max(ev[r], 1e-2 * float((S * S).sum()) / (len(rows) * d), 1e-12)
         s = np.sqrt(floor / np.maximum(ev[:r], floor)) - 1.0
         return cls(V, s)
 
@@ -330,8 +330,7 @@ def logistic_path(X, y, Cs, **params) -> list[LogisticHead]:
     """Fit one :class:`LogisticHead` per ``C``, warm-starting each from the previous.
 
     The data are validated, moved to the device, standardised and preconditioned once for the
-    whole path,
-    and each fit starts from the last solution, so a path costs far less than
+    whole path, and each fit starts from the last solution, so a path costs far less than
     ``len(Cs)`` independent fits. ``Cs`` are visited in increasing order (strong
     regularisation first, where the solution is cheapest), and the heads are returned in
     the order given.
