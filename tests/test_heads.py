@@ -140,6 +140,28 @@ def test_preconditioner_is_invertible():
                                        np.random.RandomState(0)) is None
 
 
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_the_cuda_code_path_solves_the_same_problem_on_cpu_tensors(n_classes):
+    # What runs on a GPU (tensors on the device, torch standardisation, sketch and kernels),
+    # run on CPU tensors: the same objective as the numpy path reaches.
+    from featurebank.heads.logistic import _Problem
+
+    X, y = blobs(800, d=50, n_classes=n_classes, spread=0.5)
+    y_idx = np.unique(y, return_inverse=True)[1]
+    kw = dict(standardize=True, fit_intercept=True, device=torch.device("cpu"),
+              preconditioner_rank=16, random_state=0)
+    problems = [_Problem(X, y_idx, n_classes, torch_kernels=t, **kw) for t in (False, True)]
+    assert isinstance(problems[1].X, torch.Tensor) and isinstance(problems[0].X, np.ndarray)
+    np.testing.assert_allclose(problems[1].mean, problems[0].mean, rtol=1e-6)
+    np.testing.assert_allclose(problems[1].scale, problems[0].scale, rtol=1e-5)
+    values = []
+    for p in problems:
+        theta, n_iter, status = p.solve(1.0, p.zeros(), 500, 1e-5)
+        assert status == 0
+        values.append(p.loss_grad(theta, 1.0)[0])
+    assert values[1] == pytest.approx(values[0], rel=1e-5)
+
+
 def test_regularisation_path_warm_starts_to_the_same_solutions(data):
     X, y, _, _ = data
     Cs = [3.0, 0.1, 1.0, 0.3]

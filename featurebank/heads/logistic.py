@@ -135,15 +135,16 @@ class _Problem:
 
     def __init__(self, X: np.ndarray, y_idx: np.ndarray, n_classes: int, *, standardize: bool,
                  fit_intercept: bool, device: torch.device, preconditioner_rank: int,
-                 random_state=None):
-        self.cuda = device.type == "cuda"
+                 random_state=None, torch_kernels: bool | None = None):
+        # torch tensors and kernels on CUDA (tests run them on CPU tensors), numpy otherwise
+        self.use_torch = device.type == "cuda" if torch_kernels is None else torch_kernels
         X = np.ascontiguousarray(X, dtype=np.float32)
         self.n, self.d = X.shape
         self.k = 1 if n_classes == 2 else n_classes
         self.fit_intercept = fit_intercept
         T = (y_idx[:, None] == (np.arange(self.k) if self.k > 1 else 1)).astype(np.float32)
-        self.X = torch.from_numpy(X).to(device) if self.cuda else X
-        self.T = torch.from_numpy(T).to(device) if self.cuda else T
+        self.X = torch.from_numpy(X).to(device) if self.use_torch else X
+        self.T = torch.from_numpy(T).to(device) if self.use_torch else T
         self.mean, self.scale = _standardization(self.X, standardize)
         self.precond = None
         if preconditioner_rank > 0:
@@ -163,7 +164,7 @@ class _Problem:
         k, d, n = self.k, self.d, self.n
         W = theta[: k * d].reshape(k, d)
         Wr, br = self.raw(theta)
-        if self.cuda:
+        if self.use_torch:
             dev = self.X.device
             loss, gWr, gbr = _scores_grad_torch(self.X, torch.from_numpy(Wr).float().to(dev),
                                                 torch.from_numpy(br).float().to(dev), self.T,
