@@ -45,7 +45,8 @@ def _line_search(evaluate, f0, dg0, t, maxls):
     Near the optimum a float32 objective stops resolving the decrease a step makes, so a
     step with the slope condition is also accepted when ``f`` is within round-off of ``f0``
     (Hager & Zhang's approximate Wolfe condition).
-    Returns ``(t, f, g)``, or None when ``maxls`` evaluations found no acceptable step.
+    Returns ``(t, f, g)``, or None when ``maxls`` evaluations found no acceptable step or the
+    bracket collapsed (each further trial would be a wasted pass over the data).
     """
     best = None
     prev = (0.0, f0, dg0)
@@ -74,9 +75,10 @@ def _line_search(evaluate, f0, dg0, t, maxls):
                 if dg * (hi[0] - lo[0]) >= 0:
                     hi = lo
                 lo = (t, f, dg)
-        if abs(hi[0] - lo[0]) <= 1e-10 * max(lo[0], hi[0]):  # bracket below resolution
+        t_next = _cubic_min(*lo, *hi)
+        if abs(hi[0] - lo[0]) <= 1e-10 * max(lo[0], hi[0]) or t_next == t:  # collapsed
             break
-        t = _cubic_min(*lo, *hi)
+        t = t_next
     return best
 
 
