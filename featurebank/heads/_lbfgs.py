@@ -118,17 +118,12 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
         t0 = 1.0 if S else min(1.0, 1.0 / np.sqrt(float(g @ g)))
 
         def evaluate(t, x=x, d=d):
+            nonlocal n_eval
+            n_eval += 1
             fn, gn = fun(x + t * d)
             return fn, gn, float(d @ gn)
 
-        counter = [0]
-
-        def counted(t):
-            counter[0] += 1
-            return evaluate(t)
-
-        step = _line_search(counted, f, dg, t0, maxls)
-        n_eval += counter[0]
+        step = _line_search(evaluate, f, dg, t0, maxls)
         if step is None:
             if S:  # stale curvature pairs: forget them and try steepest descent once more
                 S, Y = [], []
