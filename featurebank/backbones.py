@@ -406,8 +406,8 @@ def get_backbone(name: str = "vgg19", *, weights: str | os.PathLike | None = "DE
     weights : str, path-like or None, default="DEFAULT"
         ``"DEFAULT"`` (the model's best pretrained weights; downloaded once by torchvision or
         timm), a torchvision weights name such as ``"IMAGENET1K_V1"``, ``"none"``/``None``
-        (random init, seeded: the same network every time) or the path of a local state_dict file (loaded with
-        ``weights_only=True``).
+        (random init, seeded: the same network every time) or the path of a local state_dict
+        file (loaded with ``weights_only=True``).
     taps : str or sequence of str, optional
         Tap names (comma-separated string or list): named taps (:func:`list_taps`) or dotted
         module names. Default: ``fc7`` for VGG, ``penultimate`` otherwise.

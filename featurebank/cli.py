@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from .backbones import list_backbones
 from .data import list_datasets
 from .exceptions import FeatureBankError
-from .heads.registry import list_heads
+from .heads.registry import _check_head_names, list_heads
 
 __all__ = ["main"]
 
@@ -122,12 +122,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _heads(value: str) -> list[str]:
-    names = [h.strip() for h in value.split(",") if h.strip()]
-    unknown = [h for h in names if h not in list_heads()]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown heads {unknown}; choose from "
-                                         f"{','.join(list_heads())}")
-    return names
+    try:
+        return _check_head_names(h.strip() for h in value.split(",") if h.strip())
+    except FeatureBankError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

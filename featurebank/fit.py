@@ -28,7 +28,7 @@ from .exceptions import BankError, FeatureBankError
 from .heads.export import is_graftable
 from .heads.logistic import logistic_path
 from .heads.persist import save_head
-from .heads.registry import get_head_spec, list_heads
+from .heads.registry import _check_head_names, get_head_spec
 
 __all__ = ["fit_heads"]
 
@@ -123,9 +123,7 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | None = None,
     """
     bank = bank if isinstance(bank, FeatureBank) else FeatureBank(bank)
     tap = tap or bank.taps[0]
-    unknown = [h for h in heads if h not in list_heads()]
-    if unknown or not heads:
-        raise FeatureBankError(f"unknown heads {unknown}; expected names from {list_heads()}.")
+    heads = _check_head_names(heads)
     if "train" not in bank.splits:
         raise BankError(f"feature bank {str(bank.path)!r} has no 'train' split (splits "
                         f"{bank.splits}).")

@@ -110,8 +110,8 @@ def _start(tmp_path, vgg19_file, out):
     args = ["extract", "--dataset", f"npz:{tmp_path / 'd.npz'}", "--weights", str(vgg19_file),
             "--taps", "fc7,pool5", "--image-size", "32", "--batch-size", "16", "--out", str(out)]
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    # Ctrl-C in a terminal: a job started in the background by a non-interactive shell (CI,
-    # nohup ... &) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+    # Ctrl-C as in a terminal: a job started in the background by a non-interactive shell (CI,
+    # nohup ... &) inherits SIGINT ignored, and Python then raises no KeyboardInterrupt
     return args, subprocess.Popen([sys.executable, "-m", "featurebank", *args], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   preexec_fn=_default_sigint)

@@ -37,6 +37,12 @@ def _objective(Xs, y, coef, intercept, C):
     return loss.mean() + (coef ** 2).sum() / (2 * C * len(y))
 
 
+def _head_objective(head, Xs, y, C):
+    """The objective of a fitted head, its raw-space coef_/intercept_ taken back to ``Xs``."""
+    return _objective(Xs, y, head.coef_ * head.scale_, head.intercept_ + head.coef_ @ head.mean_,
+                      C)
+
+
 @pytest.mark.parametrize("preconditioner_rank", [0, 128])
 @pytest.mark.parametrize("n_classes", [2, 4])
 def test_logistic_head_matches_scikit_learn(n_classes, preconditioner_rank):
@@ -53,15 +59,13 @@ def test_logistic_head_matches_scikit_learn(n_classes, preconditioner_rank):
     # the same objective, minimised as far as scikit-learn's float64 solver gets it (the
     # optimum is flat: 1e-8 of objective moves decision values by 1e-3)
     best = _objective(Xs, y, sk[-1].coef_, sk[-1].intercept_, 0.3)
-    ours = _objective(Xs, y, head.coef_ * head.scale_, head.intercept_ + head.coef_ @ head.mean_,
-                      0.3)
-    assert ours <= best * (1 + 1e-6)
+    assert _head_objective(head, Xs, y, 0.3) <= best * (1 + 1e-6)
     np.testing.assert_allclose(head.decision_function(X), sk.decision_function(X), atol=2e-2)
     np.testing.assert_allclose(head.predict_proba(X), sk.predict_proba(X), atol=2e-3)
     assert (head.predict(X) == sk.predict(X)).mean() >= 0.998
     assert head.coef_.shape == ((1 if n_classes == 2 else n_classes), 30)
     # standardize=False is a bare LogisticRegression
-    assert _objective(Xs, y, raw.coef_, raw.intercept_, 0.3) <= best * (1 + 1e-6)
+    assert _head_objective(raw, Xs, y, 0.3) <= best * (1 + 1e-6)
     np.testing.assert_allclose(raw.decision_function(Xs), sk.decision_function(X), atol=2e-2)
     np.testing.assert_allclose(raw.mean_, 0) and np.testing.assert_allclose(raw.scale_, 1)
 
@@ -96,8 +100,7 @@ def test_preconditioner_cuts_iterations_on_ill_conditioned_features():
     plain = LogisticHead(C=1.0, preconditioner_rank=0, max_iter=1000).fit(X, y)
     pre = LogisticHead(C=1.0, preconditioner_rank=16, max_iter=1000, random_state=0).fit(X, y)
     assert pre.n_iter_[0] <= plain.n_iter_[0] / 2
-    f = [_objective(Xs, y, h.coef_ * h.scale_, h.intercept_ + h.coef_ @ h.mean_, 1.0)
-         for h in (plain, pre)]
+    f = [_head_objective(h, Xs, y, 1.0) for h in (plain, pre)]
     assert f[1] <= f[0] * (1 + 1e-4)
     # the sketch is seeded: the same random_state gives the same model, bit for bit
     again = LogisticHead(C=1.0, preconditioner_rank=16, max_iter=1000, random_state=0).fit(X, y)
@@ -170,8 +173,7 @@ def test_regularisation_path_warm_starts_to_the_same_solutions(data):
     Xs = StandardScaler().fit_transform(X.astype(np.float64))
     for C, h in zip(Cs, path):
         alone = LogisticHead(C=C, tol=1e-5, max_iter=1000).fit(X, y)
-        f = [_objective(Xs, y, m.coef_ * m.scale_, m.intercept_ + m.coef_ @ m.mean_, C)
-             for m in (h, alone)]
+        f = [_head_objective(m, Xs, y, C) for m in (h, alone)]
         assert f[0] == pytest.approx(f[1], rel=1e-4)
         assert (h.predict(X) == alone.predict(X)).mean() >= 0.99
     # warm starts: the path takes fewer iterations than independent fits (74 against 91), on

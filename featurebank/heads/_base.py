@@ -70,6 +70,14 @@ def _blockwise_mean_scale(blocks) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(mean, dtype=np.float64), scale
 
 
+def _fold_standardization(W: np.ndarray, b: np.ndarray, mean, scale):
+    """Weights ``W`` (out, in) and bias ``b`` acting on ``(x - mean) / scale``, rewritten to act
+    on raw ``x``: ``(W / scale, b - (W / scale) @ mean)``. ``mean`` and ``scale`` may be
+    scalars."""
+    W = W / scale
+    return W, b - W @ np.broadcast_to(mean, (W.shape[1],))
+
+
 def _standardization(X, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and scale of ``X`` (float64 numpy), or (0, 1) when not standardising."""
     if not standardize:

@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._base import _affine_to_torch
+from ._base import _affine_to_torch, _fold_standardization
 
 __all__ = ["is_graftable", "to_torch"]
 
@@ -73,10 +73,8 @@ def to_torch(estimator: Any) -> nn.Module:
     # fold scalers, last first: x' = (x - mean) / scale  =>  W x' + b = (W / scale) x + b'
     for scaler in reversed(pre):
         check_is_fitted(scaler)
-        mean = scaler.mean_ if scaler.with_mean else 0.0
-        scale = scaler.scale_ if scaler.with_std else 1.0
-        W = W / scale
-        b = b - W @ np.broadcast_to(mean, (W.shape[1],))
+        W, b = _fold_standardization(W, b, scaler.mean_ if scaler.with_mean else 0.0,
+                                     scaler.scale_ if scaler.with_std else 1.0)
     if module is None:
         return _affine_to_torch(W, b)
     if pre:

@@ -33,7 +33,8 @@ from sklearn.linear_model._base import LinearClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import _affine_to_torch, _check_classes, _device, _ProbaMixin, _standardization
+from ._base import (_affine_to_torch, _check_classes, _device, _fold_standardization,
+                    _ProbaMixin, _standardization)
 from ._lbfgs import lbfgs
 
 __all__ = ["LogisticHead", "logistic_path"]
@@ -157,8 +158,7 @@ class _Problem:
         k, d = self.k, self.d
         W = theta[: k * d].reshape(k, d)
         b = theta[k * d:] if self.fit_intercept else np.zeros(k)
-        Wr = W / self.scale
-        return Wr, b - Wr @ self.mean
+        return _fold_standardization(W, b, self.mean, self.scale)
 
     def loss_grad(self, theta: np.ndarray, C: float) -> tuple[float, np.ndarray]:
         k, d, n = self.k, self.d, self.n

@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from torch import nn
 
 from ._base import (_affine_to_torch, _blockwise_mean_scale, _check_classes, _device,
-                    _ProbaMixin, _standardization)
+                    _fold_standardization, _ProbaMixin, _standardization)
 
 __all__ = ["MLPHead"]
 
@@ -316,9 +316,10 @@ class MLPHead(_ProbaMixin, ClassifierMixin, BaseEstimator):
         self.coefs_ = [m.weight.detach().double().cpu().numpy().T for m in linears]
         self.intercepts_ = [m.bias.detach().double().cpu().numpy() for m in linears]
         # fold (x - mean) / scale into the first layer
-        m, s = mean.double().cpu().numpy(), scale.double().cpu().numpy()
-        self.coefs_[0] = self.coefs_[0] / s[:, None]
-        self.intercepts_[0] = self.intercepts_[0] - m @ self.coefs_[0]
+        W, self.intercepts_[0] = _fold_standardization(
+            self.coefs_[0].T, self.intercepts_[0], mean.double().cpu().numpy(),
+            scale.double().cpu().numpy())
+        self.coefs_[0] = W.T
 
     def decision_function(self, X) -> np.ndarray:
         """Logits, shape (n_samples, n_classes), or (n_samples,) for two classes."""

@@ -17,6 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import LinearSVC
 
+from ..exceptions import FeatureBankError
 from .logistic import LogisticHead
 from .mlp import MLPHead
 
@@ -97,6 +98,15 @@ _REGISTRY = {spec.name: spec for spec in [
 def list_heads() -> list[str]:
     """Registered head names, in registry order."""
     return list(_REGISTRY)
+
+
+def _check_head_names(names) -> list[str]:
+    """``names`` as a list, or FeatureBankError naming the unknown ones and the choices."""
+    names = list(names)
+    unknown = [h for h in names if h not in _REGISTRY]
+    if unknown or not names:
+        raise FeatureBankError(f"unknown heads {unknown}; expected names from {list_heads()}.")
+    return names
 
 
 def get_head_spec(name: str) -> HeadSpec:
