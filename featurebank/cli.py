@@ -128,6 +128,17 @@ def _heads(value: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+_AFTER_INTERRUPT = {  # what an interrupted command leaves behind, and how to go on
+    "extract": lambda a: "rows written so far are kept, rerun the same command to resume.",
+    "info": lambda a: "nothing was changed.",
+    "fit": lambda a: (f"heads finished so far are saved in {a.out}/, the leaderboard is written "
+                      f"when every head is done: rerun the command."),
+    "finetune": lambda a: (f"rerun with --resume to continue from the last checkpoint "
+                           f"({a.out}/checkpoint.pt, written at each epoch's end and every "
+                           f"--checkpoint-every steps)."),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``featurebank`` and ``python -m featurebank``; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -182,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"featurebank {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nfeaturebank {args.command}: interrupted; rows written so far are kept, rerun "
-              f"the same command to resume.", file=sys.stderr)
+        print(f"\nfeaturebank {args.command}: interrupted; {_AFTER_INTERRUPT[args.command](args)}",
+              file=sys.stderr)
         return 130
     return 0
