@@ -8,6 +8,7 @@ so the HDF5 writes of one batch overlap the compute of the next.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sys
@@ -88,6 +89,21 @@ def _prefetch(it: Iterator[ImageBatch], pin: bool, depth: int = 3) -> Iterator[I
             yield item
     finally:
         stop.set()
+
+
+@contextlib.contextmanager
+def _same_cudnn_algorithms() -> Iterator[None]:
+    """cuDNN chooses its convolution algorithms by heuristics (deterministic ones), not by
+    timing them: timing can pick another algorithm in another process, and a resumed
+    extraction must compute the rows an uninterrupted one would. The caller's settings are
+    restored afterwards."""
+    cudnn = torch.backends.cudnn
+    saved = cudnn.benchmark, cudnn.deterministic
+    cudnn.benchmark, cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -198,6 +214,7 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
     return FeatureBank(out)
 
 
+@_same_cudnn_algorithms()
 def _run(backbone, source, writer, *, dev, image_size, batch_size, dtype, workers, skip_bad,
          progress) -> None:
     from tqdm.auto import tqdm
@@ -205,8 +222,6 @@ def _run(backbone, source, writer, *, dev, image_size, batch_size, dtype, worker
     cuda = dev.type == "cuda"
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     store = getattr(torch, dtype)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
     total = sum(len(s) for s in source.splits.values())
     done = sum(writer.progress(name)[1] for name in source.splits)
     bar = tqdm(total=total, initial=done, unit="img", disable=not progress, dynamic_ncols=True,

@@ -230,6 +230,29 @@ def test_bad_arguments(tmp_path, vgg19_file, npz, kwargs, error, message):
         _extract(tmp_path, vgg19_file, **kwargs)
 
 
+def test_cudnn_picks_the_same_algorithms_in_every_process(tmp_path, vgg19_file, npz,
+                                                          monkeypatch):
+    # a resumed extraction must compute what an uninterrupted one would: cuDNN choosing its
+    # algorithms by timing (benchmark mode) could choose others in another process. The
+    # caller's settings are back afterwards.
+    extract_module = sys.modules["featurebank.extract"]
+    seen = []
+
+    def recording_backbone(*args, **kwargs):
+        bb = get_backbone(*args, **kwargs)
+        bb.register_forward_pre_hook(lambda m, x: seen.append(
+            (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)))
+        return bb
+
+    monkeypatch.setattr(extract_module, "get_backbone", recording_backbone)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    _extract(tmp_path, vgg19_file)
+    batches = seen[1:]  # the first forward is the shape probe, before extraction proper
+    assert batches and set(batches) == {(False, True)}
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (True, False)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the error on a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, vgg19_file, npz):
     with pytest.raises(FeatureBankError, match="device='cuda'.*no CUDA GPU"):
