@@ -6,7 +6,7 @@
 # The three benchmarks at their GPU settings (LogisticHead vs scikit-learn, CIFAR-10-sized
 # extraction at 224 px, fine-tune steps at 224 px), then the test files whose code takes the
 # CUDA branches when a GPU is present (device="auto"). Each step has its own time limit, so a
-# slow or hung step cannot take the others' time; about 7 minutes at most in all.
+# slow or hung step cannot take the others' time; about 7.5 minutes at most in all.
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu_logs}
@@ -32,5 +32,5 @@ step bench_extract 120 python scripts/bench_extract.py --device cuda --image-siz
     --n-images 60000 --batch-size 256
 step bench_finetune 60 python scripts/bench_finetune.py --device cuda --image-size 224 \
     --batch-size 128
-step tests_cuda 150 python -m pytest -x -q -p no:cacheprovider tests/test_heads.py \
+step tests_cuda 180 python -m pytest -q -rfE -p no:cacheprovider tests/test_heads.py \
     tests/test_extract.py tests/test_finetune.py tests/test_transformer.py
