@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
+from tqdm.auto import tqdm
 
 from .bank import FeatureBank
 from .exceptions import BankError, FeatureBankError
@@ -65,7 +67,7 @@ def _short(params: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
 
 
-def _sweep(name: str, X, y, train, val, *, device, random_state):
+def _sweep(name: str, X, y, train, val, *, device, random_state, bar):
     """Fit every setting of the head's grid; return (best estimator, params, val acc, seconds)."""
     spec = get_head_spec(name)
     Xtr, ytr, Xva, yva = X[train], y[train], X[val], y[val]
@@ -80,6 +82,7 @@ def _sweep(name: str, X, y, train, val, *, device, random_state):
             per = (time.perf_counter() - t) / len(Cs)
             tried = [(h, {"C": C}, float((h.predict(Xva) == yva).mean()), per)
                      for h, C in zip(heads, Cs)]
+            bar.update(len(Cs))
         else:
             for params in spec.candidates():
                 est = spec.build(**params, device=device, random_state=random_state)
@@ -87,6 +90,7 @@ def _sweep(name: str, X, y, train, val, *, device, random_state):
                 est.fit(Xtr, ytr)
                 secs = time.perf_counter() - t
                 tried.append((est, params, float((est.predict(Xva) == yva).mean()), secs))
+                bar.update(1)
     best = max(tried, key=lambda r: r[2])  # first of the best: grids go simple to complex
     return best, sum(r[3] for r in tried), [(_short(p), a) for _, p, a, _ in tried]
 
@@ -141,9 +145,12 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | None = None,
 
     rows = []
     out = Path(out) if out is not None else None
+    bar = tqdm(total=sum(len(get_head_spec(h).candidates()) for h in heads), unit="fit",
+               leave=False, disable=not verbose, file=sys.stderr, dynamic_ncols=True)
     for name in heads:
+        bar.set_description(f"fit {name}")
         (est, params, val_acc, fit_s), sweep_s, tried = _sweep(
-            name, X, y, train, val, device=device, random_state=random_state)
+            name, X, y, train, val, device=device, random_state=random_state, bar=bar)
         row = {"head": name, "params": _short(params), "val_accuracy": val_acc,
                "test_accuracy": (float((est.predict(test[0]) == test[1]).mean())
                                  if test is not None else None),
@@ -158,8 +165,9 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | None = None,
         rows.append(row)
         if verbose:
             test_txt = f"{row['test_accuracy']:.4f}" if test is not None else "-"
-            print(f"  {name:<11} val {val_acc:.4f}  test {test_txt}  fit {fit_s:7.2f}s  "
-                  f"sweep {sweep_s:7.2f}s  {row['params']}", flush=True)
+            bar.write(f"  {name:<11} val {val_acc:.4f}  test {test_txt}  fit {fit_s:7.2f}s  "
+                      f"sweep {sweep_s:7.2f}s  {row['params']}", file=sys.stdout)
+    bar.close()
     rows.sort(key=lambda r: -r["val_accuracy"])
     best = next((r["head"] for r in rows if r["graftable"]), None)
     for r in rows:

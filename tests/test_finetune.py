@@ -62,6 +62,17 @@ def test_handoff_training_and_outputs(setup, tmp_path):
     assert summary["best_epoch"] >= 1 and len(val) == 24
 
 
+def test_progress_shows_a_bar_per_epoch_and_quiet_shows_nothing(setup, tmp_path, capsys):
+    tmp, bank = setup
+    finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **{**KW, "epochs": 1,
+                                                              "progress": True})
+    err = capsys.readouterr().err
+    assert "train epoch 1/1" in err and "img/s" in err  # the step bar (rate, ETA)
+    assert "hand-off agreement" in err and "epoch 1/1: train loss" in err  # the epoch log
+    finetune(bank, runs=tmp / "runs", out=tmp_path / "quiet", **{**KW, "epochs": 1})
+    assert capsys.readouterr().err == ""
+
+
 def test_early_stopping_keeps_the_grafted_head_when_training_only_hurts(setup, tmp_path):
     tmp, bank = setup
     # a learning rate that wrecks the network: validation loss is worse than at epoch 0

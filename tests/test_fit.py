@@ -142,8 +142,11 @@ def test_bad_banks_and_arguments(tmp_path, bank):
 def test_cli_fit(tmp_path, bank, capsys):
     assert main(["fit", str(bank.path), "--heads", "logreg,ridge", "--out",
                  str(tmp_path / "runs")]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "<- best graftable" in out and "val acc" in out and "logreg" in out
+    assert "  ridge       val " in out  # each head's line as it finishes
+    n_settings = sum(len(get_head_spec(h).candidates()) for h in ("logreg", "ridge"))
+    assert "fit logreg" in err and f"/{n_settings} " in err  # the progress bar, on stderr
     assert (tmp_path / "runs" / "ridge.joblib").is_file()
     with pytest.raises(SystemExit):
         main(["fit", str(bank.path), "--heads", "logreg,svm"])
