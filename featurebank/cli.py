@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -196,4 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nfeaturebank {args.command}: interrupted; {_AFTER_INTERRUPT[args.command](args)}",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` or `less`, which stopped reading: the
+        # work is done; send the rest of stdout (and the flush at exit) nowhere, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
     return 0
