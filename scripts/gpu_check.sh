@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-gpu_logs}
 mkdir -p "$out"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1  # what a step printed before its time limit still reaches its log
 
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log to $out/NAME.log, print its tail
     local name=$1 limit=$2 t0=$SECONDS rc
