@@ -443,30 +443,30 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
             for m in net.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        bar = tqdm(total=len(order), initial=min(state["step"] * batch_size, len(order)),
-                   unit="img", desc=f"train epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-        while state["step"] < steps_per_epoch:
-            rows = order[state["step"] * batch_size:(state["step"] + 1) * batch_size]
-            x = images(rows, augment=augment)
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=cuda):
-                loss = loss_fn(net(x).float(), y_all[torch.as_tensor(rows, device=dev)])
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if clip_grad_norm:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(net.parameters(), clip_grad_norm)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            step_loss = float(loss.detach())
-            state["train_loss_sum"] += step_loss * len(rows)
-            state["step"] += 1
-            bar.update(len(rows))
-            bar.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
-            if checkpoint_every and sched.last_epoch % checkpoint_every == 0:
-                checkpoint()
-        bar.close()
+        with tqdm(total=len(order), initial=min(state["step"] * batch_size, len(order)),
+                  unit="img", desc=f"train epoch {epoch + 1}/{epochs}", leave=False,
+                  disable=not progress, file=sys.stderr, dynamic_ncols=True,
+                  smoothing=0.1) as bar:
+            while state["step"] < steps_per_epoch:
+                rows = order[state["step"] * batch_size:(state["step"] + 1) * batch_size]
+                x = images(rows, augment=augment)
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=cuda):
+                    loss = loss_fn(net(x).float(), y_all[torch.as_tensor(rows, device=dev)])
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if clip_grad_norm:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(net.parameters(), clip_grad_norm)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                step_loss = float(loss.detach())
+                state["train_loss_sum"] += step_loss * len(rows)
+                state["step"] += 1
+                bar.update(len(rows))
+                bar.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
+                if checkpoint_every and sched.last_epoch % checkpoint_every == 0:
+                    checkpoint()
         val_loss, val_acc = evaluate(val_rows, y_val)
         row = {"epoch": epoch + 1, "train_loss": state["train_loss_sum"] / len(train_rows),
                "val_loss": val_loss, "val_accuracy": val_acc,

@@ -145,29 +145,28 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | None = None,
 
     rows = []
     out = Path(out) if out is not None else None
-    bar = tqdm(total=sum(len(get_head_spec(h).candidates()) for h in heads), unit="fit",
-               leave=False, disable=not verbose, file=sys.stderr, dynamic_ncols=True)
-    for name in heads:
-        bar.set_description(f"fit {name}")
-        (est, params, val_acc, fit_s), sweep_s, tried = _sweep(
-            name, X, y, train, val, device=device, random_state=random_state, bar=bar)
-        row = {"head": name, "params": _short(params), "val_accuracy": val_acc,
-               "test_accuracy": (float((est.predict(test[0]) == test[1]).mean())
-                                 if test is not None else None),
-               "fit_seconds": fit_s, "sweep_seconds": sweep_s, "tried": tried,
-               "graftable": is_graftable(est)}
-        if out is not None:
-            row["file"] = f"{name}.joblib"
-            save_head(est, out / row["file"], bank=bank, tap=tap, name=name, params=row["params"],
-                      metrics={k: row[k] for k in ("val_accuracy", "test_accuracy",
-                                                   "fit_seconds")},
-                      val_rows=val)
-        rows.append(row)
-        if verbose:
-            test_txt = f"{row['test_accuracy']:.4f}" if test is not None else "-"
-            bar.write(f"  {name:<11} val {val_acc:.4f}  test {test_txt}  fit {fit_s:7.2f}s  "
-                      f"sweep {sweep_s:7.2f}s  {row['params']}", file=sys.stdout)
-    bar.close()
+    with tqdm(total=sum(len(get_head_spec(h).candidates()) for h in heads), unit="fit",
+              leave=False, disable=not verbose, file=sys.stderr, dynamic_ncols=True) as bar:
+        for name in heads:
+            bar.set_description(f"fit {name}")
+            (est, params, val_acc, fit_s), sweep_s, tried = _sweep(
+                name, X, y, train, val, device=device, random_state=random_state, bar=bar)
+            row = {"head": name, "params": _short(params), "val_accuracy": val_acc,
+                   "test_accuracy": (float((est.predict(test[0]) == test[1]).mean())
+                                     if test is not None else None),
+                   "fit_seconds": fit_s, "sweep_seconds": sweep_s, "tried": tried,
+                   "graftable": is_graftable(est)}
+            if out is not None:
+                row["file"] = f"{name}.joblib"
+                save_head(est, out / row["file"], bank=bank, tap=tap, name=name,
+                          params=row["params"], val_rows=val,
+                          metrics={k: row[k] for k in ("val_accuracy", "test_accuracy",
+                                                       "fit_seconds")})
+            rows.append(row)
+            if verbose:
+                test_txt = f"{row['test_accuracy']:.4f}" if test is not None else "-"
+                bar.write(f"  {name:<11} val {val_acc:.4f}  test {test_txt}  fit {fit_s:7.2f}s  "
+                          f"sweep {sweep_s:7.2f}s  {row['params']}", file=sys.stdout)
     rows.sort(key=lambda r: -r["val_accuracy"])
     best = next((r["head"] for r in rows if r["graftable"]), None)
     for r in rows:
