@@ -132,14 +132,14 @@ def test_mlp_standardises_its_training_rows_only(as_torch):
     # rows), gathered block by block: numpy on the CPU, the device tensor on CUDA (run here on
     # a CPU tensor)
     from featurebank.heads._base import _standardization
-    from featurebank.heads.mlp import _Gather, _MemoryRows
+    from featurebank.heads.mlp import _MemoryRows
 
     rng = np.random.default_rng(2)
     X = (rng.standard_normal((20000, 5)) * [1, 3, 0.1, 1, 0] + [5, -1e3, 0, 2, 7])
     X = X.astype(np.float32)
     train = np.sort(rng.choice(len(X), 17000, replace=False))
     if as_torch:
-        mean, scale = _standardization(_Gather(torch.from_numpy(X), train), True)
+        mean, scale = _standardization(torch.from_numpy(X), True, rows=train)
     else:
         mean, scale = (t.numpy() for t in _MemoryRows(X, torch.device("cpu")).standardization(
             train, True))

@@ -78,11 +78,18 @@ def _fold_standardization(W: np.ndarray, b: np.ndarray, mean, scale):
     return W, b - W @ np.broadcast_to(mean, (W.shape[1],))
 
 
-def _standardization(X, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and scale of ``X`` (float64 numpy), or (0, 1) when not standardising."""
+def _standardization(X, standardize: bool, rows: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale (float64 numpy) of ``X`` (numpy or torch), or of its rows
+    ``rows``, read 8,192 rows at a time (never a copy of the whole); (0, 1) when not
+    standardising."""
     if not standardize:
         return np.zeros(X.shape[1]), np.ones(X.shape[1])
-    return _blockwise_mean_scale(X[s:s + 8192] for s in range(0, X.shape[0], 8192))
+    if rows is None:
+        return _blockwise_mean_scale(X[s:s + 8192] for s in range(0, X.shape[0], 8192))
+    if isinstance(X, torch.Tensor):
+        rows = torch.as_tensor(rows, device=X.device)
+    return _blockwise_mean_scale(X[rows[s:s + 8192]] for s in range(0, len(rows), 8192))
 
 
 class _ProbaMixin:

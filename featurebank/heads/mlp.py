@@ -37,19 +37,6 @@ _ACTIVATIONS = {
 }
 
 
-class _Gather:
-    """Rows ``idx`` of ``X`` (numpy or torch), gathered only when sliced: ``[a:b]``."""
-
-    def __init__(self, X, idx: np.ndarray):
-        self.X, self.idx = X, idx
-        self.shape = (len(idx), X.shape[1])
-
-    def __getitem__(self, rows: slice):
-        idx = self.idx[rows]
-        return self.X[idx if isinstance(self.X, np.ndarray)
-                      else torch.as_tensor(idx, device=self.X.device)]
-
-
 class _MemoryRows:
     """Feature rows held as one float32 tensor on the device."""
 
@@ -60,10 +47,10 @@ class _MemoryRows:
         return self.X[torch.as_tensor(idx, device=self.X.device)]
 
     def standardization(self, train: np.ndarray, standardize: bool):
-        # in blocks of rows, never a copy of the whole training set; on the CPU as numpy
-        # arrays, which the shared helper reduces with BLAS (twice as fast as torch there)
+        # the training rows only; on the CPU as numpy arrays, which the shared helper reduces
+        # with BLAS (twice as fast as torch there)
         X = self.X.numpy() if self.X.device.type == "cpu" else self.X
-        mean, scale = _standardization(_Gather(X, train), standardize)
+        mean, scale = _standardization(X, standardize, rows=train)
         return (torch.from_numpy(mean).float().to(self.X.device),
                 torch.from_numpy(scale).float().to(self.X.device))
 
