@@ -1,56 +1,75 @@
 """featurebank: transfer learning with cached features.
 
 Run a frozen pretrained backbone once over an image dataset (:func:`extract`), keep the features
-in an HDF5 feature bank (:class:`FeatureBank`), then train heads on them in seconds.
+in an HDF5 feature bank (:class:`FeatureBank`), train heads on them in seconds
+(:func:`fit_heads`), and fine-tune the best one end to end (:func:`finetune`).
+
+The names below are imported on first use, so ``import featurebank`` (and the command line's
+``--help``) does not pay for importing torch.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("featurebank")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .backbones import Backbone, Preprocessing, get_backbone, list_backbones, list_taps
-from .bank import FORMAT_VERSION, FeatureBank
-from .data import ImageSource, from_arrays, list_datasets, open_source
-from .exceptions import (BackboneError, BankError, BankLockedError, DataError, FeatureBankError,
-                         HeadError)
-from .extract import extract
-from .finetune import FinetuneError, GraftedNetwork, finetune
-from .fit import fit_heads
-from .heads import LogisticHead, MLPHead, to_torch
-from .heads.persist import load_head, save_head
-from .transformer import BackboneTransformer
+from ._io import package_version
+
+__version__ = package_version()
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Backbone": "backbones", "Preprocessing": "backbones", "WeightsId": "backbones",
+    "get_backbone": "backbones", "list_backbones": "backbones", "list_taps": "backbones",
+    "FORMAT_VERSION": "bank", "FeatureBank": "bank",
+    "ImageSource": "data", "from_arrays": "data", "list_datasets": "data",
+    "open_source": "data", "reopen_source": "data",
+    "BackboneError": "exceptions", "BankError": "exceptions", "BankLockedError": "exceptions",
+    "DataError": "exceptions", "FeatureBankError": "exceptions", "FinetuneError": "exceptions",
+    "HeadError": "exceptions", "ParameterError": "exceptions",
+    "extract": "_extract",
+    "Callback": "_finetune", "FinetuneConfig": "_finetune", "GraftedNetwork": "_finetune",
+    "Trainer": "_finetune", "finetune": "_finetune",
+    "fit_heads": "fit",
+    "LogisticHead": "heads", "MLPHead": "heads", "load_head": "heads", "save_head": "heads",
+    "to_torch": "heads",
+    "BackboneTransformer": "transformer",
+}
 
 __all__ = [
     "__version__",
-    "FORMAT_VERSION",
-    "Backbone",
-    "BackboneTransformer",
-    "BackboneError",
-    "BankError",
-    "BankLockedError",
-    "DataError",
-    "FeatureBank",
-    "FeatureBankError",
-    "FinetuneError",
-    "GraftedNetwork",
-    "HeadError",
-    "ImageSource",
-    "LogisticHead",
-    "MLPHead",
-    "Preprocessing",
-    "extract",
-    "finetune",
-    "fit_heads",
-    "from_arrays",
-    "get_backbone",
-    "list_backbones",
-    "list_datasets",
-    "list_taps",
-    "load_head",
-    "open_source",
-    "save_head",
+    "FORMAT_VERSION", "Backbone", "BackboneError", "BackboneTransformer", "BankError",
+    "BankLockedError", "Callback", "DataError", "FeatureBank", "FeatureBankError",
+    "FinetuneConfig", "FinetuneError", "GraftedNetwork", "HeadError", "ImageSource",
+    "LogisticHead", "MLPHead", "ParameterError", "Preprocessing", "Trainer", "WeightsId",
+    "extract", "finetune", "fit_heads", "from_arrays", "get_backbone", "list_backbones",
+    "list_datasets", "list_taps", "load_head", "open_source", "reopen_source", "save_head",
     "to_torch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featurebank' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from ._extract import extract
+    from ._finetune import Callback, FinetuneConfig, GraftedNetwork, Trainer, finetune
+    from .backbones import (Backbone, Preprocessing, WeightsId, get_backbone, list_backbones,
+                            list_taps)
+    from .bank import FORMAT_VERSION, FeatureBank
+    from .data import ImageSource, from_arrays, list_datasets, open_source, reopen_source
+    from .exceptions import (BackboneError, BankError, BankLockedError, DataError,
+                             FeatureBankError, FinetuneError, HeadError, ParameterError)
+    from .fit import fit_heads
+    from .heads import LogisticHead, MLPHead, load_head, save_head, to_torch
+    from .transformer import BackboneTransformer

@@ -11,7 +11,6 @@ forward pass stops as soon as the last tap has fired, so the layers after it nev
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._io import sha256_file
 from .exceptions import BackboneError
 
-__all__ = ["Backbone", "Preprocessing", "get_backbone", "list_backbones", "list_taps"]
+__all__ = ["Backbone", "Preprocessing", "WeightsId", "get_backbone", "list_backbones",
+           "list_taps"]
 
 _TIMM = "timm:"
 _WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
@@ -49,6 +50,62 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class WeightsId:
+    """Which weights a backbone carries, as the bank's ``spec["weights"]`` records them.
+
+    Written (``str``) and read back (:meth:`parse`) here only; :meth:`rebuild_argument` turns
+    it into the ``weights=`` argument that builds the same network again.
+
+    Attributes
+    ----------
+    kind : {"torchvision", "timm", "file", "none"}
+    value : str
+        The weights enum member (``"VGG19_Weights.IMAGENET1K_V1"``), timm's pretrained tag, the
+        file's SHA-256, or ``""`` for a random init.
+    """
+
+    kind: str
+    value: str = ""
+
+    _PREFIX = {"torchvision": "torchvision:", "timm": "timm:", "file": "file:sha256:"}
+
+    def __str__(self) -> str:
+        return "none" if self.kind == "none" else f"{self._PREFIX[self.kind]}{self.value}"
+
+    @classmethod
+    def parse(cls, text: str) -> WeightsId:
+        """The inverse of ``str``: ``"torchvision:<Enum>.<NAME>"``, ``"timm:<tag>"``,
+        ``"file:sha256:<hex>"`` or ``"none"``."""
+        if text == "none":
+            return cls("none")
+        for kind in ("file", "torchvision", "timm"):  # "file:sha256:" before shorter prefixes
+            if text.startswith(cls._PREFIX[kind]):
+                return cls(kind, text[len(cls._PREFIX[kind]):])
+        raise BackboneError(f"unknown weights id {text!r}; expected 'torchvision:<Enum>.<NAME>',"
+                            f" 'timm:<tag>', 'file:sha256:<hex>' or 'none'.")
+
+    def rebuild_argument(self, weights_path: str | None = None) -> str:
+        """The ``weights=`` argument of :func:`get_backbone` that builds these weights again.
+
+        A weights file must still be at ``weights_path`` with the same content (SHA-256).
+        """
+        if self.kind == "file":
+            if not weights_path or not Path(weights_path).is_file():
+                raise BackboneError(
+                    f"the bank was extracted with the weights file {weights_path!r}, which is "
+                    f"not there any more; put it back (same content, SHA-256 {self.value[:12]}"
+                    f"...).")
+            if sha256_file(weights_path) != self.value:
+                raise BackboneError(
+                    f"the weights file {weights_path!r} changed since the bank was extracted "
+                    f"(its SHA-256 differs); restore the original file.")
+            return weights_path
+        if self.kind == "torchvision":
+            return self.value.split(".")[-1]
+        return "DEFAULT" if self.kind == "timm" else "none"
 
 
 class _StopForward(Exception):
@@ -153,14 +210,6 @@ def _is_path(weights: str) -> bool:
             or Path(weights).exists())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise BackboneError(f"weights file {str(path)!r} does not exist (weights=PATH).")
@@ -212,7 +261,8 @@ def _load_weights_file(name: str, path: Path) -> nn.Module:
     return model
 
 
-def _resolve(name: str, weights: str | None) -> tuple[nn.Module, str, Path | None, Preprocessing]:
+def _resolve(name: str, weights: str | None
+             ) -> tuple[nn.Module, WeightsId, Path | None, Preprocessing]:
     """Build the network and read its preprocessing; returns (model, weights id, path, prep)."""
     w = "none" if weights is None else str(weights)
     path = Path(w).expanduser() if w.lower() not in ("none", "default") and _is_path(w) else None
@@ -222,11 +272,12 @@ def _resolve(name: str, weights: str | None) -> tuple[nn.Module, str, Path | Non
                 f"weights={w!r} for {name!r}: expected 'DEFAULT' (timm's pretrained weights), "
                 f"'none' (random init) or the path of a state_dict file.")
         if path is not None:
-            model, wid = _load_weights_file(name, path), f"file:sha256:{_sha256(path)}"
+            model, wid = _load_weights_file(name, path), WeightsId("file", sha256_file(path))
         else:
             pretrained = w.lower() == "default"
             model = _build(name, pretrained=True) if pretrained else _random_init(name)
-            wid = f"timm:{model.pretrained_cfg.get('tag') or 'default'}" if pretrained else "none"
+            wid = (WeightsId("timm", model.pretrained_cfg.get("tag") or "default") if pretrained
+                   else WeightsId("none"))
         from timm.data import resolve_model_data_config
 
         cfg = resolve_model_data_config(model)
@@ -246,15 +297,15 @@ def _resolve(name: str, weights: str | None) -> tuple[nn.Module, str, Path | Non
                 f"{[m.name for m in enum]} or the path of a state_dict file (no file "
                 f"{w!r} exists).") from None
         model = _build(name, pretrained=chosen)
-        wid = f"torchvision:{chosen}"
+        wid = WeightsId("torchvision", str(chosen))
     else:
         # Random init or a local file: the preprocessing is that of the model's default
         # weights, which is what such files are trained with.
         chosen = enum.DEFAULT
         if path is not None:
-            model, wid = _load_weights_file(name, path), f"file:sha256:{_sha256(path)}"
+            model, wid = _load_weights_file(name, path), WeightsId("file", sha256_file(path))
         else:
-            model, wid = _random_init(name), "none"
+            model, wid = _random_init(name), WeightsId("none")
     t = chosen.transforms()
     prep = Preprocessing(tuple(map(float, t.mean)), tuple(map(float, t.std)),
                          t.interpolation.value, f"torchvision:{chosen}")
@@ -279,9 +330,9 @@ class Backbone(nn.Module):
     ----------
     name : str
         Model name (``"vgg19"``, ``"resnet50"``, ``"timm:convnext_tiny"``).
-    weights : str
-        Weights id: ``"torchvision:VGG19_Weights.IMAGENET1K_V1"``, ``"none"``,
-        ``"file:sha256:<hex>"`` or ``"timm:<tag>"``.
+    weights : WeightsId
+        Which weights it carries; ``str(weights)`` is ``"torchvision:VGG19_Weights.IMAGENET1K_V1"``,
+        ``"none"``, ``"file:sha256:<hex>"`` or ``"timm:<tag>"``.
     weights_path : str or None
         The local weights file, when one was given.
     taps : list of str
@@ -294,7 +345,8 @@ class Backbone(nn.Module):
         The wrapped network.
     """
 
-    def __init__(self, model: nn.Module, *, name: str, weights: str, weights_path: str | None,
+    def __init__(self, model: nn.Module, *, name: str, weights: WeightsId,
+                 weights_path: str | None,
                  taps: dict[str, _Tap], preprocessing: Preprocessing):
         super().__init__()
         self.model = model

@@ -19,7 +19,6 @@ written under ``<name>.partial`` and renamed to its final name once ``complete``
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -32,7 +31,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .exceptions import BankError, BankLockedError
+from ._io import DISK_FULL, POSITIVE_INT, os_error_message, replace_durably, versions
+from .exceptions import BankError
 
 __all__ = ["FeatureBank", "FORMAT_VERSION"]
 
@@ -47,17 +47,6 @@ def bank_fingerprint(spec: dict[str, Any], dataset: dict[str, Any]) -> str:
     content = {part: {k: v for k, v in d.items() if k not in _LOCATION_KEYS[part]}
                for part, d in (("spec", spec), ("dataset", dataset))}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import torchvision
-
-    from . import __version__
-
-    return {"featurebank_version": str(__version__), "torch_version": str(torch.__version__),
-            "torchvision_version": str(torchvision.__version__),
-            "h5py_version": str(h5py.__version__)}
 
 
 def _human_size(n: float) -> str:
@@ -130,7 +119,7 @@ class FeatureBank:
         self.dataset: dict[str, Any] = json.loads(attrs["dataset"])
         self.fingerprint: str = str(attrs["fingerprint"])
         self.created: str = str(attrs["created"])
-        self.versions = {k: str(attrs[k]) for k in _versions() if k in attrs}
+        self.versions = {k: str(attrs[k]) for k in versions() if k in attrs}
         self.taps: list[str] = list(self.spec["taps"])
 
     # -- lazy, per-process file handle ---------------------------------------------------------
@@ -230,8 +219,7 @@ class FeatureBank:
                      dtype: Any = np.float32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Stream ``(X, y)`` blocks of at most ``batch_size`` rows, in order, for banks larger
         than memory."""
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise BankError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        POSITIVE_INT.check("batch_size", batch_size)
         ds = self.features(split, tap)
         y = self._h5[split]["labels"]
         for start in range(0, ds.shape[0], batch_size):
@@ -251,7 +239,7 @@ class FeatureBank:
         lines = [
             f"feature bank  {self.path}  ({_human_size(self.path.stat().st_size)} on disk)",
             f"format        {FORMAT_VERSION}, created {self.created}",
-            f"versions      " + ", ".join(f"{k.removesuffix('_version')} {v}"
+            "versions      " + ", ".join(f"{k.removesuffix('_version')} {v}"
                                            for k, v in self.versions.items()),
             f"fingerprint   {self.fingerprint}",
             f"model         {s['model']}  weights {s['weights']}"
@@ -276,46 +264,7 @@ class FeatureBank:
         return "\n".join(lines)
 
 
-class _Lock:
-    """An exclusive, non-blocking lock on ``<bank>.lock``, released when the process dies."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: no cross-process lock
-            pass
-        except OSError as e:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise BankLockedError(
-                    f"another extraction (pid {holder}) is writing {str(self.path)[:-5]!r} "
-                    f"(lock {str(self.path)!r}); wait for it to finish, or write to another "
-                    f"out= path.") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            try:  # the file is only a rendezvous: remove it while still holding the lock
-                self.path.unlink()
-            except OSError:
-                pass
-            os.close(self._fd)
-            self._fd = None
-
-
-class _BankWriter:
+class BankWriter:
     """Writes a bank under ``<path>.partial``; :meth:`commit` renames it to ``path``.
 
     Parameters are the bank's provenance and shape: ``split_sizes`` (source rows per split) and
@@ -336,7 +285,7 @@ class _BankWriter:
 
     def _open_partial(self) -> h5py.File | None:
         try:
-            f = h5py.File(self.partial, "r+")
+            f = self._open(self.partial)
             found = str(f.attrs["fingerprint"])
         except Exception as e:  # a partial damaged beyond use: its rows are recomputed
             warnings.warn(f"unfinished bank {str(self.partial)!r} cannot be read ({e}); "
@@ -358,7 +307,7 @@ class _BankWriter:
         # Default (earliest) file format: no "open for writing" flag in the superblock, so a
         # file whose writer was killed reopens without h5clear.
         f = h5py.File(tmp, "w")
-        f.attrs.update({"featurebank_format": FORMAT_VERSION, **_versions(),
+        f.attrs.update({"featurebank_format": FORMAT_VERSION, **versions(),
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "spec": json.dumps(spec), "dataset": json.dumps(dataset),
                         "fingerprint": self.fingerprint, "complete": False})
@@ -375,7 +324,14 @@ class _BankWriter:
                 self._allocate(g, name, (n,), np.dtype(np.int64), (max(1, min(n, 1 << 16)),))
         f.close()
         os.replace(tmp, self.partial)  # a .partial file always has its full structure
-        return h5py.File(self.partial, "r+")
+        return self._open(self.partial)
+
+    @staticmethod
+    def _open(path: Path) -> h5py.File:
+        # No chunk cache: a row block goes to the disk in the call that writes it, so a failed
+        # write (a full disk) raises there and leaves nothing dirty in HDF5's cache, which
+        # would otherwise fail again on every flush and crash the interpreter at exit.
+        return h5py.File(path, "r+", rdcc_nbytes=0)
 
     @staticmethod
     def _allocate(group: h5py.Group, name: str, shape, dtype, chunks) -> None:
@@ -395,45 +351,56 @@ class _BankWriter:
 
     def write(self, split: str, *, features: dict[str, np.ndarray], labels: np.ndarray,
               index: np.ndarray, sources_done: int) -> None:
-        """Append rows to ``split``; once this returns they survive a kill of the process."""
+        """Append rows to ``split``; once this returns they survive a kill of the process.
+
+        A write the disk refuses (full, quota, file size limit) raises BankError saying what
+        is kept and how to resume; the counters stay behind the rows that did not land.
+        """
         g = self.f[split]
         r, _ = self.progress(split)
         k = len(labels)
-        if k:
-            for tap, x in features.items():
-                g["features"][tap][r:r + k] = x
-            g["labels"][r:r + k] = labels
-            g["index"][r:r + k] = index
-            self.f.flush()  # rows on disk before the counters that point past them
-        g.attrs.modify("rows_done", np.int64(r + k))
-        g.attrs.modify("sources_done", np.int64(sources_done))
-        self.f.flush()
+        try:
+            if k:
+                for tap, x in features.items():
+                    g["features"][tap][r:r + k] = x
+                g["labels"][r:r + k] = labels
+                g["index"][r:r + k] = index
+                self.f.flush()  # rows on disk before the counters that point past them
+            g.attrs.modify("rows_done", np.int64(r + k))
+            g.attrs.modify("sources_done", np.int64(sources_done))
+            self.f.flush()
+        except OSError as e:
+            raise self._write_error(e) from None
+
+    def _write_error(self, e: OSError) -> BankError:
+        code, reason = os_error_message(e)
+        done = sum(self.progress(s)[0] for s in self.f if isinstance(self.f[s], h5py.Group))
+        st = os.stat(self.partial)
+        missing = max(0, st.st_size - st.st_blocks * 512)  # the file is sparse until written
+        fix = (f"free space (about {_human_size(missing)} more is needed) and rerun the same "
+               f"command to resume" if code in DISK_FULL else
+               "fix the cause and rerun the same command to resume")
+        return BankError(f"{reason.lower()} while writing {str(self.partial)!r}: the {done} "
+                         f"rows written so far are kept there; {fix}.")
 
     def commit(self, skipped: dict[str, list[str]]) -> None:
         """Trim splits that lost unreadable images, mark complete, rename to the final name."""
-        for split in self.f:
-            if not isinstance(self.f[split], h5py.Group):
-                continue
-            g = self.f[split]
-            rows, _ = self.progress(split)
-            for ds in [*g["features"].values(), g["labels"], g["index"]]:
-                if ds.shape[0] != rows:
-                    ds.resize(rows, axis=0)
-            g.attrs["skipped"] = json.dumps(skipped.get(split, []))
-        self.f.flush()
-        self.f.attrs.modify("complete", True)
-        self.f.close()
-        with open(self.partial, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.partial, self.path)
-        try:  # make the rename itself durable
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
+        try:
+            for split in self.f:
+                if not isinstance(self.f[split], h5py.Group):
+                    continue
+                g = self.f[split]
+                rows, _ = self.progress(split)
+                for ds in [*g["features"].values(), g["labels"], g["index"]]:
+                    if ds.shape[0] != rows:
+                        ds.resize(rows, axis=0)
+                g.attrs["skipped"] = json.dumps(skipped.get(split, []))
+            self.f.flush()
+            self.f.attrs.modify("complete", True)
+            self.f.close()
+            replace_durably(self.partial, self.path)
+        except OSError as e:
+            raise self._write_error(e) from None
 
     def close(self) -> None:
         """Close without completing (the partial file stays for a later resume)."""

@@ -7,15 +7,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .backbones import list_backbones
-from .data import list_datasets
+from ._io import FRACTION, IMAGE_SIZE, NON_NEGATIVE_INT, POSITIVE_INT
 from .exceptions import FeatureBankError
-from .heads.registry import _check_head_names, list_heads
 
 __all__ = ["main"]
 
+_DEVICES = ["auto", "cpu", "cuda"]
+
 
 def _model(name: str) -> str:
+    from .backbones import list_backbones
+
     if name.startswith("timm:") or name in list_backbones():
         return name
     raise argparse.ArgumentTypeError(
@@ -23,14 +25,17 @@ def _model(name: str) -> str:
         f"({', '.join(list_backbones())}) or timm:NAME")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+def _heads(value: str) -> list[str]:
+    from .heads.registry import check_head_names
 
-    p = argparse.ArgumentParser(
-        prog="featurebank",
-        description="Cache frozen-backbone features once; train heads on them in seconds.")
-    p.add_argument("--version", action="version", version=f"featurebank {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    try:
+        return check_head_names(h.strip() for h in value.split(",") if h.strip())
+    except FeatureBankError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _extract_parser(sub) -> None:
+    from .data import list_datasets
 
     e = sub.add_parser("extract", help="run a frozen backbone over a dataset into a feature bank",
                        description="Run a frozen backbone once over an image dataset and write "
@@ -50,15 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--taps", default=None, metavar="TAP[,TAP...]",
                    help="taps to store: fc6, fc7, pool5 (VGG), penultimate, or any module "
                         "name (default: fc7 for VGG, else penultimate)")
-    e.add_argument("--image-size", type=int, default=224, metavar="PX",
+    e.add_argument("--image-size", type=IMAGE_SIZE.parse, default=224, metavar="PX",
                    help="square input size in pixels (default: 224)")
-    e.add_argument("--batch-size", type=int, default=None, metavar="N",
+    e.add_argument("--batch-size", type=POSITIVE_INT.parse, default=None, metavar="N",
                    help="images per forward pass (default: 256 on CUDA, 64 on CPU)")
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    e.add_argument("--device", default="auto", choices=_DEVICES,
                    help="auto = CUDA when present (default: auto)")
     e.add_argument("--dtype", default="float16", choices=["float16", "float32"],
                    help="storage dtype of the features (default: float16)")
-    e.add_argument("--num-workers", type=int, default=None, metavar="N",
+    e.add_argument("--num-workers", type=NON_NEGATIVE_INT.parse, default=None, metavar="N",
                    help="image decoding workers for folder datasets (default: min(8, cores))")
     e.add_argument("--out", default=None, metavar="BANK.h5", help="output bank file")
     e.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -68,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="leave unreadable images out (logged and recorded) instead of failing")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    i = sub.add_parser("info", help="print a bank's provenance, splits, taps and shapes")
-    i.add_argument("bank", metavar="BANK.h5")
+
+def _fit_parser(sub) -> None:
+    from .heads.registry import list_heads
 
     f = sub.add_parser("fit", help="fit heads on a bank, select on a validation split, rank",
                        description="Fit heads on cached features, sweep each head's main "
@@ -79,55 +85,102 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--tap", default=None, help="tap to fit on (default: the bank's first)")
     f.add_argument("--heads", default="logreg,mlp", type=_heads, metavar="HEAD[,HEAD...]",
                    help=f"heads from {{{','.join(list_heads())}}} (default: logreg,mlp)")
-    f.add_argument("--val-fraction", type=float, default=0.1,
+    f.add_argument("--val-fraction", type=FRACTION.parse, default=0.1,
                    help="fraction of train rows held out for selection (default: 0.1)")
     f.add_argument("--out", default="runs", metavar="RUNS_DIR",
                    help="folder for the heads and the leaderboard (default: runs)")
-    f.add_argument("--seed", type=int, default=0, help="validation split and head seed")
-    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    f.add_argument("--seed", type=NON_NEGATIVE_INT.parse, default=0,
+                   help="validation split and head seed (default: 0)")
+    f.add_argument("--device", default="auto", choices=_DEVICES)
+    f.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no line per head")
+
+
+def _finetune_parser(sub) -> None:
+    from ._finetune.config import FinetuneConfig
 
     t = sub.add_parser("finetune", help="graft the best head onto the backbone and fine-tune",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Rebuild the bank's backbone up to the head's tap, attach the "
                                    "head, check the hand-off, and train end to end with early "
                                    "stopping and resumable checkpoints.")
-    t.add_argument("--bank", required=True, metavar="BANK.h5")
+    t.add_argument("--bank", required=True, metavar="BANK.h5",
+                   help="the bank the head was fitted on")
     which = t.add_mutually_exclusive_group(required=True)
     which.add_argument("--head", metavar="HEAD.joblib", help="a saved head")
     which.add_argument("--runs", metavar="RUNS_DIR", help="use the best graftable head of a fit")
     t.add_argument("--data-root", default=None, metavar="DIR",
                    help="where the images are now, if they moved since the extraction")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
-    t.add_argument("--backbone-lr-ratio", type=float, default=0.1,
-                   help="backbone lr = lr x this (default 0.1)")
-    t.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--warmup-epochs", type=float, default=1.0)
-    t.add_argument("--freeze-until", default=None, metavar="MODULE",
-                   help="freeze backbone parameters up to and including this module")
-    t.add_argument("--clip-grad-norm", type=float, default=1.0)
-    t.add_argument("--patience", type=int, default=3, help="early-stopping patience (epochs)")
-    t.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    t.add_argument("--train-bn", action="store_true",
-                   help="let BatchNorm use batch statistics and update its running ones "
-                        "(default: kept as at extraction)")
-    t.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
-                   help="also checkpoint every N steps (always at each epoch's end)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--out", default="finetune", metavar="DIR")
+    FinetuneConfig.add_arguments(t)
+    t.add_argument("--device", default="auto", choices=_DEVICES)
+    t.add_argument("--out", default="finetune", metavar="DIR", help="output folder")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
-    t.add_argument("-q", "--quiet", action="store_true")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="featurebank",
+        description="Cache frozen-backbone features once; train heads on them in seconds.")
+    p.add_argument("--version", action="version", version=f"featurebank {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _extract_parser(sub)
+    i = sub.add_parser("info", help="print a bank's provenance, splits, taps and shapes")
+    i.add_argument("bank", metavar="BANK.h5")
+    _fit_parser(sub)
+    _finetune_parser(sub)
     return p
 
 
-def _heads(value: str) -> list[str]:
-    try:
-        return _check_head_names(h.strip() for h in value.split(",") if h.strip())
-    except FeatureBankError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _run_extract(args: argparse.Namespace) -> None:
+    from ._extract import extract
 
+    bank = extract(args.dataset, data_root=args.data_root, download=args.download,
+                   model=args.model, weights=args.weights, taps=args.taps,
+                   image_size=args.image_size, batch_size=args.batch_size, device=args.device,
+                   dtype=args.dtype, out=args.out, resume=args.resume,
+                   overwrite=args.overwrite, skip_bad=args.skip_bad,
+                   num_workers=args.num_workers, progress=not args.quiet)
+    print(f"wrote {bank.path}")
+    if not args.quiet:
+        print(bank.info())
+
+
+def _run_info(args: argparse.Namespace) -> None:
+    from .bank import FeatureBank
+
+    print(FeatureBank(args.bank).info())
+
+
+def _run_fit(args: argparse.Namespace) -> None:
+    from .fit import fit_heads, format_leaderboard
+
+    if not args.quiet:
+        print(f"fitting {', '.join(args.heads)} on {args.bank} ...", flush=True)
+    board = fit_heads(args.bank, tap=args.tap, heads=args.heads, val_fraction=args.val_fraction,
+                      out=args.out, random_state=args.seed, device=args.device,
+                      verbose=not args.quiet)
+    print(f"\ntap {board['tap']}: {board['n_train']} train rows, {board['n_val']} "
+          f"validation rows, {board['n_test']} test rows")
+    print(format_leaderboard(board))
+    print(f"\nwrote {args.out}/: {', '.join(r['file'] for r in board['rows'])}, "
+          f"leaderboard.json, leaderboard.csv, split.npz")
+
+
+def _run_finetune(args: argparse.Namespace) -> None:
+    from ._finetune import FinetuneConfig, finetune
+
+    summary = finetune(args.bank, head=args.head, runs=args.runs, data_root=args.data_root,
+                       device=args.device, out=args.out, resume=args.resume,
+                       progress=not args.quiet, config=FinetuneConfig.from_namespace(args))
+    print(f"head test accuracy {summary['head_test_accuracy']}, fine-tuned "
+          f"{summary['test_accuracy']} (best epoch {summary['best_epoch']}); wrote {args.out}/")
+
+
+_COMMANDS = {"extract": _run_extract, "info": _run_info, "fit": _run_fit,
+             "finetune": _run_finetune}
 
 _AFTER_INTERRUPT = {  # what an interrupted command leaves behind, and how to go on
     "extract": lambda a: "rows written so far are kept, rerun the same command to resume.",
@@ -144,52 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``featurebank`` and ``python -m featurebank``; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "extract":
-            from .extract import extract
-
-            bank = extract(args.dataset, data_root=args.data_root, download=args.download,
-                           model=args.model, weights=args.weights, taps=args.taps,
-                           image_size=args.image_size, batch_size=args.batch_size,
-                           device=args.device, dtype=args.dtype, out=args.out,
-                           resume=args.resume, overwrite=args.overwrite,
-                           skip_bad=args.skip_bad, num_workers=args.num_workers,
-                           progress=not args.quiet)
-            print(f"wrote {bank.path}")
-            if not args.quiet:
-                print(bank.info())
-        elif args.command == "info":
-            from .bank import FeatureBank
-
-            print(FeatureBank(args.bank).info())
-        elif args.command == "fit":
-            from .fit import fit_heads, format_leaderboard
-
-            print(f"fitting {', '.join(args.heads)} on {args.bank} ...", flush=True)
-            board = fit_heads(args.bank, tap=args.tap, heads=args.heads,
-                              val_fraction=args.val_fraction, out=args.out,
-                              random_state=args.seed, device=args.device)
-            print(f"\ntap {board['tap']}: {board['n_train']} train rows, {board['n_val']} "
-                  f"validation rows, {board['n_test']} test rows")
-            print(format_leaderboard(board))
-            print(f"\nwrote {args.out}/: {', '.join(r['file'] for r in board['rows'])}, "
-                  f"leaderboard.json, leaderboard.csv, split.npz")
-        elif args.command == "finetune":
-            from .finetune import finetune
-
-            summary = finetune(args.bank, head=args.head, runs=args.runs,
-                               data_root=args.data_root, epochs=args.epochs,
-                               batch_size=args.batch_size, lr=args.lr,
-                               backbone_lr_ratio=args.backbone_lr_ratio,
-                               optimizer=args.optimizer, weight_decay=args.weight_decay,
-                               warmup_epochs=args.warmup_epochs, freeze_until=args.freeze_until,
-                               clip_grad_norm=args.clip_grad_norm, patience=args.patience,
-                               augment=not args.no_augment, train_bn=args.train_bn,
-                               device=args.device, out=args.out,
-                               resume=args.resume, checkpoint_every=args.checkpoint_every,
-                               seed=args.seed, progress=not args.quiet)
-            print(f"head test accuracy {summary['head_test_accuracy']}, fine-tuned "
-                  f"{summary['test_accuracy']} (best epoch {summary['best_epoch']}); "
-                  f"wrote {args.out}/")
+        _COMMANDS[args.command](args)
     except FeatureBankError as e:
         print(f"featurebank {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,18 +21,13 @@ import torch
 
 from .exceptions import DataError
 
-__all__ = ["ImageSource", "ImageBatch", "from_arrays", "list_datasets", "open_source"]
+__all__ = ["ImageSource", "ImageBatch", "from_arrays", "list_datasets", "open_source",
+           "reopen_source"]
 
 _CIFAR = {
     "cifar10": ("CIFAR10", "CIFAR-10", "cifar-10-batches-py"),
     "cifar100": ("CIFAR100", "CIFAR-100", "cifar-100-python"),
 }
-_PREFIXED = ("folder", "npz")
-
-
-def list_datasets() -> list[str]:
-    """Names accepted by ``dataset=`` / ``--dataset`` (``folder:`` and ``npz:`` take a path)."""
-    return [*_CIFAR, *(f"{p}:PATH" for p in _PREFIXED)]
 
 
 @dataclass
@@ -76,15 +71,27 @@ class _ArraySplit:
                              np.arange(s, e, dtype=np.int64), self.labels[s:e])
 
 
-def _decode(path: str):
-    """The RGB image in ``path``, or the decoder's error message."""
+def _to_rgb(im):
+    """An opened PIL image as 8-bit RGB, scaling 16-bit pixels rather than clipping them.
+
+    ``convert("RGB")`` clips every value above 255, so a 16-bit greyscale PNG (mode ``I;16``)
+    would come out nearly white: those are scaled to 8 bits (``v * 255 / 65535``). 32-bit
+    integer and float pixels have no standard 8-bit scale and are refused (ValueError), unless
+    they already lie in 0..255.
+    """
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB"), None  # a full decode: truncated files fail here
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return None, f"{type(e).__name__}: {e}"
+    if im.mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.uint32)
+        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("I", "F"):
+        a = np.asarray(im)
+        if a.size and (a.min() < 0 or a.max() > 255 or (im.mode == "F" and (a % 1).any())):
+            raise ValueError(
+                f"{'32-bit integer' if im.mode == 'I' else 'floating-point'} pixels (mode "
+                f"{im.mode!r}) with values from {a.min():g} to {a.max():g} have no standard "
+                f"8-bit scale; save the image as 8- or 16-bit")
+    return im.convert("RGB")
 
 
 def _fit(im, image_size: int, interpolation: Any) -> np.ndarray:
@@ -94,6 +101,19 @@ def _fit(im, image_size: int, interpolation: Any) -> np.ndarray:
 
     im = F.resize(im, image_size, interpolation=InterpolationMode(interpolation), antialias=True)
     return np.asarray(F.center_crop(im, [image_size, image_size]), dtype=np.uint8)
+
+
+def _load(path: str, image_size: int, interpolation: Any) -> tuple[np.ndarray | None, str | None]:
+    """The image file at ``path`` as uint8 ``(S, S, 3)`` (shorter side resized to ``S``,
+    centre-cropped), or ``(None, the decoder's error)``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            rgb = _to_rgb(im)  # a full decode: truncated files fail here
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return None, f"{type(e).__name__}: {e}"
+    return _fit(rgb, image_size, interpolation), None
 
 
 class _FileDataset(torch.utils.data.Dataset):
@@ -107,10 +127,8 @@ class _FileDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         pos = self.first + i
         path, label = self.samples[pos]
-        im, err = _decode(path)  # a bad file is reported by path in the main process
-        if im is None:
-            return pos, label, path, None, err
-        return pos, label, path, _fit(im, self.image_size, self.interpolation), None
+        img, err = _load(path, self.image_size, self.interpolation)  # bad files are reported
+        return pos, label, path, img, err  # by path in the main process
 
 
 def _collate(items):
@@ -142,10 +160,10 @@ class _FileSplit:
         """Decode the files at these source positions (in this process)."""
         out = np.empty((len(positions), image_size, image_size, 3), np.uint8)
         for j, pos in enumerate(positions):
-            im, err = _decode(self.samples[pos][0])
-            if im is None:
+            img, err = _load(self.samples[pos][0], image_size, interpolation)
+            if img is None:
                 raise DataError(f"cannot read image {self.samples[pos][0]!r} ({err}).")
-            out[j] = _fit(im, image_size, interpolation)
+            out[j] = img
         return out
 
     def batches(self, start: int, batch_size: int, *, image_size: int, interpolation: Any,
@@ -252,7 +270,9 @@ def _open_cifar(name: str, root: Path, download: bool) -> ImageSource:
     return ImageSource(name, str(root), classes, splits, "device")
 
 
-def _check_images(images: Any, what: str) -> np.ndarray:
+def check_images(images: Any, what: str) -> np.ndarray:
+    """``images`` as uint8 ``(N, H, W, 3)`` (greyscale repeated), or DataError naming
+    ``what``."""
     images = np.asarray(images)
     if images.ndim == 4 and images.shape[-1] == 1 or images.ndim == 3:
         images = np.repeat(images.reshape(images.shape[:3] + (1,)), 3, axis=-1)
@@ -280,7 +300,7 @@ def from_arrays(images: Any, labels: Any = None, *, classes: list[str] | None = 
     -------
     ImageSource
     """
-    images = _check_images(images, "images")
+    images = check_images(images, "images")
     labels = np.zeros(len(images), np.int64) if labels is None else np.asarray(labels)
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or (
             len(labels) and labels.min() < 0):
@@ -315,7 +335,7 @@ def _open_npz(path: Path) -> ImageSource:
     for split, (ik, lk) in names.items():
         if lk not in arrays:
             raise DataError(f"npz file {str(path)!r} has {ik!r} but no {lk!r} array.")
-        images = _check_images(arrays[ik], f"npz array {ik!r} in {str(path)!r}")
+        images = check_images(arrays[ik], f"npz array {ik!r} in {str(path)!r}")
         labels = arrays[lk]
         if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype,
                                                                                np.integer):
@@ -368,6 +388,34 @@ def _open_folder(root: Path) -> ImageSource:
     return ImageSource("folder", str(root), classes, splits, "shorter_side_center_crop")
 
 
+@dataclass(frozen=True)
+class _SourceKind:
+    """A registered kind of image source: how to open it from its location.
+
+    ``location`` is the data root for CIFAR (``takes_path=False``: ``--dataset cifar10
+    --data-root DIR``) and the file or folder itself otherwise (``--dataset folder:PATH``).
+    A bank's ``dataset`` provenance records the kind as ``name`` and the location as
+    ``source``, so the same entry reopens it for fine-tuning.
+    """
+
+    name: str
+    open: Callable[[Path, bool], ImageSource]  # (location, download)
+    takes_path: bool
+
+
+_SOURCES = {k.name: k for k in [
+    _SourceKind("cifar10", lambda loc, download: _open_cifar("cifar10", loc, download), False),
+    _SourceKind("cifar100", lambda loc, download: _open_cifar("cifar100", loc, download), False),
+    _SourceKind("folder", lambda loc, download: _open_folder(loc), True),
+    _SourceKind("npz", lambda loc, download: _open_npz(loc), True),
+]}
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by ``dataset=`` / ``--dataset`` (``folder:`` and ``npz:`` take a path)."""
+    return [f"{k.name}:PATH" if k.takes_path else k.name for k in _SOURCES.values()]
+
+
 def open_source(dataset: str, *, data_root: str | os.PathLike = "data",
                 download: bool = False) -> ImageSource:
     """Open an image source by name.
@@ -386,12 +434,50 @@ def open_source(dataset: str, *, data_root: str | os.PathLike = "data",
     -------
     ImageSource
     """
-    kind, _, arg = str(dataset).partition(":")
-    if kind in _CIFAR and not arg:
-        return _open_cifar(kind, Path(data_root).expanduser(), download)
-    if kind in _PREFIXED and arg:
-        path = Path(arg).expanduser()
-        return _open_npz(path) if kind == "npz" else _open_folder(path)
-    raise DataError(
-        f"unknown dataset {dataset!r}; expected one of {list_datasets()} "
-        f"(e.g. dataset='folder:/data/flowers').")
+    name, _, arg = str(dataset).partition(":")
+    kind = _SOURCES.get(name)
+    if kind is None or kind.takes_path != bool(arg):
+        raise DataError(
+            f"unknown dataset {dataset!r}; expected one of {list_datasets()} "
+            f"(e.g. dataset='folder:/data/flowers').")
+    return kind.open(Path(arg if arg else data_root).expanduser(), download)
+
+
+def reopen_source(provenance: dict[str, Any], *,
+                  data_root: str | os.PathLike | None = None) -> ImageSource:
+    """Open the images a bank was extracted from, from its ``dataset`` provenance.
+
+    Parameters
+    ----------
+    provenance : dict
+        ``FeatureBank.dataset``: the source's kind (``name``), location (``source``) and
+        fingerprint.
+    data_root : path-like, optional
+        Where the images are now, when they moved since the extraction (the folder or npz
+        file itself, or the CIFAR data root).
+
+    Returns
+    -------
+    ImageSource
+        The same images: its fingerprint must equal the recorded one.
+    """
+    kind = _SOURCES.get(provenance["name"])
+    if kind is None:
+        raise DataError(
+            f"the bank's images came from {provenance['name']!r} (in memory), which cannot be "
+            f"reopened; extract from a dataset on disk (--dataset {list_datasets()}).")
+    location = Path(data_root if data_root is not None else provenance["source"]).expanduser()
+    if not location.exists():
+        what = (f"the folder that holds {_CIFAR[kind.name][2]!r}" if kind.name in _CIFAR
+                else f"the {'npz file' if kind.name == 'npz' else 'image folder'}")
+        raise DataError(
+            f"the bank's images were read from {str(location)!r} ({kind.name}), which does not "
+            f"exist any more. If they moved, pass --data-root NEW_PATH (data_root=NEW_PATH) "
+            f"pointing at {what} where it is now.")
+    source = kind.open(location, False)
+    if source.fingerprint() != provenance["fingerprint"]:
+        raise DataError(
+            f"the images at {str(location)!r} differ from those the bank was extracted from "
+            f"(source fingerprint changed); pass --data-root PATH (data_root=PATH) pointing at "
+            f"the original data.")
+    return source

@@ -14,11 +14,21 @@ __all__ = [
     "BankError",
     "BankLockedError",
     "HeadError",
+    "FinetuneError",
+    "ParameterError",
 ]
 
 
 class FeatureBankError(Exception):
     """Base class of every error featurebank raises on purpose."""
+
+
+class ParameterError(FeatureBankError, ValueError):
+    """An argument is out of its allowed range or not one of its choices.
+
+    Every such message has one format: ``the 'batch_size' parameter must be a positive int,
+    got 0.``
+    """
 
 
 class DataError(FeatureBankError, ValueError):
@@ -39,3 +49,7 @@ class BankLockedError(BankError):
 
 class HeadError(FeatureBankError, ValueError):
     """A saved head is unreadable, or belongs to another bank or tap."""
+
+
+class FinetuneError(FeatureBankError):
+    """A fine-tune cannot start or continue: bad head, moved data, bad checkpoint."""

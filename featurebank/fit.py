@@ -11,11 +11,9 @@ split stays clean for the fine-tune's early stopping; its row indices are saved 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,12 +23,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
+from ._io import FRACTION, atomic_write, write_csv, write_json
 from .bank import FeatureBank
 from .exceptions import BankError, FeatureBankError
-from .heads.export import is_graftable
-from .heads.logistic import logistic_path
 from .heads.persist import save_head
-from .heads.registry import _check_head_names, get_head_spec
+from .heads.registry import check_head_names, get_head_spec
 
 __all__ = ["fit_heads"]
 
@@ -47,8 +44,7 @@ def _check_features(X: np.ndarray, bank: FeatureBank, split: str, tap: str) -> N
 
 
 def _validation_split(y: np.ndarray, val_fraction: float, random_state: int):
-    if not 0 < val_fraction < 1:
-        raise FeatureBankError(f"val_fraction must be in (0, 1), got {val_fraction!r}.")
+    FRACTION.check("val_fraction", val_fraction)
     n, counts = len(y), np.bincount(y)
     n_val = int(round(val_fraction * n))
     n_classes = int((counts > 0).sum())
@@ -68,29 +64,15 @@ def _short(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sweep(name: str, X, y, train, val, *, device, random_state, bar):
-    """Fit every setting of the head's grid; return (best estimator, params, val acc, seconds)."""
-    spec = get_head_spec(name)
-    Xtr, ytr, Xva, yva = X[train], y[train], X[val], y[val]
-    tried = []
+    """Fit every setting of the head's grid; return (best estimator, params, val acc, seconds),
+    the whole sweep's seconds and each setting's validation accuracy."""
+    Xva, yva = X[val], y[val]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported per setting instead
-        if name == "logreg":  # one warm-started path over C
-            t = time.perf_counter()
-            Cs = spec.grid["C"]
-            heads = logistic_path(Xtr, ytr, Cs, **spec.build(
-                device=device, random_state=random_state).get_params())
-            per = (time.perf_counter() - t) / len(Cs)
-            tried = [(h, {"C": C}, float((h.predict(Xva) == yva).mean()), per)
-                     for h, C in zip(heads, Cs)]
-            bar.update(len(Cs))
-        else:
-            for params in spec.candidates():
-                est = spec.build(**params, device=device, random_state=random_state)
-                t = time.perf_counter()
-                est.fit(Xtr, ytr)
-                secs = time.perf_counter() - t
-                tried.append((est, params, float((est.predict(Xva) == yva).mean()), secs))
-                bar.update(1)
+        fitted = get_head_spec(name).fit_grid(X[train], y[train], on_fit=bar.update,
+                                              device=device, random_state=random_state)
+    tried = [(est, params, float((est.predict(Xva) == yva).mean()), secs)
+             for est, params, secs in fitted]
     best = max(tried, key=lambda r: r[2])  # first of the best: grids go simple to complex
     return best, sum(r[3] for r in tried), [(_short(p), a) for _, p, a, _ in tried]
 
@@ -127,7 +109,39 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | None = None,
     """
     bank = bank if isinstance(bank, FeatureBank) else FeatureBank(bank)
     tap = tap or bank.taps[0]
-    heads = _check_head_names(heads)
+    heads = check_head_names(heads)
+    X, y, test = _load(bank, tap)
+    train, val = _validation_split(y, val_fraction, random_state)
+    out = Path(out) if out is not None else None
+    rows = []
+    with tqdm(total=sum(len(get_head_spec(h).candidates()) for h in heads), unit="fit",
+              leave=False, disable=not verbose, file=sys.stderr, dynamic_ncols=True) as bar:
+        for name in heads:
+            bar.set_description(f"fit {name}")
+            best, sweep_s, tried = _sweep(name, X, y, train, val, device=device,
+                                          random_state=random_state, bar=bar)
+            rows.append(_head_row(name, best, sweep_s, tried, test))
+            if out is not None:
+                _save(rows[-1], best[0], out, bank=bank, tap=tap, val=val)
+            if verbose:
+                bar.write(_row_line(rows[-1]), file=sys.stdout)
+    rows.sort(key=lambda r: -r["val_accuracy"])
+    best_head = next((r["head"] for r in rows if r["graftable"]), None)
+    for r in rows:
+        r["best"] = r["head"] == best_head
+    board = {"bank": str(bank.path), "bank_fingerprint": bank.fingerprint, "tap": tap,
+             "val_fraction": val_fraction, "random_state": random_state,
+             "n_train": int(len(train)), "n_val": int(len(val)),
+             "n_test": 0 if test is None else int(len(test[1])), "best_head": best_head,
+             "rows": rows}
+    if out is not None:
+        _write(out, board, train, val)
+    return board
+
+
+def _load(bank: FeatureBank, tap: str):
+    """The train features and labels of ``tap``, and the test split's when it has rows;
+    refuses what no head can fit (no rows, one class, NaN or inf)."""
     if "train" not in bank.splits:
         raise BankError(f"feature bank {str(bank.path)!r} has no 'train' split (splits "
                         f"{bank.splits}).")
@@ -141,56 +155,39 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | None = None,
     test = bank.load("test", tap) if "test" in bank.splits and bank.num_rows("test") else None
     if test is not None:
         _check_features(test[0], bank, "test", tap)
-    train, val = _validation_split(y, val_fraction, random_state)
+    return X, y, test
 
-    rows = []
-    out = Path(out) if out is not None else None
-    with tqdm(total=sum(len(get_head_spec(h).candidates()) for h in heads), unit="fit",
-              leave=False, disable=not verbose, file=sys.stderr, dynamic_ncols=True) as bar:
-        for name in heads:
-            bar.set_description(f"fit {name}")
-            (est, params, val_acc, fit_s), sweep_s, tried = _sweep(
-                name, X, y, train, val, device=device, random_state=random_state, bar=bar)
-            row = {"head": name, "params": _short(params), "val_accuracy": val_acc,
-                   "test_accuracy": (float((est.predict(test[0]) == test[1]).mean())
-                                     if test is not None else None),
-                   "fit_seconds": fit_s, "sweep_seconds": sweep_s, "tried": tried,
-                   "graftable": is_graftable(est)}
-            if out is not None:
-                row["file"] = f"{name}.joblib"
-                save_head(est, out / row["file"], bank=bank, tap=tap, name=name,
-                          params=row["params"], val_rows=val,
-                          metrics={k: row[k] for k in ("val_accuracy", "test_accuracy",
-                                                       "fit_seconds")})
-            rows.append(row)
-            if verbose:
-                test_txt = f"{row['test_accuracy']:.4f}" if test is not None else "-"
-                bar.write(f"  {name:<11} val {val_acc:.4f}  test {test_txt}  fit {fit_s:7.2f}s  "
-                          f"sweep {sweep_s:7.2f}s  {row['params']}", file=sys.stdout)
-    rows.sort(key=lambda r: -r["val_accuracy"])
-    best = next((r["head"] for r in rows if r["graftable"]), None)
-    for r in rows:
-        r["best"] = r["head"] == best
-    board = {"bank": str(bank.path), "bank_fingerprint": bank.fingerprint, "tap": tap,
-             "val_fraction": val_fraction, "random_state": random_state,
-             "n_train": int(len(train)), "n_val": int(len(val)),
-             "n_test": 0 if test is None else int(len(test[1])), "best_head": best, "rows": rows}
-    if out is not None:
-        _write(out, board, train, val)
-    return board
+
+def _head_row(name: str, best, sweep_s: float, tried, test) -> dict[str, Any]:
+    est, params, val_acc, fit_s = best
+    return {"head": name, "params": _short(params), "val_accuracy": val_acc,
+            "test_accuracy": (float((est.predict(test[0]) == test[1]).mean())
+                              if test is not None else None),
+            "fit_seconds": fit_s, "sweep_seconds": sweep_s, "tried": tried,
+            "graftable": get_head_spec(name).graftable}
+
+
+def _save(row: dict[str, Any], est, out: Path, *, bank: FeatureBank, tap: str,
+          val: np.ndarray) -> None:
+    row["file"] = f"{row['head']}.joblib"
+    save_head(est, out / row["file"], bank=bank, tap=tap, name=row["head"],
+              params=row["params"], val_rows=val,
+              metrics={k: row[k] for k in ("val_accuracy", "test_accuracy", "fit_seconds")})
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    test = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
+    return (f"  {row['head']:<11} val {row['val_accuracy']:.4f}  test {test}  fit "
+            f"{row['fit_seconds']:7.2f}s  sweep {row['sweep_seconds']:7.2f}s  {row['params']}")
 
 
 def _write(out: Path, board: dict[str, Any], train: np.ndarray, val: np.ndarray) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "split.npz", train_rows=train, val_rows=val)
-    (out / "leaderboard.json").write_text(json.dumps({**board, "split": "split.npz"}, indent=2))
+    atomic_write(out / "split.npz", lambda f: np.savez(f, train_rows=train, val_rows=val))
+    write_json(out / "leaderboard.json", {**board, "split": "split.npz"})
     cols = ["head", "val_accuracy", "test_accuracy", "fit_seconds", "sweep_seconds", "params",
             "graftable", "best", "file"]
-    with open(out / "leaderboard.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in board["rows"]:
-            w.writerow({**r, "params": json.dumps(r["params"])})
+    write_csv(out / "leaderboard.csv", [{**r, "params": json.dumps(r["params"])}
+                                        for r in board["rows"]], cols)
 
 
 def format_leaderboard(board: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .bank import FeatureBank
-from .data import _check_images, from_arrays
+from .data import check_images, from_arrays
 from .exceptions import DataError
 
 __all__ = ["BackboneTransformer"]
@@ -73,7 +73,7 @@ class BackboneTransformer(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None) -> BackboneTransformer:
         """Check the images; the backbone is frozen, so there is nothing to learn."""
-        self.image_shape_ = tuple(_check_images(X, "X").shape[1:])
+        self.image_shape_ = tuple(check_images(X, "X").shape[1:])
         return self
 
     def _cache_path(self, images: np.ndarray) -> Path:
@@ -91,10 +91,10 @@ class BackboneTransformer(TransformerMixin, BaseEstimator):
 
     def transform(self, X) -> np.ndarray:
         """Features ``(N, D)`` float32 of the images, from the cache when they were seen."""
-        from .extract import extract
+        from ._extract import extract
 
         check_is_fitted(self)
-        images = _check_images(X, "X")
+        images = check_images(X, "X")
         if images.shape[1:] != self.image_shape_:
             raise DataError(f"X has images of shape {images.shape[1:]}, but "
                             f"{type(self).__name__} was fitted on {self.image_shape_}.")

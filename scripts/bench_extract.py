@@ -30,9 +30,10 @@ import torch
 
 import featurebank
 from featurebank.backbones import get_backbone
-from featurebank.bank import _BankWriter
+from featurebank.bank import BankWriter
 from featurebank.data import open_source
-from featurebank.extract import _run, resolve_device
+from featurebank._extract import _run
+from featurebank._io import amp_dtype, resolve_device
 
 
 def _sync(dev: torch.device) -> None:
@@ -41,13 +42,12 @@ def _sync(dev: torch.device) -> None:
 
 
 def bench_bare(backbone, dev, n, batch, size) -> float:
-    cuda = dev.type == "cuda"
-    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    amp = amp_dtype(dev)
     # random uint8 pixels, normalised as the pipeline does: the same value range reaches the net
     pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, device=dev)
     x = backbone.preprocess(pixels, size)
     steps = max(1, n // batch)
-    with torch.inference_mode(), torch.autocast(dev.type, dtype=amp, enabled=cuda):
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
         for _ in range(3):
             backbone(x)
         _sync(dev)
@@ -61,8 +61,8 @@ def bench_bare(backbone, dev, n, batch, size) -> float:
 def bench_featurebank(backbone, source, dev, size, batch, workers, tmp: Path):
     tap_info = backbone.probe(size, dev)
     spec = {"model": backbone.name, "taps": backbone.taps, "image_size": size, "dtype": "float16",
-            "weights": backbone.weights, "bench": True}
-    writer = _BankWriter(tmp / "bench.h5", spec=spec, dataset=source.describe(),
+            "weights": str(backbone.weights), "bench": True}
+    writer = BankWriter(tmp / "bench.h5", spec=spec, dataset=source.describe(),
                          split_sizes={k: len(v) for k, v in source.splits.items()},
                          tap_dims={t: v["dim"] for t, v in tap_info.items()}, resume=False)
     n = sum(len(s) for s in source.splits.values())

@@ -1,10 +1,10 @@
 """Benchmark fine-tuning throughput: training images/s and seconds per epoch.
 
-Times the training step of the grafted network (backbone up to the tap + a linear head) on
-random uint8 images, the same way ``featurebank.finetune`` runs it: device-side preprocessing and
-crop/flip augmentation, AdamW, gradient clipping, AMP (bf16, else fp16) and channels_last on
-CUDA. Prints images/s, the projected time of an epoch of ``--epoch-images`` images, and the
-conditions. Examples::
+Times ``featurebank.Trainer.step`` -- the fine-tune's own training step -- on a grafted network
+(backbone up to the tap + a linear head) fed random uint8 images: device-side crop/flip
+augmentation, resize and normalisation, AdamW, gradient clipping, AMP (bf16, else fp16) and
+channels_last on CUDA. Prints images/s, the projected time of an epoch of ``--epoch-images``
+images, and the conditions. Examples::
 
     python scripts/bench_finetune.py                                    # CPU, VGG19 fc7, 32 px
     python scripts/bench_finetune.py --device cuda --image-size 224 --batch-size 128
@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import argparse
 import platform
+import tempfile
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
 import featurebank
-from featurebank.backbones import get_backbone
-from featurebank.extract import resolve_device
-from featurebank.finetune import GraftedNetwork, _augment
+from featurebank import FinetuneConfig, GraftedNetwork, Trainer, get_backbone
+from featurebank._io import amp_dtype, resolve_device
 
 
 def main() -> None:
@@ -38,53 +39,49 @@ def main() -> None:
     args = p.parse_args()
 
     dev = resolve_device(args.device)
-    cuda = dev.type == "cuda"
     backbone = get_backbone(args.model, weights="none", taps=args.tap)
     tap = backbone.taps[0]
     dim = backbone.probe(args.image_size)[tap]["dim"]
     net = GraftedNetwork(backbone, nn.Linear(dim, args.classes), tap).to(dev)
-    if cuda:
+    if dev.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    opt = torch.optim.AdamW([{"params": backbone.parameters(), "lr": 1e-4},
-                             {"params": net.head.parameters(), "lr": 1e-3}])
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp == torch.float16)
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (args.batch_size, 32, 32, 3), dtype=torch.uint8)
-    labels = torch.randint(0, args.classes, (args.batch_size,), device=dev)
-    if cuda:
-        images = images.pin_memory()
-    net.train()
+    pixels = torch.randint(0, 256, (args.batch_size, 32, 32, 3), dtype=torch.uint8)
+    if dev.type == "cuda":
+        pixels = pixels.pin_memory()
 
-    def step() -> None:
-        x = backbone.preprocess(_augment(images.to(dev, non_blocking=True), gen),
-                                args.image_size)
-        with torch.autocast(dev.type, dtype=amp, enabled=cuda):
-            loss = nn.functional.cross_entropy(net(x).float(), labels)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        scaler.step(opt)
-        scaler.update()
+    def images(rows, split="train", gen=None):  # stands in for featurebank.BankImages
+        from featurebank._finetune.augment import random_crop_flip
 
-    for _ in range(3):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    rate = args.steps * args.batch_size / (time.perf_counter() - t)
+        x = pixels.to(dev, non_blocking=True)
+        return backbone.preprocess(random_crop_flip(x, gen) if gen is not None else x,
+                                   args.image_size)
+
+    n = args.batch_size * (args.steps + 3)
+    targets = np.random.default_rng(0).integers(0, args.classes, n)
+    config = FinetuneConfig(epochs=1, batch_size=args.batch_size, lr=1e-3)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(net, config, images, targets, train_rows=np.arange(n),
+                          val_rows=np.arange(0), out=out)
+        trainer.net.train()
+        rows = np.arange(args.batch_size)
+        for _ in range(3):  # warm-up: allocator, cuDNN autotuning
+            trainer.step(rows)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.step(rows)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        rate = args.steps * args.batch_size / (time.perf_counter() - t)
+    amp = amp_dtype(dev)
     print(f"featurebank {featurebank.__version__}, torch {torch.__version__}, "
           f"{platform.machine()}, {torch.get_num_threads()} torch threads, device {dev}"
-          + (f" ({torch.cuda.get_device_name(dev)})" if cuda else ""))
+          + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     print(f"model {args.model} tap {tap} ({dim}-d) + linear head, image size {args.image_size}, "
           f"batch {args.batch_size}, {args.steps} timed steps, "
-          f"{'AMP ' + str(amp).split('.')[-1] if cuda else 'fp32'}")
+          f"{'AMP ' + str(amp).split('.')[-1] if amp else 'fp32'}")
     print(f"training {rate:10.1f} img/s   epoch of {args.epoch_images} images: "
           f"{args.epoch_images / rate:8.1f} s")
 

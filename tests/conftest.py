@@ -169,7 +169,7 @@ def write_feature_bank(path: Path, *, n_train: int = 300, n_test: int = 100, d: 
                        dtype: str = "float32", source: str = "synthetic"):
     """A complete bank of blob features, written by the real writer (no backbone needed)."""
     from featurebank import FeatureBank
-    from featurebank.bank import _BankWriter
+    from featurebank.bank import BankWriter
 
     spec = {"model": "toy", "weights": "none", "weights_path": None, "taps": [tap],
             "tap_layers": {tap: {"module": tap, "where": "output", "activation_shape": [d],
@@ -182,7 +182,7 @@ def write_feature_bank(path: Path, *, n_train: int = 300, n_test: int = 100, d: 
     dataset = {"name": "npz", "source": source, "classes": [f"c{i}" for i in range(n_classes)],
                "splits": {k: len(v[1]) for k, v in data.items()}, "resize": "device",
                "fingerprint": f"{seed:064d}"}
-    w = _BankWriter(Path(path), spec=spec, dataset=dataset, split_sizes=dataset["splits"],
+    w = BankWriter(Path(path), spec=spec, dataset=dataset, split_sizes=dataset["splits"],
                     tap_dims={tap: d}, resume=False)
     for split, (X, y) in data.items():
         w.write(split, features={tap: X}, labels=y, index=np.arange(len(y)),

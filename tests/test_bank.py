@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from featurebank import BankError, FeatureBank
-from featurebank.bank import _BankWriter, bank_fingerprint
+from featurebank import BankError, FeatureBank, ParameterError
+from featurebank.bank import BankWriter, bank_fingerprint
 
 SPEC = {"model": "toy", "weights": "none", "weights_path": None, "taps": ["a", "b"],
         "tap_layers": {t: {"module": t, "where": "output", "activation_shape": [d],
@@ -18,7 +18,7 @@ DATASET = {"name": "npz", "source": "/somewhere/d.npz", "classes": ["x", "y", "z
 
 
 def _write(path, rng, spec=SPEC, dataset=DATASET, resume=False, batch=3):
-    w = _BankWriter(path, spec=spec, dataset=dataset, split_sizes=dataset["splits"],
+    w = BankWriter(path, spec=spec, dataset=dataset, split_sizes=dataset["splits"],
                     tap_dims={"a": 5, "b": 3}, resume=resume)
     data = {}
     for split, n in dataset["splits"].items():
@@ -64,7 +64,8 @@ def test_streaming_reads_equal_the_whole_split(bank):
     X, y = b.load("train", "a")
     np.testing.assert_array_equal(np.concatenate([x for x, _ in blocks]), X)
     np.testing.assert_array_equal(np.concatenate([t for _, t in blocks]), y)
-    with pytest.raises(BankError, match="batch_size must be a positive integer, got 0"):
+    with pytest.raises(ParameterError, match="the 'batch_size' parameter must be a positive "
+                                             "int, got 0"):
         next(b.iter_batches("train", batch_size=0))
 
 
@@ -106,20 +107,20 @@ def test_fingerprint_ignores_locations_only():
 
 def test_writer_resumes_a_partial_file(tmp_path):
     path = tmp_path / "b.h5"
-    w = _BankWriter(path, spec=SPEC, dataset=DATASET, split_sizes=DATASET["splits"],
+    w = BankWriter(path, spec=SPEC, dataset=DATASET, split_sizes=DATASET["splits"],
                     tap_dims={"a": 5, "b": 3}, resume=True)
     w.write("train", features={"a": np.ones((2, 5)), "b": np.ones((2, 3))},
             labels=np.array([1, 2]), index=np.array([0, 1]), sources_done=2)
     w.close()
     assert not path.exists() and (tmp_path / "b.h5.partial").exists()
-    w = _BankWriter(path, spec=SPEC, dataset=DATASET, split_sizes=DATASET["splits"],
+    w = BankWriter(path, spec=SPEC, dataset=DATASET, split_sizes=DATASET["splits"],
                     tap_dims={"a": 5, "b": 3}, resume=True)
     assert w.resumed and w.progress("train") == (2, 2) and w.progress("test") == (0, 0)
     w.close()
 
 
 def test_rows_left_out_are_trimmed_at_commit(tmp_path):
-    w = _BankWriter(tmp_path / "b.h5", spec=SPEC, dataset=DATASET, split_sizes=DATASET["splits"],
+    w = BankWriter(tmp_path / "b.h5", spec=SPEC, dataset=DATASET, split_sizes=DATASET["splits"],
                     tap_dims={"a": 5, "b": 3}, resume=False)
     w.write("train", features={"a": np.ones((2, 5)), "b": np.ones((2, 3))},
             labels=np.array([1, 2]), index=np.array([0, 3]), sources_done=10)

@@ -1,3 +1,4 @@
+import argparse
 import subprocess
 import sys
 
@@ -5,8 +6,8 @@ import pytest
 
 from conftest import REPO, write_feature_bank
 
-import featurebank.fit  # noqa: F401  (registers the modules patched below)
-import featurebank.finetune  # noqa: F401
+import featurebank._finetune  # noqa: F401  (registers the modules patched below)
+import featurebank.fit  # noqa: F401
 from featurebank.cli import main
 
 
@@ -17,12 +18,11 @@ def _interrupt(*args, **kwargs):
 @pytest.mark.parametrize("argv, module, function, says", [
     (["fit", "bank.h5", "--out", "myruns"], "featurebank.fit", "fit_heads",
      "heads finished so far are saved in myruns/"),
-    (["finetune", "--bank", "bank.h5", "--runs", "runs", "--out", "ft"], "featurebank.finetune",
+    (["finetune", "--bank", "bank.h5", "--runs", "runs", "--out", "ft"], "featurebank._finetune",
      "finetune", "rerun with --resume to continue from the last checkpoint (ft/checkpoint.pt"),
 ])
 def test_ctrl_c_exits_130_and_says_how_to_go_on(monkeypatch, capsys, argv, module, function,
                                                 says):
-    # sys.modules: the package re-exports functions under the modules' own names
     monkeypatch.setattr(sys.modules[module], function, _interrupt)
     assert main(argv) == 130
     err = capsys.readouterr().err
@@ -37,3 +37,69 @@ def test_output_piped_into_a_reader_that_stops_is_no_traceback(tmp_path):
     proc.stdout.close()  # before the interpreter has even imported torch
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err and err == "", err
+
+
+def _numeric_options():
+    """(command, flag, Interval) of every option whose values an Interval checks."""
+    from featurebank._io import Interval
+    from featurebank.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            interval = getattr(getattr(action, "type", None), "__self__", None)
+            if isinstance(interval, Interval):
+                yield command, action.option_strings[0], interval
+
+
+def test_every_numeric_option_refuses_out_of_range_values_in_one_format(capsys):
+    options = list(_numeric_options())
+    flags = {(c, f) for c, f, _ in options}
+    assert {("extract", "--batch-size"), ("extract", "--image-size"), ("fit", "--val-fraction"),
+            ("finetune", "--batch-size"), ("finetune", "--lr"), ("finetune", "--epochs"),
+            ("finetune", "--checkpoint-every")} <= flags
+    for command, flag, interval in options:
+        value = interval.low - 1 if interval.low is not None else interval.high + 1
+        text = f"{value:g}"
+        with pytest.raises(SystemExit) as e:
+            main([command, flag, text])
+        assert e.value.code == 2
+        assert f"argument {flag}: must be {interval.describe()}, got {text}" in \
+            capsys.readouterr().err
+
+
+def test_finetune_config_checks_every_value_as_the_api_does():
+    from dataclasses import fields
+
+    from featurebank import FinetuneConfig, ParameterError
+
+    for f in fields(FinetuneConfig):
+        interval = f.metadata["check"]
+        if interval is None:
+            continue
+        value = interval.low - 1 if interval.low is not None else interval.high + 1
+        with pytest.raises(ParameterError, match=rf"the '{f.name}' parameter must be "):
+            FinetuneConfig(**{f.name: value})
+    with pytest.raises(ParameterError, match=r"the 'optimizer' parameter must be one of "
+                                             r"\('adamw', 'sgd'\)|\['adamw', 'sgd'\]"):
+        FinetuneConfig(optimizer="adam")
+    assert FinetuneConfig(batch_size=8).batch_size == 8
+    assert "checkpoint_every" not in FinetuneConfig.result_keys()
+    assert {"epochs", "lr", "seed", "augment"} <= set(FinetuneConfig.result_keys())
+
+
+def test_finetune_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "images per training step (default: 64)" in out
+    assert "--augment, --no-augment" in out and "(default: True)" in out
+
+
+def test_fit_quiet_prints_only_the_leaderboard(tmp_path, capsys):
+    bank = write_feature_bank(tmp_path / "bank.h5")
+    assert main(["fit", str(bank.path), "--heads", "ridge", "--out", str(tmp_path / "r"),
+                 "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "fitting" not in captured.out
+    assert "ridge" in captured.out and (tmp_path / "r" / "leaderboard.json").is_file()

@@ -166,3 +166,33 @@ def test_unknown_dataset():
     with pytest.raises(DataError, match=r"unknown dataset 'imagenet'.*cifar10.*folder:PATH"):
         open_source("imagenet")
     assert "npz:PATH" in list_datasets()
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    # convert("RGB") clips every value above 255: a 16-bit PNG used to come out all white
+    from PIL import Image
+
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    ramp = np.linspace(0, 65535, 16 * 16).astype(np.uint16).reshape(16, 16)
+    Image.fromarray(ramp).save(tmp_path / "f" / "a" / "ramp16.png")
+    assert Image.open(tmp_path / "f" / "a" / "ramp16.png").mode.startswith("I;16")
+    split = open_source(f"folder:{tmp_path / 'f'}").splits["train"]
+    x = split.take(np.array([0]), image_size=16, interpolation="nearest")[0]
+    expected = np.round(ramp / 257).astype(np.uint8)
+    np.testing.assert_array_equal(x, np.repeat(expected[:, :, None], 3, axis=2))
+
+
+@pytest.mark.parametrize("mode, values", [("I", [0, 70000]), ("F", [0.25, 1.5])])
+def test_pixels_without_an_8_bit_scale_are_refused_by_name(tmp_path, mode, values):
+    from PIL import Image
+
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    dtype = np.int32 if mode == "I" else np.float32
+    Image.fromarray(np.array([values * 8] * 16, dtype=dtype), mode).save(
+        tmp_path / "f" / "a" / "x.tif")
+    split = open_source(f"folder:{tmp_path / 'f'}").splits["train"]
+    with pytest.raises(DataError, match=rf"cannot read image .*x\.tif.*\(mode '{mode}'\) with "
+                                        rf"values from .* have no standard 8-bit scale"):
+        _all_rows(split)
+    x, _, _, batches = _all_rows(split, skip_bad=True)  # or left out with --skip-bad
+    assert len(x) == 0 and batches[0].skipped == [str(tmp_path / "f" / "a" / "x.tif")]

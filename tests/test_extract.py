@@ -1,8 +1,13 @@
 import json
+import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -12,7 +17,7 @@ import torchvision
 
 from conftest import REPO, run_cli, write_folder, write_npz
 from featurebank import (BackboneError, BankError, BankLockedError, DataError, FeatureBank,
-                         FeatureBankError, extract, get_backbone)
+                         FeatureBankError, ParameterError, extract, get_backbone)
 
 
 def _extract(tmp_path, vgg19_file, name="b.h5", **kw):
@@ -220,10 +225,13 @@ def test_damaged_partial_is_recomputed_with_a_warning(tmp_path, vgg19_file, npz)
     (dict(model="vgg91"), BackboneError, "unknown model 'vgg91'"),
     (dict(dataset="cifar10", data_root="/nonexistent"), DataError,
      "CIFAR-10 was not found under data root '/nonexistent'"),
-    (dict(image_size=0), FeatureBankError, "image_size must be an integer >= 8, got 0"),
-    (dict(batch_size=-1), FeatureBankError, "batch_size must be an integer >= 1, got -1"),
-    (dict(dtype="int8"), FeatureBankError, r"dtype must be one of \['float16', 'float32'\]"),
-    (dict(device="tpu"), FeatureBankError, "device='tpu'"),
+    (dict(image_size=0), ParameterError, "the 'image_size' parameter must be an int >= 8, got 0"),
+    (dict(batch_size=-1), ParameterError, "the 'batch_size' parameter must be a positive int, "
+                                          "got -1"),
+    (dict(dtype="int8"), ParameterError, r"the 'dtype' parameter must be one of "
+                                         r"\['float16', 'float32'\], got 'int8'"),
+    (dict(device="tpu"), ParameterError, "the 'device' parameter must be 'auto', 'cpu', "
+                                         "'cuda' or 'cuda:N', got 'tpu'"),
 ])
 def test_bad_arguments(tmp_path, vgg19_file, npz, kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -235,7 +243,7 @@ def test_cudnn_picks_the_same_algorithms_in_every_process(tmp_path, vgg19_file, 
     # a resumed extraction must compute what an uninterrupted one would: cuDNN choosing its
     # algorithms by timing (benchmark mode) could choose others in another process. The
     # caller's settings are back afterwards.
-    extract_module = sys.modules["featurebank.extract"]
+    extract_module = sys.modules["featurebank._extract"]
     seen = []
 
     def recording_backbone(*args, **kwargs):
@@ -293,3 +301,111 @@ def test_extract_writes_no_lock_or_partial_files_when_done(tmp_path, vgg19_file,
     _extract(tmp_path, vgg19_file, taps="pool5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.h5", "d.npz"]
     json.loads(h5py.File(tmp_path / "b.h5", "r").attrs["spec"])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs (needs root, as on the dev and CI machines), resized with grow(size)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"a full disk is made with a small tmpfs, and mounting one is not "
+                    f"permitted here: {mount.stderr.strip()}")
+
+    def grow(size):
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+    yield mnt, grow
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_full_disk_is_a_clear_error_and_the_rerun_resumes(tmp_path, small_disk):
+    # It used to end in a segmentation fault (exit -11): HDF5 kept the rows it could not
+    # write in its chunk cache and failed again while the interpreter shut down.
+    mnt, grow = small_disk
+    write_npz(tmp_path / "d.npz", n_train=400, n_test=40)
+    args = ["--dataset", f"npz:{tmp_path / 'd.npz'}", "--model", "resnet18", "--weights",
+            "none", "--image-size", "32", "--dtype", "float32", "--batch-size", "32", "-q"]
+    ref = extract(f"npz:{tmp_path / 'd.npz'}", model="resnet18", weights="none", image_size=32,
+                  dtype="float32", batch_size=32, out=tmp_path / "ref.h5", progress=False)
+    out = mnt / "b.h5"
+    full = run_cli("extract", *args, "--out", str(out), check=False)  # 440 x 2 KiB rows > 512 KiB
+    assert full.returncode == 2, full.stderr
+    assert "Traceback" not in full.stderr
+    assert re.search(r"featurebank extract: error: no space left on device while writing "
+                     r"'.*b\.h5\.partial': the \d+ rows written so far are kept there; free "
+                     r"space \(about .* more is needed\) and rerun the same command to resume",
+                     full.stderr), full.stderr
+    kept = int(re.search(r"the (\d+) rows", full.stderr).group(1))
+    assert 0 < kept < 440 and not out.exists()
+    grow("4m")
+    again = run_cli("extract", *args, "--out", str(out))
+    assert not (mnt / "b.h5.partial").exists()
+    bank = FeatureBank(out)
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(bank.load(split)[0], ref.load(split)[0])
+        np.testing.assert_array_equal(bank.index(split), ref.index(split))
+    assert again.returncode == 0
+
+
+def _as_unprivileged(argv):
+    """``featurebank ARGV`` in a forked child that cannot write where root could: uid
+    ``nobody`` when the tests run as root. Returns (exit code, stderr)."""
+    from featurebank.cli import main
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no torch work happens before the error under test
+        os.close(r)
+        sys.stderr = os.fdopen(w, "w")  # not pytest's capture: the parent reads it
+        rc = 70
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            rc = main(argv)
+        finally:
+            sys.stderr.flush()
+            os._exit(rc)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), err
+
+
+def test_a_read_only_output_folder_is_a_clear_error(tmp_path, npz):
+    ro = Path(tempfile.mkdtemp())  # under /tmp, so that uid nobody can reach it
+    try:
+        ro.chmod(0o555)
+        rc, err = _as_unprivileged(["extract", "--dataset", f"npz:{tmp_path / 'd.npz'}",
+                                    "--out", str(ro / "b.h5"), "-q"])
+        assert rc == 2, err
+        assert "Traceback" not in err
+        assert re.search(r"error: cannot write to the folder of '.*b\.h5' \(Permission denied: "
+                         r".*b\.h5\.lock\); choose a writable out= path \(--out\), or make the "
+                         r"folder writable\.", err), err
+        assert os.listdir(ro) == []
+    finally:
+        ro.chmod(0o755)
+        shutil.rmtree(ro)
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("batch_size", 0, "a positive int"), ("image_size", 4, "an int >= 8"),
+    ("num_workers", -1, "an int >= 0"),
+])
+def test_numeric_arguments_out_of_range_are_refused(tmp_path, npz, option, value, says):
+    # batch_size=0 used to mean "the default" (batch_size or 64)
+    with pytest.raises(ParameterError, match=rf"the '{option}' parameter must be {says}, got "
+                                             rf"{value}\."):
+        extract(f"npz:{tmp_path / 'd.npz'}", weights=None, out=tmp_path / "b.h5",
+                progress=False, **{option: value})
+    flag = f"--{option.replace('_', '-')}"
+    proc = run_cli("extract", "--dataset", f"npz:{tmp_path / 'd.npz'}", flag, str(value),
+                   check=False)
+    assert proc.returncode == 2
+    assert f"featurebank extract: error: argument {flag}: must be {says}, got {value}" in \
+        proc.stderr
+    assert not list(tmp_path.glob("b.h5*"))

@@ -12,9 +12,9 @@ import torch
 
 
 from conftest import REPO, _images
-from featurebank import FinetuneError, extract, finetune, fit_heads
-
-ft = sys.modules["featurebank.finetune"]
+from featurebank import Callback, DataError, FinetuneError, extract, finetune, fit_heads
+from featurebank._finetune import graft
+from featurebank._finetune.augment import random_crop_flip
 
 KW = dict(epochs=3, batch_size=32, lr=3e-3, patience=5, progress=False, handoff_samples=128)
 
@@ -89,7 +89,7 @@ def test_early_stopping_keeps_the_grafted_head_when_training_only_hurts(setup, t
 
 def test_augment_is_a_padded_random_crop_and_flip():
     x = torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8)
-    out = ft._augment(x, torch.Generator().manual_seed(1))
+    out = random_crop_flip(x, torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(1)
     oy, ox = torch.randint(0, 5, (6,), generator=g), torch.randint(0, 5, (6,), generator=g)
     flip = torch.rand(6, generator=g) < 0.5
@@ -104,46 +104,41 @@ class _Killed(Exception):
     pass
 
 
-def _kill_after_checkpoint(monkeypatch, n):
+class _KillAfterCheckpoint(Callback):
     """Make the run die right after its n-th checkpoint reaches the disk."""
-    real, count = ft._save_atomic, {"n": 0}
 
-    def save(obj, path):
-        real(obj, path)
-        if path.name == "checkpoint.pt":
-            count["n"] += 1
-            if count["n"] == n:
-                raise _Killed
+    def __init__(self, n):
+        self.n = n
 
-    monkeypatch.setattr(ft, "_save_atomic", save)
-
-
-def _kill_at_step(monkeypatch, n):
-    """Make the run die while preparing its n-th training batch (between checkpoints)."""
-    real, count = ft._augment, {"n": 0}
-
-    def augment(x, gen):
-        count["n"] += 1
-        if count["n"] == n:
+    def on_checkpoint(self, trainer, path):
+        self.n -= 1
+        if self.n == 0:
             raise _Killed
-        return real(x, gen)
-
-    monkeypatch.setattr(ft, "_augment", augment)
 
 
-@pytest.mark.parametrize("kill, n, where", [(_kill_at_step, 6, "mid-epoch"),
-                                            (_kill_after_checkpoint, 4, "epoch boundary")])
-def test_resume_gives_the_same_result(setup, tmp_path, monkeypatch, kill, n, where):
+class _KillAtStep(Callback):
+    """Make the run die as it starts its n-th training step (between checkpoints)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def on_step_begin(self, trainer):
+        self.n -= 1
+        if self.n == 0:
+            raise _Killed
+
+
+@pytest.mark.parametrize("Kill, n, where", [(_KillAtStep, 6, "mid-epoch"),
+                                             (_KillAfterCheckpoint, 4, "epoch boundary")])
+def test_resume_gives_the_same_result(setup, tmp_path, Kill, n, where):
     # 216 train rows / 32 = 7 steps per epoch; a checkpoint every 2 steps and at each epoch end.
     # Dying at step 6 of epoch 1 leaves the checkpoint of step 4 (steps 5-6 are redone); the
     # 4th checkpoint is the one at the end of epoch 1.
     tmp, bank = setup
     kw = {**KW, "checkpoint_every": 2, "epochs": 2}
     ref = finetune(bank, runs=tmp / "runs", out=tmp_path / "ref", **kw)
-    kill(monkeypatch, n)
     with pytest.raises(_Killed):
-        finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **kw)
-    monkeypatch.undo()
+        finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", callbacks=[Kill(n)], **kw)
     ckpt = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)
     assert (ckpt["state"]["step"], ckpt["state"]["epoch"]) == ((4, 0) if where == "mid-epoch"
                                                                else (0, 1))
@@ -217,7 +212,7 @@ def test_bad_checkpoints_and_heads(setup, tmp_path):
 
 def test_handoff_refuses_a_different_network(setup, tmp_path, monkeypatch):
     tmp, bank = setup
-    real = ft.get_backbone
+    real = graft.get_backbone
 
     def other_weights(name, *, weights, taps):
         bb = real(name, weights=weights, taps=taps)
@@ -226,7 +221,7 @@ def test_handoff_refuses_a_different_network(setup, tmp_path, monkeypatch):
                 p.mul_(-1.3)
         return bb
 
-    monkeypatch.setattr(ft, "get_backbone", other_weights)
+    monkeypatch.setattr(graft, "get_backbone", other_weights)
     with pytest.raises(FinetuneError, match=r"agrees with the head on only .* of 128 images"):
         finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **KW)
 
@@ -237,7 +232,9 @@ def test_moved_data_is_refused_and_found_with_data_root(setup, tmp_path):
     moved.write_bytes((tmp / "d.npz").read_bytes())
     (tmp / "d.npz").rename(tmp / "d.npz.away")
     try:
-        with pytest.raises(Exception, match="does not exist"):
+        # the message names the fix, in the command line's spelling
+        with pytest.raises(DataError, match=r"d\.npz' \(npz\), which does not exist any more\. "
+                                            r"If they moved, pass --data-root NEW_PATH"):
             finetune(bank, runs=tmp / "runs", out=tmp_path / "a", **KW)
         s = finetune(bank, runs=tmp / "runs", out=tmp_path / "b", data_root=moved,
                      **{**KW, "epochs": 1})

@@ -105,6 +105,23 @@ def test_load_head_refuses_other_banks_taps_and_broken_files(tmp_path, bank):
         load_head(tmp_path / "missing.joblib")
 
 
+def test_a_head_file_whose_bytes_changed_is_refused(tmp_path, bank):
+    # a flipped byte inside coef_ used to load and predict differently without a word
+    fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", verbose=False)
+    path = tmp_path / "runs" / "logreg.joblib"
+    head = load_head(path)
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(head.coef_.tobytes()[:64])
+    assert at > 0  # the coefficients are stored as raw float64 bytes
+    data[at + 13] ^= 0x20
+    damaged = tmp_path / "damaged.joblib"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(HeadError, match=r"damaged.joblib' is damaged: its content does not "
+                                        r"match the checksum it was saved with"):
+        load_head(damaged)
+    np.testing.assert_array_equal(load_head(path).coef_, head.coef_)  # the original is fine
+
+
 def test_loaded_head_grafts(tmp_path, bank):
     fit_heads(bank, heads=["mlp"], out=tmp_path / "runs", verbose=False)
     head = load_head(tmp_path / "runs" / "mlp.joblib", bank=bank)
@@ -119,7 +136,7 @@ def test_bad_banks_and_arguments(tmp_path, bank):
         fit_heads(bank, tap="fc6", out=None, verbose=False)
     with pytest.raises(FeatureBankError, match=r"unknown heads \['svm'\]"):
         fit_heads(bank, heads=["svm"], out=None, verbose=False)
-    with pytest.raises(FeatureBankError, match="val_fraction must be in"):
+    with pytest.raises(FeatureBankError, match=r"the 'val_fraction' parameter must be a float in \(0, 1\)"):
         fit_heads(bank, val_fraction=1.5, out=None, verbose=False)
     nan = write_feature_bank(tmp_path / "nan.h5")
     with h5py.File(nan.path, "r+") as f:

@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from conftest import blobs
-from featurebank import FeatureBank
+from featurebank import FeatureBank, ParameterError
 from featurebank.heads import (LogisticHead, MLPHead, get_head, get_head_spec, is_graftable,
                                list_heads, logistic_path, to_torch)
 
@@ -111,7 +111,7 @@ def test_preconditioner_cuts_iterations_on_ill_conditioned_features():
 def test_standardisation_statistics_match_standard_scaler(as_torch):
     # numpy blocks (the CPU path, h5py streams) and torch blocks (CUDA, the fine-tune) give
     # StandardScaler's statistics, even with a large offset and a constant feature
-    from featurebank.heads._base import _blockwise_mean_scale
+    from featurebank.heads._base import blockwise_mean_scale
 
     rng = np.random.default_rng(0)
     X = (rng.standard_normal((5000, 6)) * [1, 10, 0.01, 1, 1, 0] + [0, 1e4, 3, -7, 0, 5])
@@ -119,7 +119,7 @@ def test_standardisation_statistics_match_standard_scaler(as_torch):
     blocks = [X[s:s + 700] for s in range(0, 5000, 700)] + [X[:0]]
     if as_torch:
         blocks = [torch.from_numpy(b) for b in blocks]
-    mean, scale = _blockwise_mean_scale(blocks)
+    mean, scale = blockwise_mean_scale(blocks)
     ref = StandardScaler().fit(X.astype(np.float64))
     np.testing.assert_allclose(mean, ref.mean_, rtol=1e-6)
     np.testing.assert_allclose(scale, ref.scale_, rtol=1e-4)
@@ -131,7 +131,7 @@ def test_mlp_standardises_its_training_rows_only(as_torch):
     # MLPHead's in-memory statistics cover exactly the rows it trains on (not the early-stopping
     # rows), gathered block by block: numpy on the CPU, the device tensor on CUDA (run here on
     # a CPU tensor)
-    from featurebank.heads._base import _standardization
+    from featurebank.heads._base import standardization
     from featurebank.heads.mlp import _MemoryRows
 
     rng = np.random.default_rng(2)
@@ -139,7 +139,7 @@ def test_mlp_standardises_its_training_rows_only(as_torch):
     X = X.astype(np.float32)
     train = np.sort(rng.choice(len(X), 17000, replace=False))
     if as_torch:
-        mean, scale = _standardization(torch.from_numpy(X), True, rows=train)
+        mean, scale = standardization(torch.from_numpy(X), True, rows=train)
     else:
         mean, scale = (t.numpy() for t in _MemoryRows(X, torch.device("cpu")).standardization(
             train, True))
@@ -348,17 +348,26 @@ def test_bad_input_is_a_clear_error(Head, data):
 
 def test_bad_parameters_name_the_parameter(data):
     X, y, _, _ = data
-    with pytest.raises(ValueError, match="C must be a positive number, got -1"):
+    # one message format for every parameter: name, allowed values, what was received
+    with pytest.raises(ParameterError, match="the 'C' parameter must be a positive float, got -1"):
         LogisticHead(C=-1).fit(X, y)
-    with pytest.raises(ValueError, match="preconditioner_rank must be an integer >= 0 .* got -3"):
+    with pytest.raises(ValueError, match="the 'preconditioner_rank' parameter must be an int "
+                                         ">= 0, got -3"):
         LogisticHead(preconditioner_rank=-3).fit(X, y)
-    with pytest.raises(ValueError, match=r"activation must be one of \['gelu', 'relu', 'tanh'\]"):
+    with pytest.raises(ValueError, match=r"the 'activation' parameter must be one of "
+                                         r"\['gelu', 'relu', 'tanh'\], got 'swish'"):
         MLPHead(activation="swish").fit(X, y)
-    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.5"):
+    with pytest.raises(ValueError, match=r"the 'dropout' parameter must be a float in \[0, 1\), "
+                                         r"got 1.5"):
         MLPHead(dropout=1.5).fit(X, y)
-    with pytest.raises(ValueError, match="hidden_layer_sizes must be positive integers"):
+    with pytest.raises(ValueError, match="the 'batch_size' parameter must be a positive int, "
+                                         "got 0"):
+        MLPHead(batch_size=0).fit(X, y)
+    with pytest.raises(ValueError, match="'hidden_layer_sizes' parameter must be a tuple of "
+                                         "positive ints"):
         MLPHead(hidden_layer_sizes=(0,)).fit(X, y)
-    with pytest.raises(ValueError, match="device='tpu'"):
+    with pytest.raises(ValueError, match="the 'device' parameter must be 'auto', 'cpu', 'cuda' "
+                                         "or 'cuda:N', got 'tpu'"):
         LogisticHead(device="tpu").fit(X, y)
 
 

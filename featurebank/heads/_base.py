@@ -1,5 +1,5 @@
-"""What every head shares: device choice, input checks, the standardisation statistics, and the
-export of affine layers to torch."""
+"""What every head shares: input checks, the standardisation statistics, linear prediction,
+probabilities, and the export of affine layers to torch."""
 
 from __future__ import annotations
 
@@ -7,19 +7,11 @@ import numpy as np
 import torch
 from sklearn.utils.extmath import softmax
 from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from ..extract import resolve_device
 
-
-def _device(device: str) -> torch.device:
-    try:
-        return resolve_device(device)
-    except Exception as e:  # FeatureBankError -> the ValueError scikit-learn users expect
-        raise ValueError(str(e)) from None
-
-
-def _check_classes(y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+def check_classes(y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     """``classes_`` and integer targets; refuses a single class with a clear message."""
     check_classification_targets(y)  # "Unknown label type" for continuous targets
     classes, y_idx = np.unique(y, return_inverse=True)
@@ -30,7 +22,7 @@ def _check_classes(y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     return classes, y_idx.astype(np.int64)
 
 
-def _blockwise_mean_scale(blocks) -> tuple[np.ndarray, np.ndarray]:
+def blockwise_mean_scale(blocks) -> tuple[np.ndarray, np.ndarray]:
     """Mean and scale over row blocks (numpy arrays or torch tensors on any device).
 
     Within a block, its mean and centred sum of squares in float32 (cache-sized, so the
@@ -70,7 +62,7 @@ def _blockwise_mean_scale(blocks) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(mean, dtype=np.float64), scale
 
 
-def _fold_standardization(W: np.ndarray, b: np.ndarray, mean, scale):
+def fold_standardization(W: np.ndarray, b: np.ndarray, mean, scale):
     """Weights ``W`` (out, in) and bias ``b`` acting on ``(x - mean) / scale``, rewritten to act
     on raw ``x``: ``(W / scale, b - (W / scale) @ mean)``. ``mean`` and ``scale`` may be
     scalars."""
@@ -78,7 +70,7 @@ def _fold_standardization(W: np.ndarray, b: np.ndarray, mean, scale):
     return W, b - W @ np.broadcast_to(mean, (W.shape[1],))
 
 
-def _standardization(X, standardize: bool, rows: np.ndarray | None = None
+def standardization(X, standardize: bool, rows: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and scale (float64 numpy) of ``X`` (numpy or torch), or of its rows
     ``rows``, read 8,192 rows at a time (never a copy of the whole); (0, 1) when not
@@ -86,13 +78,33 @@ def _standardization(X, standardize: bool, rows: np.ndarray | None = None
     if not standardize:
         return np.zeros(X.shape[1]), np.ones(X.shape[1])
     if rows is None:
-        return _blockwise_mean_scale(X[s:s + 8192] for s in range(0, X.shape[0], 8192))
+        return blockwise_mean_scale(X[s:s + 8192] for s in range(0, X.shape[0], 8192))
     if isinstance(X, torch.Tensor):
         rows = torch.as_tensor(rows, device=X.device)
-    return _blockwise_mean_scale(X[rows[s:s + 8192]] for s in range(0, len(rows), 8192))
+    return blockwise_mean_scale(X[rows[s:s + 8192]] for s in range(0, len(rows), 8192))
 
 
-class _ProbaMixin:
+class LinearPredictMixin:
+    """``decision_function`` / ``predict`` of a linear model with ``coef_``, ``intercept_``,
+    ``classes_``, as scikit-learn's linear classifiers compute them: float64 scores, one
+    column for two classes (class 1 where it is positive), argmax otherwise. A row's result
+    does not depend on the batch it comes in."""
+
+    def decision_function(self, X) -> np.ndarray:
+        """Scores, shape (n_samples,) for two classes, else (n_samples, n_classes)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        scores = X @ self.coef_.T + self.intercept_  # float64: coef_ is float64
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted class labels."""
+        scores = self.decision_function(X)
+        idx = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(1)
+        return self.classes_[idx]
+
+
+class ProbaMixin:
     """``predict_proba`` / ``predict_log_proba`` from ``decision_function``: a sigmoid for one
     binary score, a softmax otherwise (scikit-learn's LogisticRegression does the same)."""
 
@@ -109,7 +121,7 @@ class _ProbaMixin:
         return np.log(self.predict_proba(X))
 
 
-def _affine_to_torch(coef: np.ndarray, intercept: np.ndarray, *,
+def affine_to_torch(coef: np.ndarray, intercept: np.ndarray, *,
                      two_class_logits: bool = True) -> nn.Linear:
     """A Linear layer from scikit-learn style ``coef_`` (K, D) and ``intercept_`` (K,).
 

@@ -1,8 +1,8 @@
 """A small L-BFGS in numpy, for objectives whose every evaluation is one pass over the data.
 
-SciPy's L-BFGS-B spends ~25 ms of Fortran bookkeeping per call on 40,000 parameters (more than
-a tenth of a pass over 50,000 x 4,096 features on two cores) and cannot be told to stop on a
-gradient other than the one it is given, which a preconditioned problem needs. This one is the
+SciPy's L-BFGS-B spends a large share of such a pass on its own bookkeeping (docs/design.md has
+the figures) and cannot be told to stop on a gradient other than the one it is given, which a
+preconditioned problem needs. This one is the
 textbook algorithm (Nocedal & Wright, Alg. 7.4 with the strong-Wolfe line search of Alg.
 3.5/3.6, cubic interpolation), with L-BFGS-B's stopping rules: the largest gradient component
 ``<= gtol``, or a relative decrease of the objective ``<= ftol``. Unpreconditioned, it takes the

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model._base import LinearClassifierMixin
+from sklearn.base import is_classifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._base import _affine_to_torch, _fold_standardization
+from ._base import affine_to_torch, fold_standardization
 
 __all__ = ["is_graftable", "to_torch"]
 
@@ -34,7 +34,9 @@ def is_graftable(estimator: Any) -> bool:
     pre, final = _split_pipeline(estimator)
     if not all(isinstance(s, StandardScaler) for s in pre):
         return False
-    return hasattr(final, "to_torch") or isinstance(final, LinearClassifierMixin)
+    # a linear classifier: scikit-learn's have coef_ and intercept_ once fitted
+    return hasattr(final, "to_torch") or (is_classifier(final) and hasattr(final, "coef_")
+                                          and hasattr(final, "intercept_"))
 
 
 def to_torch(estimator: Any) -> nn.Module:
@@ -73,10 +75,10 @@ def to_torch(estimator: Any) -> nn.Module:
     # fold scalers, last first: x' = (x - mean) / scale  =>  W x' + b = (W / scale) x + b'
     for scaler in reversed(pre):
         check_is_fitted(scaler)
-        W, b = _fold_standardization(W, b, scaler.mean_ if scaler.with_mean else 0.0,
+        W, b = fold_standardization(W, b, scaler.mean_ if scaler.with_mean else 0.0,
                                      scaler.scale_ if scaler.with_std else 1.0)
     if module is None:
-        return _affine_to_torch(W, b)
+        return affine_to_torch(W, b)
     if pre:
         first.weight.data.copy_(first.weight.new_tensor(W))
         first.bias.data.copy_(first.bias.new_tensor(b))

@@ -15,8 +15,8 @@ is how it gets there:
 - L-BFGS runs on preconditioned weights ``W = Z P``, where ``P`` shrinks the top principal
   directions of the standardised features (estimated once from a random sketch of a few
   thousand rows) to the level of the rest. Those few large directions are what makes the
-  problem ill-conditioned; with them flattened, L-BFGS needs 2-4x fewer passes (measured on
-  50,000 x 4,096 ReLU features: 60 -> 21 iterations at C=1, 100+ -> 36 at C=0.01);
+  problem ill-conditioned; with them flattened, L-BFGS needs several times fewer passes
+  (README's benchmark table has the measured figures);
 - ``coef_`` and ``intercept_`` are in raw-feature space, so prediction is one affine map, and a
   whole regularisation path shares one prepared problem, one preconditioner and warm starts.
 """
@@ -27,14 +27,14 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model._base import LinearClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import (_affine_to_torch, _check_classes, _device, _fold_standardization,
-                    _ProbaMixin, _standardization)
+from .._io import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, resolve_device
+from ._base import (LinearPredictMixin, ProbaMixin, affine_to_torch, check_classes,
+                    fold_standardization, standardization)
 from ._lbfgs import lbfgs
 
 __all__ = ["LogisticHead", "logistic_path"]
@@ -45,8 +45,8 @@ _SKETCH_ROWS = 4096  # rows sampled to estimate the principal directions
 def _scores_grad_numpy(X, Wr, br, T, binary, block=256):
     """Loss sum, score gradient (k, d) and bias gradient (k,) in float32 numpy (the CPU path).
 
-    Row blocks keep each block of X in cache for both of its products (256 rows: fastest of
-    64-4096 on a 2-core CPU, ~15% faster than two full passes).
+    Row blocks keep each block of X in cache for both of its products (256 rows was the
+    fastest block size measured; docs/design.md).
     """
     gW = np.zeros(Wr.shape, dtype=np.float64)  # float64 sums of float32 block products
     gb = np.zeros(Wr.shape[0], dtype=np.float64)
@@ -56,14 +56,16 @@ def _scores_grad_numpy(X, Wr, br, T, binary, block=256):
         Xb, Tb = X[s:s + block], T[s:s + block]
         z = Xb @ WrT
         z += br
+        # each row's loss in float32, their sum in float64: a float32 sum over a block
+        # resolves the objective to ~1e-6 only, and L-BFGS then stops short of the optimum
         if binary:  # log(1 + e^z) - y z, as scikit-learn's binary model
-            loss += float((np.logaddexp(0, z) - Tb * z).sum())
+            loss += float(np.sum(np.logaddexp(0, z) - Tb * z, dtype=np.float64))
             G = 1 / (1 + np.exp(-z)) - Tb
-        else:
-            m = z.max(1, keepdims=True)
-            e = np.exp(z - m)
+        else:  # log sum e^(z - max) - (z_y - max): no large terms to cancel
+            z -= z.max(1, keepdims=True)
+            e = np.exp(z)
             ssum = e.sum(1, keepdims=True)
-            loss += float((np.log(ssum) + m).sum() - (z * Tb).sum())
+            loss += float(np.sum(np.log(ssum[:, 0]) - (z * Tb).sum(1), dtype=np.float64))
             G = e / ssum - Tb
         gW += G.T @ Xb
         gb += G.sum(0, dtype=np.float64)
@@ -74,10 +76,10 @@ def _scores_grad_torch(X, Wr, br, T, binary):
     """The same in torch, in one block (the CUDA path)."""
     z = torch.nn.functional.linear(X, Wr, br)
     if binary:
-        loss = (torch.nn.functional.softplus(z) - T * z).sum()
+        loss = (torch.nn.functional.softplus(z) - T * z).sum(dtype=torch.float64)
         G = torch.sigmoid(z) - T
     else:
-        loss = (torch.logsumexp(z, 1) - (z * T).sum(1)).sum()
+        loss = (torch.logsumexp(z, 1) - (z * T).sum(1)).sum(dtype=torch.float64)
         G = torch.softmax(z, 1) - T
     return (float(loss), (G.T @ X).double().cpu().numpy(),
             G.sum(0).double().cpu().numpy())
@@ -146,7 +148,7 @@ class _Problem:
         T = (y_idx[:, None] == (np.arange(self.k) if self.k > 1 else 1)).astype(np.float32)
         self.X = torch.from_numpy(X).to(device) if self.use_torch else X
         self.T = torch.from_numpy(T).to(device) if self.use_torch else T
-        self.mean, self.scale = _standardization(self.X, standardize)
+        self.mean, self.scale = standardization(self.X, standardize)
         self.precond = None
         if preconditioner_rank > 0:
             self.precond = _Preconditioner.from_sketch(
@@ -158,7 +160,7 @@ class _Problem:
         k, d = self.k, self.d
         W = theta[: k * d].reshape(k, d)
         b = theta[k * d:] if self.fit_intercept else np.zeros(k)
-        return _fold_standardization(W, b, self.mean, self.scale)
+        return fold_standardization(W, b, self.mean, self.scale)
 
     def loss_grad(self, theta: np.ndarray, C: float) -> tuple[float, np.ndarray]:
         k, d, n = self.k, self.d, self.n
@@ -204,7 +206,7 @@ class _Problem:
         return np.zeros(self.k * self.d + self.k)
 
 
-class LogisticHead(_ProbaMixin, LinearClassifierMixin, BaseEstimator):
+class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression on cached features, on the CPU or a CUDA GPU.
 
     Same objective and meaning of ``C`` as scikit-learn's
@@ -261,23 +263,17 @@ class LogisticHead(_ProbaMixin, LinearClassifierMixin, BaseEstimator):
         self.device = device
 
     def _check_params(self) -> None:
-        if not isinstance(self.C, (int, float, np.number)) or not self.C > 0:
-            raise ValueError(f"C must be a positive number, got {self.C!r}.")
-        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}.")
-        if not isinstance(self.tol, (int, float, np.number)) or not self.tol >= 0:
-            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}.")
-        if (not isinstance(self.preconditioner_rank, (int, np.integer))
-                or isinstance(self.preconditioner_rank, bool) or self.preconditioner_rank < 0):
-            raise ValueError("preconditioner_rank must be an integer >= 0 (0 turns the "
-                             f"preconditioner off), got {self.preconditioner_rank!r}.")
+        POSITIVE_FLOAT.check("C", self.C)
+        POSITIVE_INT.check("max_iter", self.max_iter)
+        NON_NEGATIVE_FLOAT.check("tol", self.tol)
+        NON_NEGATIVE_INT.check("preconditioner_rank", self.preconditioner_rank)
 
     def _prepare(self, X, y) -> tuple[_Problem, np.ndarray]:
         self._check_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], order="C")
-        classes, y_idx = _check_classes(y, type(self).__name__)
+        classes, y_idx = check_classes(y, type(self).__name__)
         problem = _Problem(X, y_idx, len(classes), standardize=self.standardize,
-                           fit_intercept=self.fit_intercept, device=_device(self.device),
+                           fit_intercept=self.fit_intercept, device=resolve_device(self.device),
                            preconditioner_rank=self.preconditioner_rank,
                            random_state=self.random_state)
         return problem, classes
@@ -319,7 +315,7 @@ class LogisticHead(_ProbaMixin, LinearClassifierMixin, BaseEstimator):
         ``head.to_torch()(x).argmax(1)`` equals ``head.predict(x)`` as class indices.
         """
         check_is_fitted(self)
-        return _affine_to_torch(self.coef_, self.intercept_)
+        return affine_to_torch(self.coef_, self.intercept_)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -19,35 +19,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from ._io import (IMAGE_SIZE, NON_NEGATIVE_INT, POSITIVE_INT, OutputLock, amp_dtype,
+                  check_choice, resolve_device)
 from .backbones import get_backbone
-from .bank import FeatureBank, _BankWriter, _Lock
+from .bank import FeatureBank, BankWriter
 from .data import ImageBatch, ImageSource, open_source
 from .exceptions import BankError, FeatureBankError
 
-__all__ = ["extract", "resolve_device"]
+__all__ = ["extract"]
 
-_DTYPES = ("float16", "float32")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` is CUDA when available, else the CPU; ``"cuda"`` without a GPU is an error."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise FeatureBankError(f"device={name!r} is not a device; expected 'auto', 'cpu', "
-                               f"'cuda' or 'cuda:N'.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FeatureBankError("device='cuda' was asked for but torch sees no CUDA GPU; use "
-                               "device='auto' or 'cpu'.")
-    if dev.type not in ("cpu", "cuda"):
-        raise FeatureBankError(f"device={name!r}: only 'cpu' and 'cuda' are supported.")
-    return dev
+DTYPES = ("float16", "float32")
 
 
 def _default_out(dataset: str, model: str, weights: Any, image_size: int) -> Path:
@@ -106,12 +89,6 @@ def _same_cudnn_algorithms() -> Iterator[None]:
         cudnn.benchmark, cudnn.deterministic = saved
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise FeatureBankError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathLike = "data",
             download: bool = False, model: str = "vgg19",
             weights: str | os.PathLike | None = "DEFAULT",
@@ -164,13 +141,14 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
     FeatureBank
         The complete bank at ``out``.
     """
-    image_size = _check_int("image_size", image_size, 8)
+    image_size = IMAGE_SIZE.check("image_size", image_size)
     dev = resolve_device(device)
-    batch_size = _check_int("batch_size", batch_size or (256 if dev.type == "cuda" else 64), 1)
-    if dtype not in _DTYPES:
-        raise FeatureBankError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
+    if batch_size is None:
+        batch_size = 256 if dev.type == "cuda" else 64
+    batch_size = POSITIVE_INT.check("batch_size", batch_size)
+    check_choice("dtype", dtype, DTYPES)
     workers = (min(8, os.cpu_count() or 1) if num_workers is None
-               else _check_int("num_workers", num_workers, 0))
+               else NON_NEGATIVE_INT.check("num_workers", num_workers))
     if isinstance(dataset, ImageSource) and out is None:
         raise FeatureBankError("out= is required when dataset is an ImageSource.")
     out = Path(out) if out is not None else _default_out(dataset, model, weights, image_size)
@@ -178,40 +156,56 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
         raise BankError(f"feature bank {str(out)!r} exists already; pass overwrite=True "
                         f"(--overwrite) to replace it, or choose another out= path.")
 
-    lock = _Lock(Path(f"{out}.lock"))
-    lock.acquire()  # before any slow work, so a second writer fails fast
+    with OutputLock(out):  # before any slow work, so a second writer fails fast
+        return _extract_locked(dataset, out, data_root=data_root, download=download,
+                               model=model, weights=weights, taps=taps, image_size=image_size,
+                               batch_size=batch_size, dev=dev, dtype=dtype, workers=workers,
+                               skip_bad=skip_bad, resume=resume, progress=progress)
+
+
+def _extract_locked(dataset, out: Path, *, data_root, download, model, weights, taps,
+                    image_size, batch_size, dev, dtype, workers, skip_bad, resume,
+                    progress) -> FeatureBank:
+    """The extraction itself, under the output's lock: source, backbone, writer, run, commit."""
+    source = (dataset if isinstance(dataset, ImageSource)
+              else open_source(dataset, data_root=data_root, download=download))
+    backbone = get_backbone(model, weights=weights, taps=taps)
+    backbone.requires_grad_(False).to(dev).to(memory_format=torch.channels_last)
+    tap_info = backbone.probe(image_size, dev)
+    writer = BankWriter(out, spec=_spec(backbone, tap_info, source, image_size, dtype),
+                         dataset=source.describe(),
+                         split_sizes={k: len(v) for k, v in source.splits.items()},
+                         tap_dims={t: v["dim"] for t, v in tap_info.items()}, resume=resume)
     try:
-        source = (dataset if isinstance(dataset, ImageSource)
-                  else open_source(dataset, data_root=data_root, download=download))
-        backbone = get_backbone(model, weights=weights, taps=taps)
-        backbone.requires_grad_(False).to(dev).to(memory_format=torch.channels_last)
-        tap_info = backbone.probe(image_size, dev)
-        prep = backbone.preprocessing
-        spec = {
-            "model": backbone.name, "weights": backbone.weights,
-            "weights_path": backbone.weights_path, "taps": backbone.taps,
-            "tap_layers": tap_info, "image_size": image_size, "resize": source.resize,
-            "interpolation": prep.interpolation, "antialias": prep.interpolation != "nearest",
-            "mean": list(prep.mean), "std": list(prep.std),
-            "preprocessing_source": prep.source, "dtype": dtype,
-        }
-        writer = _BankWriter(out, spec=spec, dataset=source.describe(),
-                             split_sizes={k: len(v) for k, v in source.splits.items()},
-                             tap_dims={t: v["dim"] for t, v in tap_info.items()}, resume=resume)
-        try:
-            _run(backbone, source, writer, dev=dev, image_size=image_size,
-                 batch_size=batch_size, dtype=dtype, workers=workers, skip_bad=skip_bad,
-                 progress=progress)
-            skipped = {}
-            for name, split in source.splits.items():
-                kept = set(writer.f[name]["index"][: writer.progress(name)[0]].tolist())
-                skipped[name] = [split.describe_row(i) for i in range(len(split)) if i not in kept]
-            writer.commit(skipped)
-        finally:
-            writer.close()
+        _run(backbone, source, writer, dev=dev, image_size=image_size, batch_size=batch_size,
+             dtype=dtype, workers=workers, skip_bad=skip_bad, progress=progress)
+        writer.commit(_skipped(source, writer))
     finally:
-        lock.release()
+        writer.close()
     return FeatureBank(out)
+
+
+def _spec(backbone, tap_info: dict, source: ImageSource, image_size: int,
+          dtype: str) -> dict[str, Any]:
+    """The bank's ``spec``: everything about the network and preprocessing its rows depend on."""
+    prep = backbone.preprocessing
+    return {
+        "model": backbone.name, "weights": str(backbone.weights),
+        "weights_path": backbone.weights_path, "taps": backbone.taps,
+        "tap_layers": tap_info, "image_size": image_size, "resize": source.resize,
+        "interpolation": prep.interpolation, "antialias": prep.interpolation != "nearest",
+        "mean": list(prep.mean), "std": list(prep.std),
+        "preprocessing_source": prep.source, "dtype": dtype,
+    }
+
+
+def _skipped(source: ImageSource, writer: BankWriter) -> dict[str, list[str]]:
+    """Per split, the source rows that did not become bank rows (unreadable, skip_bad)."""
+    out = {}
+    for name, split in source.splits.items():
+        kept = set(writer.f[name]["index"][: writer.progress(name)[0]].tolist())
+        out[name] = [split.describe_row(i) for i in range(len(split)) if i not in kept]
+    return out
 
 
 @_same_cudnn_algorithms()
@@ -220,7 +214,7 @@ def _run(backbone, source, writer, *, dev, image_size, batch_size, dtype, worker
     from tqdm.auto import tqdm
 
     cuda = dev.type == "cuda"
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    amp = amp_dtype(dev)
     store = getattr(torch, dtype)
     total = sum(len(s) for s in source.splits.values())
     done = sum(writer.progress(name)[1] for name in source.splits)
@@ -259,8 +253,8 @@ def _run(backbone, source, writer, *, dev, image_size, batch_size, dtype, worker
                     n_skipped += 1
                 feats, event = {}, None
                 if len(batch.labels):
-                    with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype,
-                                                                enabled=cuda):
+                    with torch.inference_mode(), torch.autocast(dev.type, dtype=amp,
+                                                                enabled=amp is not None):
                         x = backbone.preprocess(batch.images.to(dev, non_blocking=True),
                                                 image_size)
                         out = backbone(x)

@@ -1,0 +1,189 @@
+"""``finetune()``: from a bank and its best head to a network trained end to end.
+
+One straight line: resolve the head -> reopen the bank's images -> rebuild the backbone up to
+the head's tap and graft the head -> hand-off check -> :class:`Trainer` run (resumed from its
+checkpoint when asked) -> test accuracy next to the head's -> provenance, metrics, summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._io import amp_dtype, resolve_device, sha256_file, versions, write_csv, write_json
+from ..bank import FeatureBank
+from ..data import reopen_source
+from ..exceptions import FinetuneError
+from ..heads.persist import load_head
+from .checkpoint import load_checkpoint
+from .config import FinetuneConfig
+from .graft import build_network, check_handoff, freeze
+from .loop import BEST, CHECKPOINT, BankImages, Callback, Trainer
+
+__all__ = ["finetune"]
+
+_CONTEXT_KEYS = ("bank_fingerprint", "tap", "classes")  # what the run is on: also checked
+
+
+def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike | None = None,
+             runs: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
+             out: str | os.PathLike = "finetune", resume: bool = False, device: str = "auto",
+             progress: bool = True, callbacks: Sequence[Callback] = (),
+             config: FinetuneConfig | None = None, **options: Any) -> dict[str, Any]:
+    """Graft a fitted head onto its backbone and fine-tune the whole network.
+
+    Parameters
+    ----------
+    bank : FeatureBank or path-like
+        The bank the head was fitted on; its spec rebuilds the backbone and its dataset
+        provenance reopens the images.
+    head, runs : path-like
+        A saved head, or a ``featurebank fit`` output folder (its best graftable head is used).
+    data_root : path-like, optional
+        Where the images are now, when they moved since the extraction.
+    out : path-like, default="finetune"
+        Folder for ``checkpoint.pt``, ``best_model.pt`` (+ ``.json``), ``metrics.csv``,
+        ``metrics.json`` and ``summary.json``.
+    resume : bool, default=False
+        Continue from ``out/checkpoint.pt``.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+    progress : bool, default=True
+        A bar per epoch and a log line per epoch on stderr.
+    callbacks : sequence of Callback
+        Hooks called by the training loop (see :class:`featurebank.Callback`).
+    config : FinetuneConfig, optional
+        The training settings; ``**options`` override its fields.
+    **options
+        Any :class:`FinetuneConfig` field: ``epochs``, ``batch_size``, ``lr``,
+        ``backbone_lr_ratio``, ``optimizer``, ``weight_decay``, ``momentum``,
+        ``warmup_epochs``, ``freeze_until``, ``clip_grad_norm``, ``patience``, ``augment``,
+        ``train_bn``, ``seed``, ``checkpoint_every``, ``handoff_samples``.
+
+    Returns
+    -------
+    dict
+        The summary: head and fine-tuned test accuracy, best epoch, hand-off agreement, paths.
+    """
+    bank = bank if isinstance(bank, FeatureBank) else FeatureBank(bank)
+    config = _config(config, options)
+    est, head_path = _resolve_head(bank, head, runs)
+    out = Path(out)
+    run_config = {"bank_fingerprint": bank.fingerprint, "tap": est.featurebank_["tap"],
+                  "classes": list(bank.classes), "head": str(head_path), **config.to_dict()}
+    ckpt = _checkpoint_to_resume(out, run_config, resume)
+    dev = resolve_device(device)
+    source = reopen_source(bank.dataset, data_root=data_root)
+    torch.manual_seed(config.seed)
+    net = build_network(bank, est, run_config["tap"]).to(dev)
+    if dev.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    images = BankImages(source, bank, net.backbone.preprocess, dev)
+    targets, train_rows, val_rows = _rows(bank, est)
+    handoff = _handoff(net, est, bank, images, config, progress)
+    freeze(net.backbone, config.freeze_until)
+    trainer = Trainer(net, config, images, targets, train_rows=train_rows, val_rows=val_rows,
+                      out=out, run_config=run_config, callbacks=callbacks, progress=progress)
+    if ckpt is not None:
+        trainer.restore(ckpt)
+    stopped_early = trainer.run()
+    return _finish(trainer, bank, est, head_path, handoff, stopped_early)
+
+
+def _config(config: FinetuneConfig | None, options: dict[str, Any]) -> FinetuneConfig:
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"finetune() got unexpected keyword arguments {unknown}; the training "
+                        f"options are {sorted(names)}.")
+    return dataclasses.replace(config or FinetuneConfig(), **options)
+
+
+def _resolve_head(bank: FeatureBank, head, runs) -> tuple[Any, Path]:
+    if (head is None) == (runs is None):
+        raise FinetuneError("pass exactly one of head= (--head HEAD.joblib) and runs= "
+                            "(--runs RUNS_DIR).")
+    if runs is not None:
+        board_path = Path(runs) / "leaderboard.json"
+        if not board_path.is_file():
+            raise FinetuneError(f"{str(board_path)!r} does not exist; run featurebank fit "
+                                f"--out {runs} first.")
+        board = json.loads(board_path.read_text())
+        best = next((r for r in board["rows"] if r.get("best")), None)
+        if best is None:
+            raise FinetuneError(f"the leaderboard {str(board_path)!r} has no graftable head; fit "
+                                f"one (e.g. --heads logreg).")
+        head = Path(runs) / best["file"]
+    est = load_head(head, bank=bank)
+    if est.featurebank_.get("val_rows") is None:
+        raise FinetuneError(f"head {str(head)!r} records no validation rows; refit it with "
+                            f"featurebank fit so the fine-tune validates on unseen rows.")
+    return est, Path(head)
+
+
+def _checkpoint_to_resume(out: Path, run_config: dict[str, Any], resume: bool):
+    path = out / CHECKPOINT
+    if not resume:
+        if path.exists():
+            raise FinetuneError(f"{str(path)!r} exists: pass resume=True (--resume) to continue "
+                                f"that run, or choose another out= (--out).")
+        return None
+    return load_checkpoint(path, run_config, _CONTEXT_KEYS + FinetuneConfig.result_keys())
+
+
+def _rows(bank: FeatureBank, est: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class index of every train row, and the train rows outside / inside the head's
+    validation split."""
+    classes, labels = np.asarray(est.classes_), bank.labels("train")
+    if not np.isin(labels, classes).all():
+        raise FinetuneError("the bank's train split has classes the head never saw; refit it.")
+    val_rows = np.asarray(est.featurebank_["val_rows"], dtype=np.int64)
+    train_rows = np.setdiff1d(np.arange(len(labels)), val_rows)
+    return np.searchsorted(classes, labels), train_rows, val_rows
+
+
+def _handoff(net, est, bank, images, config: FinetuneConfig, progress: bool) -> dict[str, Any]:
+    n = bank.num_rows("train")
+    rng = np.random.default_rng(config.seed)
+    rows = np.sort(rng.choice(n, min(config.handoff_samples, n), replace=False))
+    dev = next(net.parameters()).device
+    agreement, gap = check_handoff(net, est, bank, rows, images, batch_size=config.batch_size,
+                                   amp=amp_dtype(dev))
+    if progress:
+        print(f"hand-off agreement: {agreement:.1%} of {len(rows)} images (median logit gap "
+              f"{gap:.2%} of the logits' spread)", file=sys.stderr, flush=True)
+    return {"handoff_agreement": agreement, "handoff_logit_gap": gap,
+            "handoff_images": int(len(rows))}
+
+
+def _finish(trainer: Trainer, bank: FeatureBank, est: Any, head_path: Path,
+            handoff: dict[str, Any], stopped_early: bool) -> dict[str, Any]:
+    """Test accuracy of the best weights and of the head; write the run's files."""
+    st, out, tap = trainer.state, trainer.out, trainer.run_config["tap"]
+    summary = {"head": str(head_path), "head_name": est.featurebank_.get("name"), "tap": tap,
+               **handoff, "best_epoch": st["best_epoch"], "epochs_run": st["epoch"],
+               "stopped_early": bool(stopped_early), "best_val_loss": st["best_val_loss"],
+               "best_val_accuracy": next(r["val_accuracy"] for r in st["history"]
+                                         if r["epoch"] == st["best_epoch"]),
+               "head_test_accuracy": None, "test_accuracy": None}
+    if "test" in bank.splits and bank.num_rows("test"):
+        Xt, yt = bank.load("test", tap)
+        summary["head_test_accuracy"] = float(est.score(Xt, yt))
+        y = torch.as_tensor(np.searchsorted(np.asarray(est.classes_), yt), device=trainer.device)
+        _, summary["test_accuracy"] = trainer.evaluate(np.arange(len(yt)), y, "test")
+    write_json(out / "best_model.json", {
+        "bank": str(bank.path), "bank_fingerprint": bank.fingerprint, "spec": bank.spec,
+        "classes": list(bank.classes), "head_classes": np.asarray(est.classes_).tolist(),
+        "tap": tap, "config": trainer.run_config, "best_epoch": st["best_epoch"],
+        "versions": versions(), "weights_sha256": sha256_file(out / BEST)})
+    write_json(out / "metrics.json", st["history"])
+    write_csv(out / "metrics.csv", st["history"], list(st["history"][0]))
+    write_json(out / "summary.json", summary)
+    return summary

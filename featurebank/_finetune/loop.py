@@ -1,0 +1,284 @@
+"""The training loop: a :class:`Trainer` whose step, evaluation, epoch and run are each short.
+
+Per step: the batch's images (decoded, moved to the device, augmented there as uint8, resized
+and normalised) -> forward under autocast (CUDA) -> cross-entropy -> backward through the grad
+scaler -> gradient clipping -> optimizer and scheduler step. Per epoch: a fixed data order
+drawn from ``(seed, epoch)``, validation, the best weights kept, early stopping, a checkpoint.
+:class:`Callback` hooks let callers (tests, benchmarks) watch or stop a run without touching
+its internals.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._io import amp_dtype
+from ..bank import FeatureBank
+from ..data import ImageSource
+from .augment import random_crop_flip
+from .checkpoint import checkpoint_record, save, set_rng_state
+from .config import FinetuneConfig
+
+__all__ = ["BankImages", "Callback", "Trainer"]
+
+CHECKPOINT, BEST = "checkpoint.pt", "best_model.pt"
+
+
+class BankImages:
+    """Normalised network input for rows of a bank, read from the bank's image source.
+
+    ``images(rows, split, gen)``: the source images behind those bank rows (through the
+    bank's ``index``, so skipped images never shift rows), on ``device``, augmented with
+    ``gen`` when given, resized and normalised by the backbone's own preprocessing.
+    """
+
+    def __init__(self, source: ImageSource, bank: FeatureBank,
+                 preprocess: Callable[[torch.Tensor, int], torch.Tensor], device: torch.device):
+        self.source, self.preprocess, self.device = source, preprocess, device
+        self.index = {split: bank.index(split) for split in bank.splits}
+        self.size = int(bank.spec["image_size"])
+        self.interpolation = bank.spec["interpolation"]
+
+    def __call__(self, rows: np.ndarray, split: str = "train",
+                 gen: torch.Generator | None = None) -> torch.Tensor:
+        x = self.source.splits[split].take(self.index[split][rows], image_size=self.size,
+                                           interpolation=self.interpolation)
+        x = torch.from_numpy(x).to(self.device, non_blocking=True)
+        return self.preprocess(random_crop_flip(x, gen) if gen is not None else x, self.size)
+
+
+class Callback:
+    """Hooks a :class:`Trainer` calls; override the ones you need."""
+
+    def on_step_begin(self, trainer: Trainer) -> None:
+        """Before each training step (``trainer.state["step"]`` is the step about to run)."""
+
+    def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
+        """After a checkpoint has reached the disk."""
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """After an epoch's validation and checkpoint; ``row`` is its metrics."""
+
+
+def _schedule(total: int, warm: int) -> Callable[[int], float]:
+    """Linear warm-up over ``warm`` steps, then cosine decay to zero at step ``total``."""
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return factor
+
+
+def _optimizer(net: nn.Module, backbone_params: list, config: FinetuneConfig):
+    groups = [{"params": backbone_params, "lr": config.lr * config.backbone_lr_ratio},
+              {"params": list(net.head.parameters()), "lr": config.lr}]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True,
+                           weight_decay=config.weight_decay)
+
+
+class Trainer:
+    """End-to-end training of a grafted network, with validation, early stopping and exact
+    checkpoint/resume.
+
+    Parameters
+    ----------
+    net : GraftedNetwork
+        On ``device``; backbone parameters that should stay frozen have ``requires_grad`` off.
+    config : FinetuneConfig
+    images : callable
+        ``images(rows, split="train", gen=None)`` -> normalised input (:class:`BankImages`).
+    targets : ndarray
+        Class index of every train row of the bank.
+    train_rows, val_rows : ndarray
+        Bank rows trained on and validated on.
+    out : path-like
+        Folder of ``checkpoint.pt`` and ``best_model.pt``.
+    run_config : dict
+        The provenance stored in each checkpoint (checked when resuming).
+    callbacks : sequence of Callback
+    progress : bool
+        A bar per epoch and a log line per epoch on stderr.
+    """
+
+    def __init__(self, net: nn.Module, config: FinetuneConfig, images: Callable, targets,
+                 *, train_rows: np.ndarray, val_rows: np.ndarray, out: str | Path,
+                 run_config: dict[str, Any] | None = None,
+                 callbacks: Sequence[Callback] = (), progress: bool = False):
+        self.net, self.config, self.images = net, config, images
+        self.device = next(net.parameters()).device
+        self.amp = amp_dtype(self.device)
+        self.train_rows, self.val_rows = train_rows, val_rows
+        self.y = torch.as_tensor(np.asarray(targets), device=self.device)
+        self.out, self.run_config = Path(out), run_config or {}
+        self.callbacks, self.progress = list(callbacks), progress
+        self.gen = torch.Generator().manual_seed(config.seed)  # augmentation draws
+        backbone_params = [p for p in net.backbone.parameters() if p.requires_grad]
+        self.opt = _optimizer(net, backbone_params, config)
+        self.steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
+        total = config.epochs * self.steps_per_epoch
+        warm = min(total, max(0, round(config.warmup_epochs * self.steps_per_epoch)))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _schedule(total, warm))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.state: dict[str, Any] = {
+            "epoch": 0, "step": 0, "best_val_loss": math.inf, "best_epoch": 0, "stale": 0,
+            "history": [], "train_loss_sum": 0.0, "order": None}
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            print(message, file=sys.stderr, flush=True)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+    # -- one step, one evaluation ---------------------------------------------------------
+    def step(self, rows: np.ndarray) -> float:
+        """One training step on bank rows ``rows``; returns its loss."""
+        x = self.images(rows, "train", self.gen if self.config.augment else None)
+        with self._autocast():
+            loss = nn.functional.cross_entropy(
+                self.net(x).float(), self.y[torch.as_tensor(rows, device=self.device)])
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.clip_grad_norm:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.config.clip_grad_norm)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        value = float(loss.detach())
+        self.state["train_loss_sum"] += value * len(rows)
+        self.state["step"] += 1
+        return value
+
+    @torch.no_grad()
+    def evaluate(self, rows: np.ndarray, y: torch.Tensor, split: str = "train"
+                 ) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy on ``rows`` of ``split`` (labels ``y``)."""
+        self.net.eval()
+        loss, correct, bs = 0.0, 0, self.config.batch_size
+        for i in range(0, len(rows), bs):
+            with self._autocast():
+                logits = self.net(self.images(rows[i:i + bs], split)).float()
+            yb = y[i:i + bs]
+            loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+        return loss / len(rows), correct / len(rows)
+
+    def validate(self) -> tuple[float, float]:
+        return self.evaluate(self.val_rows, self.y[torch.as_tensor(self.val_rows,
+                                                                    device=self.device)])
+
+    # -- an epoch, a run ------------------------------------------------------------------
+    def _train_mode(self) -> None:
+        self.net.train()
+        if not self.config.train_bn:  # BatchNorm keeps the statistics the features were made with
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def _order(self) -> np.ndarray:
+        """This epoch's data order, drawn from (seed, epoch) and kept in the checkpoint."""
+        if self.state["order"] is None:
+            rng = np.random.default_rng([self.config.seed, self.state["epoch"]])
+            self.state["order"] = torch.from_numpy(rng.permutation(self.train_rows))
+        return self.state["order"].numpy()
+
+    def epoch(self) -> dict[str, Any]:
+        """Train the rest of the current epoch, validate, keep the best, checkpoint."""
+        st, bs, cfg = self.state, self.config.batch_size, self.config
+        order, t0 = self._order(), time.perf_counter()
+        self._train_mode()
+        with tqdm(total=len(order), initial=min(st["step"] * bs, len(order)), unit="img",
+                  desc=f"train epoch {st['epoch'] + 1}/{cfg.epochs}", leave=False,
+                  disable=not self.progress, file=sys.stderr, dynamic_ncols=True,
+                  smoothing=0.1) as bar:
+            while st["step"] < self.steps_per_epoch:
+                rows = order[st["step"] * bs:(st["step"] + 1) * bs]
+                for cb in self.callbacks:
+                    cb.on_step_begin(self)
+                loss = self.step(rows)
+                bar.update(len(rows))
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if cfg.checkpoint_every and self.sched.last_epoch % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+        return self._end_epoch(time.perf_counter() - t0)
+
+    def _end_epoch(self, seconds: float) -> dict[str, Any]:
+        st = self.state
+        val_loss, val_acc = self.validate()
+        row = {"epoch": st["epoch"] + 1, "train_loss": st["train_loss_sum"] / len(self.train_rows),
+               "val_loss": val_loss, "val_accuracy": val_acc,
+               "lr": self.opt.param_groups[1]["lr"], "seconds": seconds}
+        st["history"].append(row)
+        self.log(f"epoch {row['epoch']}/{self.config.epochs}: train loss {row['train_loss']:.4f}"
+                 f"  val loss {val_loss:.4f}  val acc {val_acc:.4f}  ({seconds:.1f} s, "
+                 f"{len(self.train_rows) / seconds:.1f} img/s)")
+        if val_loss < st["best_val_loss"]:
+            st.update(best_val_loss=val_loss, best_epoch=row["epoch"], stale=0)
+            save(self.net.state_dict(), self.out / BEST)
+        else:
+            st["stale"] += 1
+        st.update(epoch=row["epoch"], step=0, train_loss_sum=0.0, order=None)
+        self.checkpoint()
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, row)
+        return row
+
+    def _epoch_zero(self) -> None:
+        """The grafted head before any fine-tuning is epoch 0 and the first best: the run
+        must beat it."""
+        val_loss, val_acc = self.validate()
+        self.state["history"].append({"epoch": 0, "train_loss": None, "val_loss": val_loss,
+                                      "val_accuracy": val_acc, "lr": 0.0, "seconds": 0.0})
+        self.state.update(best_val_loss=val_loss, best_epoch=0)
+        save(self.net.state_dict(), self.out / BEST)
+        self.log(f"epoch 0 (head as grafted): val loss {val_loss:.4f}  val acc {val_acc:.4f}")
+
+    def run(self) -> bool:
+        """Train until ``epochs`` or early stopping; returns whether it stopped early. The best
+        weights are in ``out/best_model.pt`` (and loaded into ``net`` at the end)."""
+        if not self.state["history"]:
+            self._epoch_zero()
+        while (self.state["epoch"] < self.config.epochs
+               and self.state["stale"] < self.config.patience):
+            self.epoch()
+        self.net.load_state_dict(torch.load(self.out / BEST, map_location=self.device,
+                                            weights_only=True))
+        return self.state["stale"] >= self.config.patience
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                "generator": self.gen.get_state(), "state": self.state}
+
+    def checkpoint(self) -> None:
+        path = self.out / CHECKPOINT
+        save(checkpoint_record(self.run_config, self.state_dict()), path)
+        for cb in self.callbacks:
+            cb.on_checkpoint(self, path)
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint: every state, the RNGs included."""
+        self.net.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.gen.set_state(ckpt["generator"])
+        self.state = ckpt["state"]
+        set_rng_state(ckpt["rng"])
+        self.log(f"resuming {self.out / CHECKPOINT}: epoch {self.state['epoch'] + 1}, step "
+                 f"{self.state['step']}")
