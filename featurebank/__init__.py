@@ -34,6 +34,8 @@ _EXPORTS = {
     "LogisticHead": "heads", "MLPHead": "heads", "load_head": "heads", "save_head": "heads",
     "to_torch": "heads",
     "BackboneTransformer": "transformer",
+    "Predictor": "predictor", "load_model": "predictor",
+    "TapNetwork": "backbones",
 }
 
 __all__ = [
@@ -41,9 +43,11 @@ __all__ = [
     "FORMAT_VERSION", "Backbone", "BackboneError", "BackboneTransformer", "BankError",
     "BankLockedError", "Callback", "DataError", "FeatureBank", "FeatureBankError",
     "FinetuneConfig", "FinetuneError", "GraftedNetwork", "HeadError", "ImageSource",
-    "LogisticHead", "MLPHead", "ParameterError", "Preprocessing", "Trainer", "WeightsId",
+    "LogisticHead", "MLPHead", "ParameterError", "Predictor", "Preprocessing", "TapNetwork",
+    "Trainer", "WeightsId",
     "extract", "finetune", "fit_heads", "from_arrays", "get_backbone", "list_backbones",
-    "list_datasets", "list_taps", "load_head", "open_source", "reopen_source", "save_head",
+    "list_datasets", "list_taps", "load_head", "load_model", "open_source", "reopen_source",
+    "save_head",
     "to_torch",
 ]
 
@@ -64,12 +68,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from ._extract import extract
     from ._finetune import Callback, FinetuneConfig, GraftedNetwork, Trainer, finetune
-    from .backbones import (Backbone, Preprocessing, WeightsId, get_backbone, list_backbones,
-                            list_taps)
+    from .backbones import (Backbone, Preprocessing, TapNetwork, WeightsId, get_backbone,
+                            list_backbones, list_taps)
     from .bank import FORMAT_VERSION, FeatureBank
     from .data import ImageSource, from_arrays, list_datasets, open_source, reopen_source
     from .exceptions import (BackboneError, BankError, BankLockedError, DataError,
                              FeatureBankError, FinetuneError, HeadError, ParameterError)
     from .fit import fit_heads
     from .heads import LogisticHead, MLPHead, load_head, save_head, to_torch
+    from .predictor import Predictor, load_model
     from .transformer import BackboneTransformer

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import sha256_file
+from ._io import check_choice, sha256_file
 from .exceptions import BackboneError
 
-__all__ = ["Backbone", "Preprocessing", "WeightsId", "get_backbone", "list_backbones",
-           "list_taps"]
+__all__ = ["Backbone", "Preprocessing", "TapNetwork", "WeightsId", "get_backbone",
+           "list_backbones", "list_taps"]
 
 _TIMM = "timm:"
 _WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
@@ -50,6 +50,31 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Preprocessing:
+        """The preprocessing a bank (or a model made from one) recorded in its ``spec``."""
+        return cls(tuple(spec["mean"]), tuple(spec["std"]), spec["interpolation"],
+                   spec.get("preprocessing_source", "spec"))
+
+    def apply(self, images: torch.Tensor, image_size: int) -> torch.Tensor:
+        """uint8 ``(N, H, W, 3)`` images to normalised float ``(N, 3, S, S)``, channels_last.
+
+        Runs on the tensor's device: resize (antialiased, this interpolation) when the size
+        differs, then ``(x / 255 - mean) / std``.
+        """
+        x = images.permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (image_size, image_size):
+            mode = self.interpolation
+            x = torch.nn.functional.interpolate(
+                x, size=(image_size, image_size), mode=mode,
+                antialias=mode != "nearest",
+                **({} if mode == "nearest" else {"align_corners": False}))
+            if mode == "bicubic":
+                x = x.clamp_(0, 255)  # bicubic overshoots; PIL's result is clamped to uint8 too
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1) * 255
+        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 @dataclass(frozen=True)
@@ -197,6 +222,14 @@ def _build(name: str, *, pretrained: Any) -> nn.Module:
     return torchvision.models.get_model(name, weights=pretrained or None)
 
 
+def skeleton(name: str) -> nn.Module:
+    """The bare network with parameters on the meta device (no memory, no init): the shape
+    to load a ``state_dict`` into with ``load_state_dict(..., assign=True)``."""
+    _check_name(name)
+    with torch.device("meta"):
+        return _build(name, pretrained=False).eval()
+
+
 def _random_init(name: str) -> nn.Module:
     """A randomly initialised network, the same on every call: ``weights="none"`` banks are
     reproducible and resumable, and the global RNG is left as it was."""
@@ -312,13 +345,35 @@ def _resolve(name: str, weights: str | None
     return model, wid, path, prep
 
 
-def _pool(t: torch.Tensor, tap: str) -> torch.Tensor:
-    if t.ndim == 4:
-        return t.mean(dim=(2, 3))  # global average pool over H, W
-    if t.ndim == 2:
-        return t
-    raise BackboneError(f"tap {tap!r} gives activations of shape {tuple(t.shape)}; only "
-                        f"(N, C, H, W) (average-pooled) and (N, D) activations can be taps.")
+TOKEN_POOLS = ("cls", "mean")
+
+
+def _pool_kind(ndim: int, token_pool: str) -> str:
+    """How an activation of ``ndim`` dimensions becomes (N, D): ``avg`` (global average over
+    H, W), ``cls`` / ``mean`` (the class token or the mean of a transformer's (N, T, D)
+    tokens) or ``none``."""
+    return {4: "avg", 3: token_pool, 2: "none"}.get(ndim, "unsupported")
+
+
+def pool(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """An activation pooled to (N, D) as :func:`_pool_kind` named it."""
+    if kind == "avg":
+        return t.mean(dim=(2, 3))
+    if kind == "cls":
+        return t[:, 0]
+    if kind == "mean":
+        return t.mean(dim=1)
+    return t
+
+
+def _pool(t: torch.Tensor, tap: str, token_pool: str = "cls") -> torch.Tensor:
+    kind = _pool_kind(t.ndim, token_pool)
+    if kind == "unsupported":
+        raise BackboneError(
+            f"tap {tap!r} gives activations of shape {tuple(t.shape)}; only (N, C, H, W) "
+            f"(average-pooled), (N, T, D) tokens (class token or mean) and (N, D) activations "
+            f"can be taps.")
+    return pool(t, kind)
 
 
 class Backbone(nn.Module):
@@ -341,16 +396,19 @@ class Backbone(nn.Module):
         Tap name to ``{"module": dotted name, "where": "output" | "input", "pool": ...}``.
     preprocessing : Preprocessing
         Mean, std and interpolation of the weights.
+    token_pool : {"cls", "mean"}
+        How a transformer's (N, T, D) token outputs are pooled.
     model : torch.nn.Module
         The wrapped network.
     """
 
     def __init__(self, model: nn.Module, *, name: str, weights: WeightsId,
-                 weights_path: str | None,
-                 taps: dict[str, _Tap], preprocessing: Preprocessing):
+                 weights_path: str | None, taps: dict[str, _Tap],
+                 preprocessing: Preprocessing, token_pool: str = "cls"):
         super().__init__()
         self.model = model
         self.name, self.weights, self.weights_path = name, weights, weights_path
+        self.token_pool = token_pool
         self.taps = list(taps)
         self.preprocessing = preprocessing
         self._captured: dict[str, torch.Tensor] | None = None
@@ -374,7 +432,7 @@ class Backbone(nn.Module):
             self._calls[tap] = 1
             raw = pick(*args)
             self._shapes[tap] = tuple(raw.shape[1:])
-            self._captured[tap] = _pool(raw, tap)
+            self._captured[tap] = _pool(raw, tap, self.token_pool)
             if self._early_exit and len(self._captured) == len(self.taps):
                 raise _StopForward
             return None
@@ -422,33 +480,28 @@ class Backbone(nn.Module):
                     f"tap modules run more than once per forward pass {reused}, so their "
                     f"activation is ambiguous; tap a module that runs once.")
             return {t: {**self.tap_layers[t], "activation_shape": list(self._shapes[t]),
-                        "pool": "avg" if len(self._shapes[t]) == 3 else "none",
+                        "pool": _pool_kind(len(self._shapes[t]) + 1, self.token_pool),
                         "dim": int(v.shape[1])} for t, v in out.items()}
         finally:
             self._early_exit = True
 
     def preprocess(self, images: torch.Tensor, image_size: int) -> torch.Tensor:
-        """uint8 ``(N, H, W, 3)`` images to normalised float ``(N, 3, S, S)``, channels_last.
+        """uint8 ``(N, H, W, 3)`` images to normalised float ``(N, 3, S, S)`` (see
+        :meth:`Preprocessing.apply`)."""
+        return self.preprocessing.apply(images, image_size)
 
-        Runs on the tensor's device: resize (antialiased, the weights' interpolation) when the
-        size differs, then ``(x / 255 - mean) / std``.
-        """
-        x = images.permute(0, 3, 1, 2).float()
-        if x.shape[-2:] != (image_size, image_size):
-            mode = self.preprocessing.interpolation
-            x = torch.nn.functional.interpolate(
-                x, size=(image_size, image_size), mode=mode,
-                antialias=mode != "nearest",
-                **({} if mode == "nearest" else {"align_corners": False}))
-            if mode == "bicubic":
-                x = x.clamp_(0, 255)  # bicubic overshoots; PIL's result is clamped to uint8 too
-        mean = torch.tensor(self.preprocessing.mean, device=x.device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(self.preprocessing.std, device=x.device).view(1, 3, 1, 1) * 255
-        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    def tap_network(self, tap_layers: dict[str, dict[str, Any]] | None = None) -> TapNetwork:
+        """This backbone as a plain module truncated after its taps (see :class:`TapNetwork`);
+        ``tap_layers`` (a bank's ``spec["tap_layers"]``) gives their pooling, else a probe at
+        224 px does."""
+        return TapNetwork(self.model, name=self.name, taps=self.taps,
+                          tap_layers=tap_layers or self.probe(224),
+                          preprocessing=self.preprocessing)
 
 
 def get_backbone(name: str = "vgg19", *, weights: str | os.PathLike | None = "DEFAULT",
-                 taps: str | list[str] | tuple[str, ...] | None = None) -> Backbone:
+                 taps: str | list[str] | tuple[str, ...] | None = None,
+                 token_pool: str = "cls") -> Backbone:
     """Build a backbone with named taps.
 
     Parameters
@@ -463,6 +516,9 @@ def get_backbone(name: str = "vgg19", *, weights: str | os.PathLike | None = "DE
     taps : str or sequence of str, optional
         Tap names (comma-separated string or list): named taps (:func:`list_taps`) or dotted
         module names. Default: ``fc7`` for VGG, ``penultimate`` otherwise.
+    token_pool : {"cls", "mean"}, default="cls"
+        How a tap that gives transformer tokens (N, T, D) becomes (N, D): the class token (the
+        first), or the mean over tokens.
 
     Returns
     -------
@@ -470,6 +526,7 @@ def get_backbone(name: str = "vgg19", *, weights: str | os.PathLike | None = "DE
         In eval mode, on the CPU.
     """
     _check_name(name)
+    check_choice("token_pool", token_pool, TOKEN_POOLS)
     if isinstance(taps, str):
         taps = [t.strip() for t in taps.split(",") if t.strip()]
     taps = list(taps) if taps else [_default_tap(name)]
@@ -492,4 +549,79 @@ def get_backbone(name: str = "vgg19", *, weights: str | os.PathLike | None = "DE
                 f"unknown tap {t!r} for model {name!r}; expected one of {sorted(named)} or the "
                 f"dotted name of one of its modules (e.g. {list(modules)[1:4]}).")
     return Backbone(model, name=name, weights=wid, weights_path=str(path) if path else None,
-                    taps=resolved, preprocessing=prep)
+                    taps=resolved, preprocessing=prep, token_pool=token_pool)
+
+
+def _feature_extractor(name: str):
+    """torchvision's FX ``create_feature_extractor``, or timm's (its own leaf modules)."""
+    if name.startswith(_TIMM):
+        from timm.models import create_feature_extractor
+    else:
+        from torchvision.models.feature_extraction import create_feature_extractor
+    return create_feature_extractor
+
+
+def _truncate(model: nn.Module, name: str, layers: dict[str, dict[str, Any]]) -> nn.Module:
+    """The model traced with FX and cut after the nodes that give ``layers`` (tap ->
+    ``{"module", "where"}``): a GraphModule returning ``{tap: activation}``. An ``input`` tap
+    (``penultimate``) is the value that flows into its module, which is then dropped."""
+    import torch.fx
+
+    create = _feature_extractor(name)
+    try:
+        gm = create(model, return_nodes={d["module"]: t for t, d in layers.items()})
+    except Exception as e:  # FX cannot trace every model
+        raise BackboneError(
+            f"model {name!r} cannot be traced with torch.fx ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}), so it has no plain-module form for "
+            f"fine-tuning and export.") from None
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    values = dict(output.args[0])
+    for tap, d in layers.items():
+        if d["where"] == "input":
+            call = next(n for n in gm.graph.nodes
+                        if n.op == "call_module" and n.target == d["module"])
+            values[tap] = call.args[0]
+    output.args = (values,)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return torch.fx.GraphModule(gm, gm.graph)
+
+
+class TapNetwork(nn.Module):
+    """Normalised images -> the pooled features of a backbone's taps, as one plain module.
+
+    The backbone is traced with torchvision's FX feature extraction and truncated after the
+    last tap, so nothing past it runs, and, unlike :class:`Backbone` (which stops its forward
+    by raising from a hook), ``torch.export``, TorchScript and ONNX work on it. Several taps
+    are concatenated in the order given.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classification network.
+    name : str
+        Its registry name (``timm:`` models are traced with timm's leaf modules).
+    taps : list of str
+    tap_layers : dict
+        Tap to ``{"module", "where", "pool"}`` (a bank's ``spec["tap_layers"]``).
+    preprocessing : Preprocessing
+    """
+
+    def __init__(self, model: nn.Module, *, name: str, taps: list[str],
+                 tap_layers: dict[str, dict[str, Any]], preprocessing: Preprocessing):
+        super().__init__()
+        self.model = _truncate(model, name, {t: tap_layers[t] for t in taps})
+        self.taps = list(taps)
+        self.pools = [tap_layers[t]["pool"] for t in taps]
+        self.preprocessing = preprocessing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        feats = [pool(out[t], kind) for t, kind in zip(self.taps, self.pools)]
+        return feats[0] if len(feats) == 1 else torch.cat(feats, dim=1)
+
+    def preprocess(self, images: torch.Tensor, image_size: int) -> torch.Tensor:
+        """uint8 ``(N, H, W, 3)`` -> normalised input (see :meth:`Preprocessing.apply`)."""
+        return self.preprocessing.apply(images, image_size)

@@ -156,10 +156,16 @@ class FeatureBank:
                             f"are {self.splits}.")
         if tap is None:
             return self.taps[0]
-        if tap not in self.taps:
-            raise BankError(f"feature bank {str(self.path)!r} has no tap {tap!r}; its taps are "
-                            f"{self.taps}.")
+        for part in tap.split("+"):
+            if part not in self.taps:
+                raise BankError(f"feature bank {str(self.path)!r} has no tap {part!r}; its taps "
+                                f"are {self.taps}.")
         return tap
+
+    def _datasets(self, split: str, tap: str | None) -> list[h5py.Dataset]:
+        """The HDF5 datasets of a tap, or of each part of a concatenated ``"fc6+fc7"``."""
+        tap = self._check(split, tap)
+        return [self._h5[split]["features"][t] for t in tap.split("+")]
 
     def num_rows(self, split: str) -> int:
         """Number of rows (images) in ``split``."""
@@ -167,14 +173,28 @@ class FeatureBank:
         return int(self._h5[split]["labels"].shape[0])
 
     def shape(self, split: str, tap: str | None = None) -> tuple[int, int]:
-        """``(N, D)`` of the features of ``split`` at ``tap`` (default: the first tap)."""
-        tap = self._check(split, tap)
-        return tuple(self._h5[split]["features"][tap].shape)
+        """``(N, D)`` of the features of ``split`` at ``tap`` (default: the first tap;
+        ``"fc6+fc7"``: the taps side by side)."""
+        ds = self._datasets(split, tap)
+        return ds[0].shape[0], sum(d.shape[1] for d in ds)
 
     def features(self, split: str, tap: str | None = None) -> h5py.Dataset:
         """The HDF5 dataset of features: sliceable without reading the whole of it."""
-        tap = self._check(split, tap)
-        return self._h5[split]["features"][tap]
+        ds = self._datasets(split, tap)
+        if len(ds) > 1:
+            raise BankError(f"features() gives one tap's HDF5 dataset; for {tap!r} use load(), "
+                            f"iter_batches() or rows().")
+        return ds[0]
+
+    def rows(self, split: str, tap: str | None, rows: np.ndarray, *,
+             dtype: Any = np.float32) -> np.ndarray:
+        """The features of the given rows (any order, repeats allowed) of ``split`` at ``tap``
+        (a concatenated ``"fc6+fc7"`` too)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        uniq, inverse = np.unique(rows, return_inverse=True)  # h5py reads increasing rows
+        parts = [d[uniq] for d in self._datasets(split, tap)]
+        X = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        return X[inverse].astype(dtype, copy=False)
 
     def labels(self, split: str) -> np.ndarray:
         """``(N,)`` int64 labels of ``split``; ``classes[label]`` is the class name."""
@@ -209,10 +229,14 @@ class FeatureBank:
         X : ndarray of shape (N, D)
         y : ndarray of shape (N,), int64
         """
-        ds = self.features(split, tap)
-        X = np.empty(ds.shape, dtype=ds.dtype if dtype is None else dtype)
-        for start, block in self._blocks(ds, _CHUNK_BYTES * 64):
-            X[start:start + len(block)] = block
+        datasets = self._datasets(split, tap)
+        n, d = self.shape(split, tap)
+        X = np.empty((n, d), dtype=datasets[0].dtype if dtype is None else dtype)
+        col = 0
+        for ds in datasets:  # a concatenated tap: each part into its columns
+            for start, block in self._blocks(ds, _CHUNK_BYTES * 64):
+                X[start:start + len(block), col:col + ds.shape[1]] = block
+            col += ds.shape[1]
         return X, self.labels(split)
 
     def iter_batches(self, split: str, tap: str | None = None, *, batch_size: int = 4096,
@@ -220,11 +244,13 @@ class FeatureBank:
         """Stream ``(X, y)`` blocks of at most ``batch_size`` rows, in order, for banks larger
         than memory."""
         POSITIVE_INT.check("batch_size", batch_size)
-        ds = self.features(split, tap)
+        datasets = self._datasets(split, tap)
         y = self._h5[split]["labels"]
-        for start in range(0, ds.shape[0], batch_size):
-            stop = min(start + batch_size, ds.shape[0])
-            X = ds[start:stop]
+        n = datasets[0].shape[0]
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            parts = [ds[start:stop] for ds in datasets]
+            X = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
             yield (X if dtype is None else X.astype(dtype, copy=False)), y[start:stop]
 
     @staticmethod

@@ -34,13 +34,12 @@ def _heads(value: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _extract_parser(sub) -> None:
+def _extract_parser(e: argparse.ArgumentParser) -> None:
     from .data import list_datasets
 
-    e = sub.add_parser("extract", help="run a frozen backbone over a dataset into a feature bank",
-                       description="Run a frozen backbone once over an image dataset and write "
-                                   "an HDF5 feature bank. Rerunning an interrupted extraction "
-                                   "with the same arguments resumes it.")
+    e.description = ("Run a frozen backbone once over an image dataset and write an HDF5 "
+                     "feature bank. Rerunning an interrupted extraction with the same arguments "
+                     "resumes it.")
     e.add_argument("--dataset", default="cifar10",
                    help=f"one of {', '.join(list_datasets())} (default: cifar10)")
     e.add_argument("--data-root", default="data", metavar="DIR",
@@ -74,13 +73,12 @@ def _extract_parser(sub) -> None:
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def _fit_parser(sub) -> None:
+def _fit_parser(f: argparse.ArgumentParser) -> None:
     from .heads.registry import list_heads
 
-    f = sub.add_parser("fit", help="fit heads on a bank, select on a validation split, rank",
-                       description="Fit heads on cached features, sweep each head's main "
-                                   "regulariser on a stratified validation split of the train "
-                                   "rows, save the heads and a leaderboard.")
+    f.description = ("Fit heads on cached features, sweep each head's main regulariser on a "
+                     "stratified validation split of the train rows, save the heads and a "
+                     "leaderboard.")
     f.add_argument("bank", metavar="BANK.h5")
     f.add_argument("--tap", default=None, help="tap to fit on (default: the bank's first)")
     f.add_argument("--heads", default="logreg,mlp", type=_heads, metavar="HEAD[,HEAD...]",
@@ -96,14 +94,13 @@ def _fit_parser(sub) -> None:
                    help="no progress bar and no line per head")
 
 
-def _finetune_parser(sub) -> None:
+def _finetune_parser(t: argparse.ArgumentParser) -> None:
     from ._finetune.config import FinetuneConfig
 
-    t = sub.add_parser("finetune", help="graft the best head onto the backbone and fine-tune",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Rebuild the bank's backbone up to the head's tap, attach the "
-                                   "head, check the hand-off, and train end to end with early "
-                                   "stopping and resumable checkpoints.")
+    t.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    t.description = ("Rebuild the bank's backbone up to the head's tap, attach the head, check "
+                     "the hand-off, and train end to end with early stopping and resumable "
+                     "checkpoints.")
     t.add_argument("--bank", required=True, metavar="BANK.h5",
                    help="the bank the head was fitted on")
     which = t.add_mutually_exclusive_group(required=True)
@@ -118,19 +115,75 @@ def _finetune_parser(sub) -> None:
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _info_parser(i: argparse.ArgumentParser) -> None:
+    i.add_argument("bank", metavar="BANK.h5")
+
+
+def _model_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="a fine-tune output folder (with best_model.pt) or a saved head "
+                        "(runs/HEAD.joblib)")
+    p.add_argument("--bank", default=None, metavar="BANK.h5",
+                   help="for a head saved by an older featurebank: the bank it was fitted on")
+    p.add_argument("--device", default="auto", choices=_DEVICES)
+
+
+def _predict_parser(p: argparse.ArgumentParser) -> None:
+    p.description = ("Classify images with a fine-tuned model or a saved head, preprocessed as "
+                     "its bank's images were. Writes a CSV: path, prediction, probability and "
+                     "the top k classes with theirs.")
+    _model_argument(p)
+    p.add_argument("images", nargs="+", metavar="IMAGES",
+                   help="image files, folders (searched recursively) or .npz files")
+    p.add_argument("--out", default=None, metavar="PREDS.csv",
+                   help="CSV file to write (default: the CSV on standard output)")
+    p.add_argument("--top-k", type=POSITIVE_INT.parse, default=5, metavar="K",
+                   help="classes listed per image (default: 5)")
+    p.add_argument("--batch-size", type=POSITIVE_INT.parse, default=None, metavar="N",
+                   help="images per forward pass (default: 256 on CUDA, 64 on CPU)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave unreadable images out (reported) instead of failing")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _export_parser(p: argparse.ArgumentParser) -> None:
+    from ._export import EXPORT_FORMATS
+
+    p.description = ("Write a fine-tuned model (or a linear or MLP head on its backbone) as one "
+                     "network from normalised images to logits, with a JSON file beside it "
+                     "recording its preprocessing and classes.")
+    _model_argument(p)
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS,
+                   help="onnx or torchscript (default: onnx)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+
+
+# command -> (one-line help, the function that adds its arguments): a parser is filled in only
+# for the command being run, so `featurebank --help` imports no torch
+_SUBCOMMANDS = {
+    "extract": ("run a frozen backbone over a dataset into a feature bank", _extract_parser),
+    "info": ("print a bank's provenance, splits, taps and shapes", _info_parser),
+    "fit": ("fit heads on a bank, select on a validation split, rank", _fit_parser),
+    "finetune": ("graft the best head onto the backbone and fine-tune", _finetune_parser),
+    "predict": ("classify images with a fine-tuned model or a saved head", _predict_parser),
+    "export": ("write a model as ONNX or TorchScript with its preprocessing", _export_parser),
+}
+
+
+def _parser(argv: Sequence[str] = (), *, full: bool = False) -> argparse.ArgumentParser:
+    """The parser; only the command named in ``argv`` gets its arguments (all: ``full``)."""
     from . import __version__
 
+    command = next((a for a in argv if not a.startswith("-")), None)
     p = argparse.ArgumentParser(
         prog="featurebank",
         description="Cache frozen-backbone features once; train heads on them in seconds.")
     p.add_argument("--version", action="version", version=f"featurebank {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _extract_parser(sub)
-    i = sub.add_parser("info", help="print a bank's provenance, splits, taps and shapes")
-    i.add_argument("bank", metavar="BANK.h5")
-    _fit_parser(sub)
-    _finetune_parser(sub)
+    for name, (help, fill) in _SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help, description=help)
+        if full or name == command:
+            fill(sp)
     return p
 
 
@@ -179,8 +232,31 @@ def _run_finetune(args: argparse.Namespace) -> None:
           f"{summary['test_accuracy']} (best epoch {summary['best_epoch']}); wrote {args.out}/")
 
 
+def _run_predict(args: argparse.Namespace) -> None:
+    from .predictor import load_model
+
+    model = load_model(args.model, bank=args.bank, device=args.device,
+                       batch_size=args.batch_size)
+    summary = model.predict_to_csv(args.images, args.out or sys.stdout, top_k=args.top_k,
+                                   skip_bad=args.skip_bad, progress=not args.quiet)
+    if not args.quiet:
+        counts = ", ".join(f"{c} {n}" for c, n in summary["counts"][:5])
+        print(f"predicted {summary['images']} images with {args.model}"
+              + (f" ({len(summary['skipped'])} unreadable, left out)" if summary["skipped"]
+                 else "") + f"; most predicted: {counts}"
+              + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from .predictor import load_model
+
+    path = load_model(args.model, bank=args.bank, device=args.device).export(
+        args.out, format=args.format)
+    print(f"wrote {path} and {path}.json (input, preprocessing, classes)")
+
+
 _COMMANDS = {"extract": _run_extract, "info": _run_info, "fit": _run_fit,
-             "finetune": _run_finetune}
+             "finetune": _run_finetune, "predict": _run_predict, "export": _run_export}
 
 _AFTER_INTERRUPT = {  # what an interrupted command leaves behind, and how to go on
     "extract": lambda a: "rows written so far are kept, rerun the same command to resume.",
@@ -190,12 +266,15 @@ _AFTER_INTERRUPT = {  # what an interrupted command leaves behind, and how to go
     "finetune": lambda a: (f"rerun with --resume to continue from the last checkpoint "
                            f"({a.out}/checkpoint.pt, written at each epoch's end and every "
                            f"--checkpoint-every steps)."),
+    "predict": lambda a: "no CSV was written; rerun the command.",
+    "export": lambda a: "nothing was written; rerun the command.",
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``featurebank`` and ``python -m featurebank``; returns the exit code."""
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser(argv).parse_args(argv)
     try:
         _COMMANDS[args.command](args)
     except FeatureBankError as e:

@@ -103,17 +103,39 @@ def _fit(im, image_size: int, interpolation: Any) -> np.ndarray:
     return np.asarray(F.center_crop(im, [image_size, image_size]), dtype=np.uint8)
 
 
-def _load(path: str, image_size: int, interpolation: Any) -> tuple[np.ndarray | None, str | None]:
-    """The image file at ``path`` as uint8 ``(S, S, 3)`` (shorter side resized to ``S``,
-    centre-cropped), or ``(None, the decoder's error)``."""
+def load_image(image: Any, *, image_size: int, interpolation: Any,
+               resize: str = "shorter_side_center_crop") -> tuple[np.ndarray | None, str | None]:
+    """One image (a file path, a PIL image or a uint8 array) as uint8 ``(H, W, 3)``, brought
+    to the bank's size the way its extraction did (``resize``): ``shorter_side_center_crop``
+    resizes the shorter side to ``image_size`` and crops the centre square here; ``device``
+    leaves the size as it is (the whole image is resized on the device, as for CIFAR).
+
+    Returns ``(array, None)``, or ``(None, the decoder's error)`` for an unreadable file.
+    """
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            rgb = _to_rgb(im)  # a full decode: truncated files fail here
+        if isinstance(image, (str, os.PathLike)):
+            with Image.open(image) as im:
+                rgb = _to_rgb(im)  # a full decode: truncated files fail here
+        elif isinstance(image, Image.Image):
+            rgb = _to_rgb(image)
+        else:
+            array = check_images(np.asarray(image)[None], "image")[0]
+            if resize == "device":
+                return array, None
+            rgb = Image.fromarray(array)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return None, f"{type(e).__name__}: {e}"
+    if resize == "device":
+        return np.asarray(rgb, dtype=np.uint8), None
     return _fit(rgb, image_size, interpolation), None
+
+
+def _load(path: str, image_size: int, interpolation: Any) -> tuple[np.ndarray | None, str | None]:
+    """The image file at ``path`` as uint8 ``(S, S, 3)`` (shorter side resized to ``S``,
+    centre-cropped), or ``(None, the decoder's error)``."""
+    return load_image(path, image_size=image_size, interpolation=interpolation)
 
 
 class _FileDataset(torch.utils.data.Dataset):

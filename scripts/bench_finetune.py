@@ -41,8 +41,9 @@ def main() -> None:
     dev = resolve_device(args.device)
     backbone = get_backbone(args.model, weights="none", taps=args.tap)
     tap = backbone.taps[0]
-    dim = backbone.probe(args.image_size)[tap]["dim"]
-    net = GraftedNetwork(backbone, nn.Linear(dim, args.classes), tap).to(dev)
+    layers = backbone.probe(args.image_size)
+    dim = layers[tap]["dim"]
+    net = GraftedNetwork(backbone.tap_network(layers), nn.Linear(dim, args.classes), tap).to(dev)
     if dev.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True

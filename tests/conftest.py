@@ -190,3 +190,31 @@ def write_feature_bank(path: Path, *, n_train: int = 300, n_test: int = 100, d: 
     w.commit({})
     w.close()
     return FeatureBank(path)
+
+
+def colour_images(rng: np.random.Generator, n: int, size: int = 24):
+    """Images whose class (0-2) is their dominant colour: learnable, not trivially so."""
+    y = rng.integers(0, 3, n)
+    X = (_images(rng, n, size=size).astype(np.int16) // 2).astype(np.uint8)
+    for c in range(3):
+        X[y == c, :, :, c] += 90
+    return X, y
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """An npz of colour images, its bank (random ResNet-18, 32 px), fitted heads (runs/) and
+    a one-epoch fine-tune (ft/): what predict, export and report work on."""
+    from featurebank import extract, finetune, fit_heads
+
+    tmp = tmp_path_factory.mktemp("trained")
+    rng = np.random.default_rng(0)
+    (X, y), (Xt, yt) = colour_images(rng, 240), colour_images(rng, 60)
+    np.savez(tmp / "d.npz", train_images=X, train_labels=y, test_images=Xt, test_labels=yt,
+             classes=np.array(["red", "green", "blue"]))
+    bank = extract(f"npz:{tmp / 'd.npz'}", model="resnet18", weights="none", image_size=32,
+                   dtype="float16", out=tmp / "bank.h5", progress=False)
+    fit_heads(bank, heads=["logreg", "mlp", "knn"], out=tmp / "runs", verbose=False)
+    finetune(bank, runs=tmp / "runs", out=tmp / "ft", epochs=1, batch_size=32,
+             handoff_samples=64, progress=False)
+    return tmp, bank

@@ -44,7 +44,8 @@ def _numeric_options():
     from featurebank._io import Interval
     from featurebank.cli import _parser
 
-    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in _parser(full=True)._actions
+               if isinstance(a, argparse._SubParsersAction))
     for command, parser in sub.choices.items():
         for action in parser._actions:
             interval = getattr(getattr(action, "type", None), "__self__", None)

@@ -25,7 +25,7 @@ from ..exceptions import FinetuneError
 from ..heads.persist import load_head
 from .checkpoint import load_checkpoint
 from .config import FinetuneConfig
-from .graft import build_network, check_handoff, freeze
+from .graft import build_network, check_handoff, describe_head, freeze
 from .loop import BEST, CHECKPOINT, BankImages, Callback, Trainer
 
 __all__ = ["finetune"]
@@ -181,7 +181,8 @@ def _finish(trainer: Trainer, bank: FeatureBank, est: Any, head_path: Path,
     write_json(out / "best_model.json", {
         "bank": str(bank.path), "bank_fingerprint": bank.fingerprint, "spec": bank.spec,
         "classes": list(bank.classes), "head_classes": np.asarray(est.classes_).tolist(),
-        "tap": tap, "config": trainer.run_config, "best_epoch": st["best_epoch"],
+        "tap": tap, "head_module": describe_head(trainer.net.head),
+        "config": trainer.run_config, "best_epoch": st["best_epoch"],
         "versions": versions(), "weights_sha256": sha256_file(out / BEST)})
     write_json(out / "metrics.json", st["history"])
     write_csv(out / "metrics.csv", st["history"], list(st["history"][0]))

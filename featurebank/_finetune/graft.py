@@ -16,24 +16,38 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from ..backbones import Backbone, WeightsId, get_backbone
+from ..backbones import TapNetwork, WeightsId, get_backbone
 from ..bank import FeatureBank
 from ..exceptions import FinetuneError
 from ..heads.export import to_torch
 
-__all__ = ["GraftedNetwork", "build_network", "check_handoff", "freeze", "trainable_head"]
+__all__ = ["GraftedNetwork", "build_network", "check_handoff", "describe_head", "freeze",
+           "head_from_description", "trainable_head"]
 
 
 class GraftedNetwork(nn.Module):
-    """The backbone up to its tap, followed by a head as a torch module: images -> logits."""
+    """The backbone up to its tap, followed by a head as a torch module: images -> logits.
 
-    def __init__(self, backbone: Backbone, head: nn.Module, tap: str):
+    A plain module (the backbone is a :class:`~featurebank.TapNetwork`, truncated with FX),
+    so ``torch.export``, TorchScript and ONNX work on it.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        Normalised ``(N, 3, S, S)`` images -> ``(N, D)`` tap features.
+    head : nn.Module
+        ``(N, D)`` features -> logits.
+    tap : str
+        The tap the head was fitted on (``"fc7"``, or ``"fc6+fc7"`` for concatenated taps).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, tap: str):
         super().__init__()
         self.backbone, self.head, self.tap = backbone, head, tap
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised ``(N, 3, S, S)`` input (``backbone.preprocess``) to logits."""
-        return self.head(self.backbone(x)[self.tap].float())
+        return self.head(self.backbone(x).float())
 
 
 class _Standardize(nn.Module):
@@ -86,11 +100,42 @@ def trainable_head(est: Any) -> nn.Module:
 
 
 def build_network(bank: FeatureBank, est: Any, tap: str) -> GraftedNetwork:
-    """The bank's backbone rebuilt from its spec (same weights), grafted with the head."""
+    """The bank's backbone rebuilt from its spec (same weights) as a plain module up to the
+    head's tap, grafted with the head."""
     spec = bank.spec
     weights = WeightsId.parse(spec["weights"]).rebuild_argument(spec.get("weights_path"))
-    backbone = get_backbone(spec["model"], weights=weights, taps=[tap])
-    return GraftedNetwork(backbone, trainable_head(est), tap)
+    backbone = get_backbone(spec["model"], weights=weights, taps=tap.split("+"))
+    return GraftedNetwork(backbone.tap_network(spec["tap_layers"]), trainable_head(est), tap)
+
+
+_LAYERS = {"Linear": lambda d: nn.Linear(d["in"], d["out"]),
+           "Standardize": lambda d: _Standardize(np.zeros(d["dim"]), np.ones(d["dim"])),
+           "ReLU": lambda d: nn.ReLU(), "GELU": lambda d: nn.GELU(), "Tanh": lambda d: nn.Tanh(),
+           "Identity": lambda d: nn.Identity()}
+
+
+def describe_head(module: nn.Module) -> dict[str, Any]:
+    """The architecture of a head module as JSON-able data (no weights), for
+    :func:`head_from_description`; ``best_model.json`` keeps it, so a fine-tuned network can be
+    rebuilt without the head file."""
+    if isinstance(module, nn.Sequential):
+        return {"type": "Sequential", "children": [describe_head(m) for m in module]}
+    if isinstance(module, nn.Linear):
+        return {"type": "Linear", "in": module.in_features, "out": module.out_features}
+    if isinstance(module, _Standardize):
+        return {"type": "Standardize", "dim": int(module.mean.numel())}
+    if type(module).__name__ in _LAYERS:
+        return {"type": type(module).__name__}
+    raise FinetuneError(f"cannot describe head layer {type(module).__name__}; expected "
+                        f"{sorted(_LAYERS)} in Sequentials.")
+
+
+def head_from_description(desc: dict[str, Any]) -> nn.Module:
+    """The head module :func:`describe_head` described, with placeholder weights: load a
+    state_dict into it."""
+    if desc["type"] == "Sequential":
+        return nn.Sequential(*(head_from_description(d) for d in desc["children"]))
+    return _LAYERS[desc["type"]](desc)
 
 
 def freeze(backbone: Backbone, freeze_until: str | None) -> None:
@@ -124,7 +169,7 @@ def check_handoff(net: GraftedNetwork, est: Any, bank: FeatureBank, rows: np.nda
     with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
         net_logits = torch.cat([net(images(rows[i:i + batch_size])).float().cpu()
                                 for i in range(0, len(rows), batch_size)])
-    feats = bank.features("train", net.tap)[rows].astype(np.float32)
+    feats = bank.rows("train", net.tap, rows)
     head_pred = np.searchsorted(classes, est.predict(feats))
     head_logits = to_torch(est)(torch.from_numpy(feats))
     agreement = float((net_logits.argmax(1).numpy() == head_pred).mean())

@@ -62,7 +62,7 @@ def save_head(estimator: Any, path: str | os.PathLike, *, bank: FeatureBank, tap
     record = {
         "estimator": estimator,
         "bank_fingerprint": bank.fingerprint, "bank_path": str(bank.path), "tap": tap,
-        "classes": list(bank.classes), "versions": versions(), "name": name,
+        "classes": list(bank.classes), "spec": bank.spec, "versions": versions(), "name": name,
         "metrics": metrics or {}, "params": params or {},
         "val_rows": None if val_rows is None else np.asarray(val_rows, dtype=np.int64),
     }

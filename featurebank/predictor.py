@@ -1,0 +1,327 @@
+"""Use what you trained: a fine-tuned network or a saved head, as one predictor over images.
+
+:func:`load_model` reads a fine-tune output folder (``best_model.pt`` + ``best_model.json``) or
+a saved head (``runs/<head>.joblib``; its backbone is rebuilt from the bank's provenance) and
+returns a :class:`Predictor`: images of any size (uint8 arrays, files, a folder, PIL images)
+are brought to the model's input exactly as its bank's images were (the same resize policy,
+interpolation, mean and std, all read from the recorded spec) and classified.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._io import POSITIVE_INT, amp_dtype, atomic_write, resolve_device
+from .backbones import Preprocessing, TapNetwork, WeightsId, get_backbone, skeleton
+from .bank import FeatureBank
+from .data import load_image
+from .exceptions import DataError, FeatureBankError
+
+__all__ = ["Predictor", "load_model"]
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    if scores.ndim == 1:  # one binary score: the sigmoid, as scikit-learn's binary models
+        p1 = 1 / (1 + np.exp(-scores))
+        return np.column_stack([1 - p1, p1])
+    e = np.exp(scores - scores.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and p.suffix.lower() in IMG_EXTENSIONS)
+
+
+def image_items(images: Any) -> list[tuple[str, Any]]:
+    """``(name, image)`` pairs from what a user passes: a uint8 array ``(N, H, W, 3)`` (or one
+    image), a PIL image, a path to an image, a folder (searched recursively) or an ``.npz``
+    (its ``images`` or ``<split>_images`` arrays), or a list of any of these."""
+    from PIL import Image
+
+    if isinstance(images, (list, tuple)):
+        return [item for x in images for item in image_items(x)]
+    if isinstance(images, Image.Image):
+        return [("image", images)]
+    if isinstance(images, (str, os.PathLike)):
+        path = Path(images)
+        if path.is_dir():
+            return [(str(p), p) for p in _image_files(path)]
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = [k for k in z.files if k == "images" or k.endswith("_images")]
+                if not keys:
+                    raise DataError(f"npz file {str(path)!r} has no 'images' or '<split>_images' "
+                                    f"array (it holds {z.files}).")
+                return [(f"{path}:{k}[{i}]", x) for k in keys for i, x in enumerate(z[k])]
+        if not path.exists():
+            raise DataError(f"image {str(path)!r} does not exist.")
+        return [(str(path), path)]
+    array = np.asarray(images)
+    if array.ndim == 3 and array.shape[-1] in (1, 3):
+        array = array[None]
+    return [(str(i), x) for i, x in enumerate(array)]
+
+
+class Predictor:
+    """Images -> classes, with the preprocessing the model's features were made with.
+
+    Build one with :func:`load_model`.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        Class names, in the column order of :meth:`predict_proba`.
+    network : torch.nn.Module or None
+        The plain module from normalised ``(N, 3, S, S)`` images to logits (fine-tuned models
+        and graftable heads; None for a k-NN head); :meth:`export` writes it.
+    backbone : TapNetwork
+        Normalised images -> tap features.
+    spec : dict
+        The bank's spec: model, weights, taps, image size, resize policy, mean, std.
+    source : str
+        What was loaded.
+    """
+
+    def __init__(self, backbone: TapNetwork, *, classes: np.ndarray, spec: dict[str, Any],
+                 head: nn.Module | None = None, estimator: Any = None, source: str = "",
+                 device: str = "auto", batch_size: int | None = None):
+        self.device = resolve_device(device)
+        self.backbone = backbone.to(self.device).eval()
+        self.head = head.to(self.device).eval() if head is not None else None
+        self.estimator, self.spec, self.source = estimator, spec, source
+        self.classes_ = np.asarray(classes)
+        self.batch_size = batch_size or (256 if self.device.type == "cuda" else 64)
+        self.image_size = int(spec["image_size"])
+        self.network = (_Network(self.backbone, self.head) if self.head is not None else None)
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.source!r}, model={self.spec['model']!r}, "
+                f"classes={len(self.classes_)}, device={self.device})")
+
+    # -- prediction ---------------------------------------------------------------------------
+    def iter_predict(self, images: Any, *, skip_bad: bool = False
+                     ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, list[str]]]:
+        """Batch by batch: ``(names, predicted classes, probabilities, unreadable names)``.
+
+        An unreadable file raises DataError naming it, unless ``skip_bad`` (then it is left out
+        and named in the last element).
+        """
+        items = image_items(images)
+        for s in range(0, len(items), self.batch_size):
+            names, arrays, bad = [], [], []
+            for name, image in items[s:s + self.batch_size]:
+                array, err = load_image(image, image_size=self.image_size,
+                                        interpolation=self.spec["interpolation"],
+                                        resize=self.spec["resize"])
+                if array is None and not skip_bad:
+                    raise DataError(f"cannot read image {name!r} ({err}). Fix or remove it, or "
+                                    f"pass skip_bad=True (--skip-bad) to leave it out.")
+                (bad.append(name) if array is None else (names.append(name),
+                                                         arrays.append(array)))
+            if arrays:
+                labels, proba = self._classify(arrays)
+            else:
+                labels, proba = self.classes_[:0], np.zeros((0, len(self.classes_)))
+            yield names, labels, proba, bad
+
+    @torch.inference_mode()
+    def _classify(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        x = self._input(arrays)
+        amp = amp_dtype(self.device)
+        with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+            feats = self.backbone(x).float()
+        if self.estimator is not None:  # a saved head: features as the bank stored them
+            X = feats.cpu().numpy().astype(self.spec["dtype"]).astype(np.float32)
+            est = self.estimator
+            proba = (est.predict_proba(X) if hasattr(est, "predict_proba")
+                     else _softmax(est.decision_function(X)))
+            return self.classes_[np.searchsorted(est.classes_, est.predict(X))], proba
+        proba = torch.softmax(self.head(feats), 1).cpu().double().numpy()
+        return self.classes_[proba.argmax(1)], proba
+
+    def _input(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        """Normalised network input; images of different sizes are resized one by one."""
+        prep, size = self.backbone.preprocessing, self.image_size
+        if len({a.shape for a in arrays}) == 1:
+            return prep.apply(torch.from_numpy(np.stack(arrays)).to(self.device), size)
+        return torch.cat([prep.apply(torch.from_numpy(a[None]).to(self.device), size)
+                          for a in arrays])
+
+    def predict(self, images: Any) -> np.ndarray:
+        """The predicted class name of each image."""
+        return np.concatenate([labels for _, labels, _, _ in self.iter_predict(images)])
+
+    def predict_proba(self, images: Any) -> np.ndarray:
+        """Class probabilities ``(n_images, n_classes)``, columns in ``classes_`` order (for
+        heads without probabilities, e.g. LinearSVC, the softmax of their scores)."""
+        return np.concatenate([p for _, _, p, _ in self.iter_predict(images)])
+
+    def predict_to_csv(self, images: Any, out: str | os.PathLike | IO[str], *, top_k: int = 5,
+                       skip_bad: bool = False, progress: bool = False) -> dict[str, Any]:
+        """Classify ``images`` into a CSV: ``path, prediction, probability`` and the ``top_k``
+        classes (``class_1, prob_1, ...``). ``out`` is a file path (written atomically) or an
+        open text file. Returns a summary: images classified, unreadable ones left out
+        (``skip_bad``), and the count of each predicted class, most frequent first."""
+        k = min(POSITIVE_INT.check("top_k", top_k), len(self.classes_))
+        columns = ["path", "prediction", "probability",
+                   *(f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob"))]
+        summary: dict[str, Any] = {"images": 0, "skipped": [], "counts": {}}
+
+        def write(f: IO[str]) -> None:
+            w = csv.writer(f)
+            w.writerow(columns)
+            n = len(image_items(images))
+            with tqdm(total=n, unit="img", desc="predict", disable=not progress,
+                      file=sys.stderr, dynamic_ncols=True) as bar:
+                for names, labels, proba, bad in self.iter_predict(images, skip_bad=skip_bad):
+                    for name, label, p in zip(names, labels, proba):
+                        top = np.argsort(-p, kind="stable")[:k]
+                        w.writerow([name, label, f"{p.max():.6f}", *(
+                            v for j in top for v in (self.classes_[j], f"{p[j]:.6f}"))])
+                        summary["counts"][label] = summary["counts"].get(label, 0) + 1
+                    summary["images"] += len(names)
+                    summary["skipped"] += bad
+                    for name in bad:
+                        bar.write(f"skipped unreadable image: {name}", file=sys.stderr)
+                    bar.update(len(names) + len(bad))
+
+        if hasattr(out, "write"):
+            write(out)
+        else:
+            atomic_write(out, lambda f: _as_text(f, write))
+        summary["counts"] = sorted(summary["counts"].items(), key=lambda kv: -kv[1])
+        return summary
+
+    # -- export -------------------------------------------------------------------------------
+    def export(self, path: str | os.PathLike, *, format: str = "onnx") -> Path:
+        """Write :attr:`network` as ``onnx`` or ``torchscript``, with a JSON file beside it
+        (``<path>.json``) recording its input, preprocessing and classes."""
+        from ._export import export
+
+        if self.network is None:
+            raise FeatureBankError(f"{self.source!r} is not a network (a k-NN head has no "
+                                   f"torch form); export a linear or MLP head, or a fine-tuned "
+                                   f"model.")
+        return export(self, Path(path), format=format)
+
+
+def _as_text(f: IO[bytes], write) -> None:
+    """``write(text_file)`` on a binary file, which stays open afterwards."""
+    text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+    write(text)
+    text.flush()
+    text.detach()
+
+
+class _Network(nn.Module):
+    """Normalised images -> logits: the backbone up to its tap, then the head."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x).float())
+
+
+def load_model(path: str | os.PathLike, *, bank: FeatureBank | str | os.PathLike | None = None,
+               device: str = "auto", batch_size: int | None = None) -> Predictor:
+    """Load a fine-tuned model or a saved head as a :class:`Predictor`.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``featurebank finetune`` output folder (``best_model.pt`` and ``best_model.json``), or
+        a saved head (``runs/<head>.joblib``).
+    bank : FeatureBank or path-like, optional
+        For a head saved by an older featurebank that did not record its bank's spec: the bank
+        it was fitted on (default: the path recorded with it).
+    device : {"auto", "cpu", "cuda"}, default="auto"
+    batch_size : int, optional
+        Images per forward pass; default 256 on CUDA, 64 on the CPU.
+
+    Returns
+    -------
+    Predictor
+    """
+    path = Path(path)
+    kw = {"device": device, "batch_size": batch_size, "source": str(path)}
+    if path.is_dir():
+        return _load_finetuned(path, **kw)
+    if path.is_file():
+        return _load_head(path, bank, **kw)
+    raise FeatureBankError(f"{str(path)!r} does not exist; pass a fine-tune output folder "
+                           f"(with best_model.pt) or a saved head (.joblib).")
+
+
+def _load_finetuned(folder: Path, **kw: Any) -> Predictor:
+    from ._finetune.graft import head_from_description
+
+    meta_path, weights = folder / "best_model.json", folder / "best_model.pt"
+    if not (meta_path.is_file() and weights.is_file()):
+        raise FeatureBankError(f"{str(folder)!r} is not a fine-tune output folder: "
+                               f"best_model.json and best_model.pt are expected in it.")
+    meta = json.loads(meta_path.read_text())
+    if "head_module" not in meta:
+        raise FeatureBankError(f"{str(meta_path)!r} was written by an older featurebank that "
+                               f"did not record the head's layers; fine-tune again to use it.")
+    spec, tap = meta["spec"], meta["tap"]
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    backbone = _tap_network(spec, tap, state)
+    head = head_from_description(meta["head_module"])
+    head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+    classes = np.asarray(meta["classes"])[np.asarray(meta["head_classes"])]
+    return Predictor(backbone, classes=classes, spec=spec, head=head, **kw)
+
+
+def _tap_network(spec: dict[str, Any], tap: str, state: dict[str, torch.Tensor]) -> TapNetwork:
+    """The fine-tuned backbone: its architecture without an init, then the saved weights."""
+    prefix = "backbone.model."
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    kw = {"name": spec["model"], "taps": tap.split("+"), "tap_layers": spec["tap_layers"],
+          "preprocessing": Preprocessing.from_spec(spec)}
+    net = TapNetwork(skeleton(spec["model"]), **kw)
+    net.model.load_state_dict(own, strict=True, assign=True)
+    if any(t.is_meta for t in [*net.parameters(), *net.buffers()]):
+        # a tensor the state_dict does not hold (a non-persistent buffer) has no value on
+        # the meta device: build the network for real
+        model = get_backbone(spec["model"], weights="none", taps=kw["taps"]).model
+        net = TapNetwork(model, **kw)
+        net.model.load_state_dict(own, strict=True)
+    return net
+
+
+def _load_head(path: Path, bank, **kw: Any) -> Predictor:
+    from .heads.export import is_graftable, to_torch
+    from .heads.persist import load_head
+
+    est = load_head(path)
+    info = est.featurebank_
+    spec, classes = info.get("spec"), info["classes"]
+    if spec is None:  # saved before heads recorded their bank's spec
+        bank = FeatureBank(bank if bank is not None else info["bank_path"])
+        spec, classes = bank.spec, bank.classes
+    weights = WeightsId.parse(spec["weights"]).rebuild_argument(spec.get("weights_path"))
+    bb = get_backbone(spec["model"], weights=weights, taps=info["tap"].split("+"))
+    names = np.asarray(est.classes_)
+    if np.issubdtype(names.dtype, np.integer):
+        names = np.asarray(classes)[names]
+    head = to_torch(est) if is_graftable(est) else None
+    return Predictor(bb.tap_network(spec["tap_layers"]), classes=names, spec=spec, head=head,
+                     estimator=est, **kw)
+
