@@ -95,7 +95,7 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
             taps: str | list[str] | None = None, image_size: int = 224,
             batch_size: int | None = None, device: str = "auto", dtype: str = "float16",
             out: str | os.PathLike | None = None, resume: bool = True, overwrite: bool = False,
-            skip_bad: bool = False, num_workers: int | None = None,
+            skip_bad: bool = False, num_workers: int | None = None, token_pool: str = "cls",
             progress: bool = True) -> FeatureBank:
     """Run a frozen backbone once over an image dataset and write a feature bank.
 
@@ -133,6 +133,9 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
         failing on the first one.
     num_workers : int, optional
         DataLoader workers that decode image files; default ``min(8, cpu_count)``.
+    token_pool : {"cls", "mean"}, default="cls"
+        How a tap that gives transformer tokens ``(N, T, D)`` (a vision transformer's blocks)
+        becomes one vector: the class token, or the mean over tokens.
     progress : bool, default=True
         Show a progress bar with images/s and ETA on stderr.
 
@@ -160,16 +163,17 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
         return _extract_locked(dataset, out, data_root=data_root, download=download,
                                model=model, weights=weights, taps=taps, image_size=image_size,
                                batch_size=batch_size, dev=dev, dtype=dtype, workers=workers,
-                               skip_bad=skip_bad, resume=resume, progress=progress)
+                               skip_bad=skip_bad, resume=resume, token_pool=token_pool,
+                               progress=progress)
 
 
 def _extract_locked(dataset, out: Path, *, data_root, download, model, weights, taps,
-                    image_size, batch_size, dev, dtype, workers, skip_bad, resume,
+                    image_size, batch_size, dev, dtype, workers, skip_bad, resume, token_pool,
                     progress) -> FeatureBank:
     """The extraction itself, under the output's lock: source, backbone, writer, run, commit."""
     source = (dataset if isinstance(dataset, ImageSource)
               else open_source(dataset, data_root=data_root, download=download))
-    backbone = get_backbone(model, weights=weights, taps=taps)
+    backbone = get_backbone(model, weights=weights, taps=taps, token_pool=token_pool)
     backbone.requires_grad_(False).to(dev).to(memory_format=torch.channels_last)
     tap_info = backbone.probe(image_size, dev)
     writer = BankWriter(out, spec=_spec(backbone, tap_info, source, image_size, dtype),

@@ -22,7 +22,7 @@ from torch import nn
 from ._io import check_choice, sha256_file
 from .exceptions import BackboneError
 
-__all__ = ["Backbone", "Preprocessing", "TapNetwork", "WeightsId", "get_backbone",
+__all__ = ["Backbone", "Preprocessing", "TapInfo", "TapNetwork", "WeightsId", "get_backbone",
            "list_backbones", "list_taps"]
 
 _TIMM = "timm:"
@@ -194,12 +194,102 @@ def _check_name(name: str) -> None:
             f"or 'timm:NAME' with timm installed.")
 
 
-def list_taps(name: str = "vgg19") -> list[str]:
-    """Named taps of a model (any dotted module name is accepted as a tap as well)."""
+@dataclass(frozen=True)
+class TapInfo:
+    """One tap of a model, as :func:`list_taps` (``shapes=True``) describes it.
+
+    Attributes
+    ----------
+    name : str
+        What ``taps=`` / ``--taps`` takes: a named tap (``fc7``) or a module's dotted name.
+    module : str
+        The module it reads.
+    where : {"output", "input"}
+    layer : str
+        The module's class.
+    shape : tuple of int
+        Its activation for one image: ``(C, H, W)``, ``(T, D)`` tokens or ``(D,)``.
+    pool : {"avg", "cls", "mean", "none", "unsupported"}
+        How the activation becomes one vector per image.
+    dim : int or None
+        The feature size after pooling.
+    calls : int
+        How often the module runs per image; a tap is ambiguous (refused) above 1.
+    """
+
+    name: str
+    module: str
+    where: str
+    layer: str
+    shape: tuple[int, ...]
+    pool: str
+    dim: int | None
+    calls: int
+
+
+def list_taps(name: str = "vgg19", *, shapes: bool = False, image_size: int = 224,
+              token_pool: str = "cls") -> list[str] | list[TapInfo]:
+    """The taps of a model.
+
+    Parameters
+    ----------
+    name : str, default="vgg19"
+    shapes : bool, default=False
+        False: the names of the named taps (``fc6``, ``fc7``, ``pool5``, ``penultimate``);
+        any dotted module name is a tap as well. True: every tap -- the named ones, then every
+        module whose output is a tensor, in the order they run -- as :class:`TapInfo`, with its
+        activation shape at ``image_size`` and its pooled dimension (what thingsvision's
+        ``show-model`` prints). The network runs on the meta device: no weights, no time.
+    image_size : int, default=224
+    token_pool : {"cls", "mean"}, default="cls"
+        How transformer token outputs ``(T, D)`` would be pooled.
+    """
     _check_name(name)
-    with torch.device("meta"):
-        model = _build(name, pretrained=False)
-    return sorted(_named_taps(name, model))
+    model = skeleton(name)
+    named = _named_taps(name, model)
+    if not shapes:
+        return sorted(named)
+    check_choice("token_pool", token_pool, TOKEN_POOLS)
+    seen = _activation_shapes(model, named, image_size)
+    infos = [(t, d.module, d.where) for t, d in named.items()]
+    infos += [(m, m, "output") for m in seen["output"] if m]
+    out = []
+    for tap, module, where in infos:
+        shape, calls = seen[where].get(module, ((), 0))
+        kind = _pool_kind(len(shape) + 1, token_pool) if shape else "unsupported"
+        dim = (shape[-1] if kind in ("cls", "mean", "none") else shape[0]
+               if kind == "avg" else None) if shape else None
+        layer = type(dict(model.named_modules())[module]).__name__
+        out.append(TapInfo(tap, module, where, layer, shape, kind, dim, calls))
+    return out
+
+
+def _activation_shapes(model: nn.Module, named: dict[str, _Tap], image_size: int):
+    """``{"output": {module: (shape, calls)}, "input": {...}}`` of one forward pass of a meta
+    image, every module's output in the order they ran (and the inputs of ``input`` taps)."""
+    seen: dict[str, dict[str, tuple]] = {"output": {}, "input": {}}
+
+    def record(where, module_name, value):
+        if isinstance(value, torch.Tensor):
+            shape, calls = seen[where].get(module_name, ((), 0))
+            seen[where][module_name] = (tuple(value.shape[1:]), calls + 1)
+
+    modules = dict(model.named_modules())
+    handles = [m.register_forward_hook(lambda mod, a, o, n=n: record("output", n, o))
+               for n, m in modules.items() if n]
+    handles += [modules[d.module].register_forward_pre_hook(
+        lambda mod, a, n=d.module: record("input", n, a[0] if a else None))
+        for d in named.values() if d.where == "input"]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device="meta"))
+    except Exception as e:
+        raise BackboneError(f"cannot run the model at image_size={image_size} to read its "
+                            f"shapes ({type(e).__name__}: {str(e).splitlines()[0]}).") from None
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
 def _build(name: str, *, pretrained: Any) -> nn.Module:
@@ -217,9 +307,24 @@ def _build(name: str, *, pretrained: Any) -> nn.Module:
                 raise BackboneError(f"unknown model {name!r}: {e} (timm.list_models() lists "
                                     f"them).") from None
             raise
+        except OSError as e:  # the hub could not be reached
+            raise _offline_error(name, e) from None
     import torchvision
 
-    return torchvision.models.get_model(name, weights=pretrained or None)
+    try:
+        return torchvision.models.get_model(name, weights=pretrained or None)
+    except OSError as e:  # URLError: the download server could not be reached
+        raise _offline_error(name, e) from None
+
+
+def _offline_error(name: str, e: OSError) -> BackboneError:
+    reason = getattr(e, "reason", None) or str(e).splitlines()[0]
+    return BackboneError(
+        f"could not download the pretrained weights of {name!r} ({reason}): this machine has "
+        f"no network, or cannot reach the download server. Copy a state_dict file in and pass "
+        f"--weights PATH (weights=PATH), or copy the weights cache ($TORCH_HOME/hub/checkpoints "
+        f"for torchvision, the Hugging Face cache for timm) from a machine that has them; "
+        f"README's 'Offline use' shows both.")
 
 
 def skeleton(name: str) -> nn.Module:

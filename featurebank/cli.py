@@ -70,6 +70,9 @@ def _extract_parser(e: argparse.ArgumentParser) -> None:
     e.add_argument("--overwrite", action="store_true", help="replace an existing bank")
     e.add_argument("--skip-bad", action="store_true",
                    help="leave unreadable images out (logged and recorded) instead of failing")
+    e.add_argument("--pool", default="cls", choices=["cls", "mean"], dest="token_pool",
+                   help="how transformer token outputs (N, T, D) become one vector: the class "
+                        "token or the mean (default: cls)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -80,7 +83,9 @@ def _fit_parser(f: argparse.ArgumentParser) -> None:
                      "stratified validation split of the train rows, save the heads and a "
                      "leaderboard.")
     f.add_argument("bank", metavar="BANK.h5")
-    f.add_argument("--tap", default=None, help="tap to fit on (default: the bank's first)")
+    f.add_argument("--tap", default=None, metavar="TAP[,TAP...]",
+                   help="tap(s) to fit on: one, several (fc6,fc7,pool5), all, or taps side by "
+                        "side (fc6+fc7) (default: the bank's first)")
     f.add_argument("--heads", default="logreg,mlp", type=_heads, metavar="HEAD[,HEAD...]",
                    help=f"heads from {{{','.join(list_heads())}}} (default: logreg,mlp)")
     f.add_argument("--val-fraction", type=FRACTION.parse, default=0.1,
@@ -90,6 +95,11 @@ def _fit_parser(f: argparse.ArgumentParser) -> None:
     f.add_argument("--seed", type=NON_NEGATIVE_INT.parse, default=0,
                    help="validation split and head seed (default: 0)")
     f.add_argument("--device", default="auto", choices=_DEVICES)
+    f.add_argument("--refit", action="store_true",
+                   help="refit each chosen setting on train + validation rows (off by default: "
+                        "finetune needs the validation split unseen, and refuses such heads)")
+    f.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier fit in RUNS_DIR")
     f.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar and no line per head")
 
@@ -158,6 +168,18 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
 
 
+def _taps_parser(p: argparse.ArgumentParser) -> None:
+    p.description = ("List every tap of a model with its activation shape and feature size: the "
+                     "named taps, then every module in the order it runs (the network runs on "
+                     "the meta device: no weights are loaded).")
+    p.add_argument("model", metavar="MODEL", type=_model,
+                   help="torchvision model name or timm:NAME")
+    p.add_argument("--image-size", type=IMAGE_SIZE.parse, default=224, metavar="PX",
+                   help="input size in pixels (default: 224)")
+    p.add_argument("--pool", default="cls", choices=["cls", "mean"], dest="token_pool",
+                   help="pooling of transformer tokens (default: cls)")
+
+
 # command -> (one-line help, the function that adds its arguments): a parser is filled in only
 # for the command being run, so `featurebank --help` imports no torch
 _SUBCOMMANDS = {
@@ -167,6 +189,7 @@ _SUBCOMMANDS = {
     "finetune": ("graft the best head onto the backbone and fine-tune", _finetune_parser),
     "predict": ("classify images with a fine-tuned model or a saved head", _predict_parser),
     "export": ("write a model as ONNX or TorchScript with its preprocessing", _export_parser),
+    "taps": ("list a model's taps with their shapes and feature sizes", _taps_parser),
 }
 
 
@@ -195,7 +218,8 @@ def _run_extract(args: argparse.Namespace) -> None:
                    image_size=args.image_size, batch_size=args.batch_size, device=args.device,
                    dtype=args.dtype, out=args.out, resume=args.resume,
                    overwrite=args.overwrite, skip_bad=args.skip_bad,
-                   num_workers=args.num_workers, progress=not args.quiet)
+                   num_workers=args.num_workers, token_pool=args.token_pool,
+                   progress=not args.quiet)
     print(f"wrote {bank.path}")
     if not args.quiet:
         print(bank.info())
@@ -214,9 +238,10 @@ def _run_fit(args: argparse.Namespace) -> None:
         print(f"fitting {', '.join(args.heads)} on {args.bank} ...", flush=True)
     board = fit_heads(args.bank, tap=args.tap, heads=args.heads, val_fraction=args.val_fraction,
                       out=args.out, random_state=args.seed, device=args.device,
-                      verbose=not args.quiet)
-    print(f"\ntap {board['tap']}: {board['n_train']} train rows, {board['n_val']} "
-          f"validation rows, {board['n_test']} test rows")
+                      refit=args.refit, overwrite=args.overwrite, verbose=not args.quiet)
+    print(f"\n{'taps' if len(board['taps']) > 1 else 'tap'} {', '.join(board['taps'])}: "
+          f"{board['n_train']} train rows, {board['n_val']} validation rows, "
+          f"{board['n_test']} test rows")
     print(format_leaderboard(board))
     print(f"\nwrote {args.out}/: {', '.join(r['file'] for r in board['rows'])}, "
           f"leaderboard.json, leaderboard.csv, split.npz")
@@ -229,7 +254,9 @@ def _run_finetune(args: argparse.Namespace) -> None:
                        device=args.device, out=args.out, resume=args.resume,
                        progress=not args.quiet, config=FinetuneConfig.from_namespace(args))
     print(f"head test accuracy {summary['head_test_accuracy']}, fine-tuned "
-          f"{summary['test_accuracy']} (best epoch {summary['best_epoch']}); wrote {args.out}/")
+          f"{summary['test_accuracy']} (best epoch {summary['best_epoch']}"
+          + ("; training diverged: lower --lr" if summary["diverged"] else "")
+          + f"); wrote {args.out}/")
 
 
 def _run_predict(args: argparse.Namespace) -> None:
@@ -255,8 +282,23 @@ def _run_export(args: argparse.Namespace) -> None:
     print(f"wrote {path} and {path}.json (input, preprocessing, classes)")
 
 
+def _run_taps(args: argparse.Namespace) -> None:
+    from .backbones import list_taps
+
+    rows = list_taps(args.model, shapes=True, image_size=args.image_size,
+                     token_pool=args.token_pool)
+    width = max(len(r.name) for r in rows)
+    print(f"{'tap':<{width}}  {'layer':<18} {'where':<6} {'activation':<18} {'pool':<5} dim")
+    for r in rows:
+        shape = "(" + ", ".join(map(str, r.shape)) + ")" if r.shape else "-"
+        note = f"  (runs {r.calls} times: ambiguous)" if r.calls > 1 else ""
+        print(f"{r.name:<{width}}  {r.layer[:18]:<18} {r.where:<6} {shape:<18} {r.pool:<5} "
+              f"{r.dim if r.dim is not None else '-'}{note}")
+
+
 _COMMANDS = {"extract": _run_extract, "info": _run_info, "fit": _run_fit,
-             "finetune": _run_finetune, "predict": _run_predict, "export": _run_export}
+             "finetune": _run_finetune, "predict": _run_predict, "export": _run_export,
+             "taps": _run_taps}
 
 _AFTER_INTERRUPT = {  # what an interrupted command leaves behind, and how to go on
     "extract": lambda a: "rows written so far are kept, rerun the same command to resume.",
@@ -268,6 +310,7 @@ _AFTER_INTERRUPT = {  # what an interrupted command leaves behind, and how to go
                            f"--checkpoint-every steps)."),
     "predict": lambda a: "no CSV was written; rerun the command.",
     "export": lambda a: "nothing was written; rerun the command.",
+    "taps": lambda a: "nothing was changed.",
 }
 
 

@@ -276,12 +276,7 @@ def _open_cifar(name: str, root: Path, download: bool) -> ImageSource:
         except RuntimeError as e:
             if "not found or corrupted" not in str(e):
                 raise
-            raise DataError(
-                f"{pretty} was not found under data root {str(root)!r} (or its files failed their "
-                f"checksum): expected the folder {str(root / folder)!r} in the standard python "
-                f"layout. Pass data_root= (--data-root DIR) pointing at the folder that holds "
-                f"{folder!r}, or download=True (--download) to fetch it (needs a network)."
-            ) from None
+            raise _cifar_error(cls, pretty, root, folder) from None
         except OSError as e:  # a download that could not reach the server
             raise DataError(
                 f"downloading {pretty} into {str(root)!r} failed ({e}). Without a network, copy "
@@ -290,6 +285,29 @@ def _open_cifar(name: str, root: Path, download: bool) -> ImageSource:
         splits[split] = _ArraySplit(ds.data, np.asarray(ds.targets))
         classes = list(ds.classes)
     return ImageSource(name, str(root), classes, splits, "device")
+
+
+def _cifar_error(cls, pretty: str, root: Path, folder: str) -> DataError:
+    """What torchvision's "not found or corrupted" means here: the folder is missing, or
+    these files are missing or fail their checksum."""
+    from torchvision.datasets.utils import check_integrity
+
+    if not (root / folder).is_dir():
+        return DataError(
+            f"{pretty} was not found under data root {str(root)!r}: expected the folder "
+            f"{str(root / folder)!r} in the standard python layout. Pass data_root= "
+            f"(--data-root DIR) pointing at the folder that holds {folder!r}, or download=True "
+            f"(--download) to fetch it (needs a network).")
+    files = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
+    missing = [n for n, _ in files if not (root / folder / n).is_file()]
+    damaged = [n for n, md5 in files if n not in missing
+               and not check_integrity(str(root / folder / n), md5)]
+    what = "; ".join(filter(None, [
+        f"missing: {missing}" if missing else "",
+        f"failed their checksum (damaged or incomplete copies): {damaged}" if damaged else ""]))
+    return DataError(
+        f"{pretty} under {str(root / folder)!r} is not complete ({what}). Copy those files "
+        f"again from a good copy, or delete the folder and pass download=True (--download).")
 
 
 def check_images(images: Any, what: str) -> np.ndarray:

@@ -1,12 +1,14 @@
 """Fit heads on a feature bank, select each head's setting on a validation split, rank them.
 
-One straight line: load the train (and test) features of one tap -> hold out a stratified,
-seeded validation split of the train rows -> for each head, fit every setting of its grid on
-the remaining rows and keep the best on validation -> score it on test -> save it with its
+One straight line: hold out a stratified, seeded validation split of the train rows -> for
+each tap (or concatenation of taps) and each head, fit every setting of its grid on the
+remaining rows and keep the best on validation -> score it on test -> save it with its
 provenance -> write the leaderboard (JSON and CSV) and mark the best graftable head.
 
-The chosen setting is fitted on the train rows outside the validation split only, so that
-split stays clean for the fine-tune's early stopping; its row indices are saved with the run.
+The chosen setting is fitted on the train rows outside the validation split only (unless
+``refit``), so that split stays clean for the fine-tune's early stopping; its row indices are
+saved with the run. A selection that a handful of rows decides (a small validation split, or
+ties) is reported as such.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,8 @@ from .heads.persist import save_head
 from .heads.registry import check_head_names, get_head_spec
 
 __all__ = ["fit_heads"]
+
+MIN_VAL_PER_CLASS = 20  # below this, a few rows decide the selection
 
 
 def _check_features(X: np.ndarray, bank: FeatureBank, split: str, tap: str) -> None:
@@ -65,7 +70,8 @@ def _short(params: dict[str, Any]) -> dict[str, Any]:
 
 def _sweep(name: str, X, y, train, val, *, device, random_state, bar):
     """Fit every setting of the head's grid; return (best estimator, params, val acc, seconds),
-    the whole sweep's seconds and each setting's validation accuracy."""
+    the whole sweep's seconds, each setting's validation accuracy, and the settings tied with
+    the best."""
     Xva, yva = X[val], y[val]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported per setting instead
@@ -74,69 +80,165 @@ def _sweep(name: str, X, y, train, val, *, device, random_state, bar):
     tried = [(est, params, float((est.predict(Xva) == yva).mean()), secs)
              for est, params, secs in fitted]
     best = max(tried, key=lambda r: r[2])  # first of the best: grids go simple to complex
-    return best, sum(r[3] for r in tried), [(_short(p), a) for _, p, a, _ in tried]
+    ties = [_short(p) for _, p, a, _ in tried if a == best[2] and p is not best[1]]
+    return best, sum(r[3] for r in tried), [(_short(p), a) for _, p, a, _ in tried], ties
 
 
-def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | None = None,
+def _refit(name: str, params: dict[str, Any], X, y, *, device, random_state):
+    """The chosen setting fitted again on the train and validation rows together."""
+    est = get_head_spec(name).build(**params, device=device, random_state=random_state)
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    return est, time.perf_counter() - t
+
+
+def _taps(bank: FeatureBank, tap: str | list[str] | None) -> list[str]:
+    """``None``: the first tap; ``"all"``: every tap; ``"fc6,fc7"``: each; ``"fc6+fc7"``:
+    the two side by side as one."""
+    if tap is None:
+        return [bank.taps[0]]
+    taps = [t.strip() for t in tap.split(",")] if isinstance(tap, str) else list(tap)
+    taps = bank.taps if taps == ["all"] else [t for t in taps if t]
+    for t in taps:
+        bank.shape("train", t) if "train" in bank.splits else None  # unknown taps: BankError
+    return taps
+
+
+def _check_out(out: Path | None, overwrite: bool) -> list[str]:
+    """The files of an earlier fit in ``out`` (to remove once the new one is written), or an
+    error when there is one and ``overwrite`` is off."""
+    board = out / "leaderboard.json" if out is not None else None
+    if board is None or not board.is_file():
+        return []
+    if not overwrite:
+        raise FeatureBankError(
+            f"{str(out)!r} holds the results of an earlier fit ({board.name}); pass "
+            f"overwrite=True (--overwrite) to replace them, or choose another out= (--out).")
+    return [r["file"] for r in json.loads(board.read_text()).get("rows", []) if r.get("file")]
+
+
+def _selection_notes(y_val: np.ndarray, classes: list[str]) -> list[str]:
+    counts = np.bincount(y_val, minlength=len(classes))
+    present = counts[counts > 0]
+    if present.min() >= MIN_VAL_PER_CLASS:
+        return []
+    small = int(np.flatnonzero(counts == present.min())[0])
+    return [f"the validation split has {len(y_val)} rows, {present.min()} of class "
+            f"{classes[small]!r} (fewer than {MIN_VAL_PER_CLASS} per class): a few rows decide "
+            f"which setting and head win; raise val_fraction (--val-fraction) or use more "
+            f"data."]
+
+
+def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | None = None,
               heads: list[str] | tuple[str, ...] = ("logreg", "mlp"), val_fraction: float = 0.1,
               out: str | os.PathLike | None = "runs", random_state: int = 0,
-              device: str = "auto", verbose: bool = True) -> dict[str, Any]:
+              device: str = "auto", refit: bool = False, overwrite: bool = False,
+              verbose: bool = True) -> dict[str, Any]:
     """Fit, select and rank heads on a feature bank.
 
     Parameters
     ----------
     bank : FeatureBank or path-like
-    tap : str, optional
-        Default: the bank's first tap.
+    tap : str or list of str, optional
+        Default: the bank's first tap. Several taps (``"fc6,fc7,pool5"`` or a list) fit every
+        head on each; ``"all"`` means every tap of the bank; ``"fc6+fc7"`` concatenates taps.
     heads : sequence of str, default=("logreg", "mlp")
         Names from :func:`featurebank.heads.list_heads`.
     val_fraction : float, default=0.1
         Fraction of the train split held out (stratified, seeded) for selection.
     out : path-like or None, default="runs"
-        Folder for ``<head>.joblib``, ``leaderboard.json``, ``leaderboard.csv`` and
-        ``split.npz``; ``None`` writes nothing.
+        Folder for the heads (``<head>.joblib``, or ``<head>@<tap>.joblib`` for several taps),
+        ``leaderboard.json``, ``leaderboard.csv`` and ``split.npz``; ``None`` writes nothing.
     random_state : int, default=0
         Seed of the validation split and of the stochastic heads.
     device : {"auto", "cpu", "cuda"}, default="auto"
+    refit : bool, default=False
+        Fit each head's chosen setting again on the train and validation rows together. Off
+        by default: a fine-tune validates (and stops early) on that split, which must then be
+        unseen, so ``featurebank finetune`` refuses refitted heads.
+    overwrite : bool, default=False
+        Replace the results of an earlier fit in ``out``; without it, that is an error.
     verbose : bool, default=True
-        Print each head's result as it finishes.
+        A progress bar, each head's line as it finishes, and the selection notes.
 
     Returns
     -------
     dict
-        The leaderboard: ``rows`` (one per head, best first), ``best_head`` (the best graftable
-        head's name, or None), the bank fingerprint, tap and split sizes.
+        The leaderboard: ``rows`` (one per head and tap, best first, each with its validation
+        size ``n_val``), ``best_head`` (the best graftable head's name, or None), ``notes``
+        (why a selection may not mean much), the bank fingerprint, taps and split sizes.
     """
     bank = bank if isinstance(bank, FeatureBank) else FeatureBank(bank)
-    tap = tap or bank.taps[0]
-    heads = check_head_names(heads)
-    X, y, test = _load(bank, tap)
-    train, val = _validation_split(y, val_fraction, random_state)
+    taps, heads = _taps(bank, tap), check_head_names(heads)
     out = Path(out) if out is not None else None
-    rows = []
-    with tqdm(total=sum(len(get_head_spec(h).candidates()) for h in heads), unit="fit",
-              leave=False, disable=not verbose, file=sys.stderr, dynamic_ncols=True) as bar:
-        for name in heads:
-            bar.set_description(f"fit {name}")
-            best, sweep_s, tried = _sweep(name, X, y, train, val, device=device,
-                                          random_state=random_state, bar=bar)
-            rows.append(_head_row(name, best, sweep_s, tried, test))
-            if out is not None:
-                _save(rows[-1], best[0], out, bank=bank, tap=tap, val=val)
-            if verbose:
-                bar.write(_row_line(rows[-1]), file=sys.stdout)
-    rows.sort(key=lambda r: -r["val_accuracy"])
-    best_head = next((r["head"] for r in rows if r["graftable"]), None)
-    for r in rows:
-        r["best"] = r["head"] == best_head
-    board = {"bank": str(bank.path), "bank_fingerprint": bank.fingerprint, "tap": tap,
-             "val_fraction": val_fraction, "random_state": random_state,
-             "n_train": int(len(train)), "n_val": int(len(val)),
-             "n_test": 0 if test is None else int(len(test[1])), "best_head": best_head,
-             "rows": rows}
+    old_files = _check_out(out, overwrite)
+    rows, notes, sizes = [], [], {}
+    n_settings = sum(len(get_head_spec(h).candidates()) for h in heads) * len(taps)
+    with tqdm(total=n_settings, unit="fit", leave=False, disable=not verbose, file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        for t in taps:
+            X, y, test = _load(bank, t)
+            train, val = _validation_split(y, val_fraction, random_state)
+            sizes = {"n_train": int(len(train)), "n_val": int(len(val)),
+                     "n_test": 0 if test is None else int(len(test[1]))}
+            for name in heads:
+                bar.set_description(f"fit {name} on {t}")
+                row, est = _fit_head(name, t, X, y, train, val, test, device=device,
+                                     random_state=random_state, bar=bar, refit=refit)
+                rows.append(row)
+                if out is not None:
+                    _save(row, est, out, bank=bank, val=val, several_taps=len(taps) > 1)
+                if verbose:
+                    bar.write(_row_line(row), file=sys.stdout)
+        notes += _selection_notes(y[val], bank.classes)
+    board = _board(bank, rows, taps, notes, val_fraction=val_fraction,
+                   random_state=random_state, refit=refit, **sizes)
     if out is not None:
-        _write(out, board, train, val)
+        _write(out, board, train, val, old_files)
+    if verbose:
+        for note in board["notes"]:
+            print(f"note: {note}", file=sys.stderr)
     return board
+
+
+def _fit_head(name, tap, X, y, train, val, test, *, device, random_state, bar, refit):
+    """One head on one tap: its sweep, the chosen setting (refitted when asked), its row."""
+    (est, params, val_acc, fit_s), sweep_s, tried, ties = _sweep(
+        name, X, y, train, val, device=device, random_state=random_state, bar=bar)
+    if refit:
+        est, fit_s = _refit(name, params, X[np.concatenate([train, val])],
+                            y[np.concatenate([train, val])], device=device,
+                            random_state=random_state)
+    row = {"head": name, "tap": tap, "params": _short(params), "val_accuracy": val_acc,
+           "n_val": int(len(val)),
+           "test_accuracy": (float((est.predict(test[0]) == test[1]).mean())
+                             if test is not None else None),
+           "fit_seconds": fit_s, "sweep_seconds": sweep_s, "tried": tried, "tied_with": ties,
+           "refit": refit, "graftable": get_head_spec(name).graftable}
+    return row, est
+
+
+def _board(bank: FeatureBank, rows: list[dict[str, Any]], taps: list[str], notes: list[str],
+           **fields: Any) -> dict[str, Any]:
+    """The leaderboard: rows best first, the best graftable one marked, the selection notes."""
+    rows.sort(key=lambda r: -r["val_accuracy"])
+    best = next((r for r in rows if r["graftable"]), None)
+    for r in rows:
+        r["best"] = r is best
+        if r["tied_with"]:
+            notes.append(f"{r['head']} on {r['tap']}: settings {r['tied_with']} scored the same "
+                         f"validation accuracy as the chosen {r['params']} (the simpler one, "
+                         f"first in the grid, was kept).")
+    if len(rows) > 1 and rows[0]["val_accuracy"] == rows[1]["val_accuracy"]:
+        tied = [f"{r['head']} on {r['tap']}" for r in rows
+                if r["val_accuracy"] == rows[0]["val_accuracy"]]
+        notes.append(f"{', '.join(tied)} tie for the best validation accuracy; the ranking "
+                     f"among them is arbitrary.")
+    return {"bank": str(bank.path), "bank_fingerprint": bank.fingerprint, "tap": taps[0],
+            "taps": taps, **fields, "best_head": best["head"] if best else None,
+            "best_file": best.get("file") if best else None, "notes": notes, "rows": rows}
 
 
 def _load(bank: FeatureBank, tap: str):
@@ -158,46 +260,47 @@ def _load(bank: FeatureBank, tap: str):
     return X, y, test
 
 
-def _head_row(name: str, best, sweep_s: float, tried, test) -> dict[str, Any]:
-    est, params, val_acc, fit_s = best
-    return {"head": name, "params": _short(params), "val_accuracy": val_acc,
-            "test_accuracy": (float((est.predict(test[0]) == test[1]).mean())
-                              if test is not None else None),
-            "fit_seconds": fit_s, "sweep_seconds": sweep_s, "tried": tried,
-            "graftable": get_head_spec(name).graftable}
-
-
-def _save(row: dict[str, Any], est, out: Path, *, bank: FeatureBank, tap: str,
-          val: np.ndarray) -> None:
-    row["file"] = f"{row['head']}.joblib"
-    save_head(est, out / row["file"], bank=bank, tap=tap, name=row["head"],
-              params=row["params"], val_rows=val,
-              metrics={k: row[k] for k in ("val_accuracy", "test_accuracy", "fit_seconds")})
+def _save(row: dict[str, Any], est, out: Path, *, bank: FeatureBank, val: np.ndarray,
+          several_taps: bool) -> None:
+    row["file"] = f"{row['head']}@{row['tap']}.joblib" if several_taps else f"{row['head']}.joblib"
+    save_head(est, out / row["file"], bank=bank, tap=row["tap"], name=row["head"],
+              params=row["params"], val_rows=val, refit=row["refit"],
+              metrics={k: row[k] for k in ("val_accuracy", "n_val", "test_accuracy",
+                                           "fit_seconds")})
 
 
 def _row_line(row: dict[str, Any]) -> str:
     test = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
-    return (f"  {row['head']:<11} val {row['val_accuracy']:.4f}  test {test}  fit "
-            f"{row['fit_seconds']:7.2f}s  sweep {row['sweep_seconds']:7.2f}s  {row['params']}")
+    return (f"  {row['head']:<11} {row['tap']:<8} val {row['val_accuracy']:.4f} "
+            f"({row['n_val']})  test {test}  fit {row['fit_seconds']:7.2f}s  sweep "
+            f"{row['sweep_seconds']:7.2f}s  {row['params']}")
 
 
-def _write(out: Path, board: dict[str, Any], train: np.ndarray, val: np.ndarray) -> None:
+_CSV_COLUMNS = ["head", "tap", "val_accuracy", "n_val", "test_accuracy", "fit_seconds",
+                "sweep_seconds", "params", "refit", "graftable", "best", "file"]
+
+
+def _write(out: Path, board: dict[str, Any], train: np.ndarray, val: np.ndarray,
+           old_files: list[str]) -> None:
     atomic_write(out / "split.npz", lambda f: np.savez(f, train_rows=train, val_rows=val))
     write_json(out / "leaderboard.json", {**board, "split": "split.npz"})
-    cols = ["head", "val_accuracy", "test_accuracy", "fit_seconds", "sweep_seconds", "params",
-            "graftable", "best", "file"]
     write_csv(out / "leaderboard.csv", [{**r, "params": json.dumps(r["params"])}
-                                        for r in board["rows"]], cols)
+                                        for r in board["rows"]], _CSV_COLUMNS)
+    for name in set(old_files) - {r.get("file") for r in board["rows"]}:
+        (out / name).unlink(missing_ok=True)  # heads of the replaced fit that this one lacks
 
 
 def format_leaderboard(board: dict[str, Any]) -> str:
-    """The leaderboard as a text table, best first."""
-    lines = [f"{'head':<11} {'val acc':>8} {'test acc':>8} {'fit s':>8} {'sweep s':>8}  "
-             f"params", "-" * 72]
+    """The leaderboard as a text table, best first, with the validation size."""
+    lines = [f"{'head':<11} {'tap':<9} {'val acc':>8} {'test acc':>8} {'fit s':>8} "
+             f"{'sweep s':>8}  params", "-" * 80]
     for r in board["rows"]:
         test = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
         mark = "  <- best graftable" if r["best"] else ""
-        lines.append(f"{r['head']:<11} {r['val_accuracy']:8.4f} {test:>8} "
+        lines.append(f"{r['head']:<11} {r['tap']:<9} {r['val_accuracy']:8.4f} {test:>8} "
                      f"{r['fit_seconds']:8.2f} {r['sweep_seconds']:8.2f}  "
                      f"{json.dumps(r['params'])}{mark}")
+    lines.append(f"(validation accuracy on {board['n_val']} held-out train rows"
+                 + (", heads refitted on train + validation" if board.get("refit") else "")
+                 + ")")
     return "\n".join(lines)

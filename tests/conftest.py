@@ -166,14 +166,19 @@ def blobs(n: int, d: int = 32, n_classes: int = 3, seed: int = 0, spread: float 
 
 def write_feature_bank(path: Path, *, n_train: int = 300, n_test: int = 100, d: int = 32,
                        n_classes: int = 3, seed: int = 0, tap: str = "fc7",
-                       dtype: str = "float32", source: str = "synthetic"):
-    """A complete bank of blob features, written by the real writer (no backbone needed)."""
+                       dtype: str = "float32", source: str = "synthetic",
+                       taps: tuple[str, ...] | None = None):
+    """A complete bank of blob features, written by the real writer (no backbone needed).
+
+    With ``taps``, each tap after the first holds a different view of the same rows: the
+    features with a fixed random rotation and less class signal (noise added)."""
     from featurebank import FeatureBank
     from featurebank.bank import BankWriter
 
-    spec = {"model": "toy", "weights": "none", "weights_path": None, "taps": [tap],
-            "tap_layers": {tap: {"module": tap, "where": "output", "activation_shape": [d],
-                                 "pool": "none", "dim": d}},
+    taps = tuple(taps or (tap,))
+    spec = {"model": "toy", "weights": "none", "weights_path": None, "taps": list(taps),
+            "tap_layers": {t: {"module": t, "where": "output", "activation_shape": [d],
+                               "pool": "none", "dim": d} for t in taps},
             "image_size": 8, "resize": "device", "interpolation": "bilinear",
             "antialias": True, "mean": [0.5] * 3, "std": [0.25] * 3,
             "preprocessing_source": "test", "dtype": dtype}
@@ -183,9 +188,13 @@ def write_feature_bank(path: Path, *, n_train: int = 300, n_test: int = 100, d: 
                "splits": {k: len(v[1]) for k, v in data.items()}, "resize": "device",
                "fingerprint": f"{seed:064d}"}
     w = BankWriter(Path(path), spec=spec, dataset=dataset, split_sizes=dataset["splits"],
-                    tap_dims={tap: d}, resume=False)
+                   tap_dims={t: d for t in taps}, resume=False)
+    rotation = np.linalg.qr(np.random.default_rng(99).standard_normal((d, d)))[0]
     for split, (X, y) in data.items():
-        w.write(split, features={tap: X}, labels=y, index=np.arange(len(y)),
+        noise = np.random.default_rng(seed + 7).standard_normal(X.shape) * 4
+        views = {t: X if i == 0 else ((X + noise * i) @ rotation).astype(np.float32)
+                 for i, t in enumerate(taps)}
+        w.write(split, features=views, labels=y, index=np.arange(len(y)),
                 sources_done=len(y))
     w.commit({})
     w.close()

@@ -175,3 +175,68 @@ def test_timm_models_with_pretrained_cfg_and_weights_file(tmp_path):
         torch.testing.assert_close(bb2(_x())["penultimate"], bb(_x())["penultimate"])
     with pytest.raises(BackboneError, match="unknown model 'timm:no_such_net'"):
         get_backbone("timm:no_such_net", weights="none")
+
+
+def test_list_taps_with_shapes_lists_every_module_in_order():
+    rows = {r.name: r for r in list_taps("vgg19", shapes=True)}
+    assert (rows["fc7"].module, rows["fc7"].shape, rows["fc7"].dim) == ("classifier.4", (4096,),
+                                                                        4096)
+    assert rows["pool5"].shape == (512, 7, 7) and rows["pool5"].pool == "avg"
+    assert rows["features.0"].shape == (64, 224, 224) and rows["features.0"].layer == "Conv2d"
+    assert rows["penultimate"].where == "input" and rows["penultimate"].dim == 4096
+    small = {r.name: r for r in list_taps("resnet18", shapes=True, image_size=64)}
+    assert small["layer3"].shape == (256, 4, 4) and small["layer3"].dim == 256
+    resnet = list_taps("resnet18", shapes=True)
+    assert [r.name for r in resnet][:3] == ["penultimate", "conv1", "bn1"]  # the order they run
+    # each block's ReLU module runs twice: ambiguous as a tap, and said so
+    assert {r.name for r in resnet if r.calls > 1} == {f"layer{i}.{j}.relu" for i in range(1, 5)
+                                                      for j in (0, 1)}
+
+
+def test_vision_transformer_tokens_are_pooled_not_refused():
+    pytest.importorskip("timm")
+    name = "timm:vit_tiny_patch16_224"
+    rows = {r.name: r for r in list_taps(name, shapes=True, token_pool="mean")}
+    assert rows["blocks.11"].shape == (197, 192) and rows["blocks.11"].pool == "mean"
+    x = torch.randn(2, 3, 224, 224)
+    for pool in ("cls", "mean"):
+        bb = get_backbone(name, weights="none", taps="blocks.11", token_pool=pool)
+        assert bb.probe(224)["blocks.11"]["pool"] == pool
+        tokens = {}
+        handle = bb.model.blocks[11].register_forward_hook(
+            lambda m, a, out: tokens.setdefault("t", out), prepend=True)  # before the tap's
+        with torch.no_grad():
+            got = bb(x)["blocks.11"]
+            handle.remove()
+            plain = bb.tap_network(bb.probe(224))(x)  # the FX form gives the same
+        expected = tokens["t"][:, 0] if pool == "cls" else tokens["t"].mean(1)
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(plain, expected)
+    with pytest.raises(Exception, match="the 'token_pool' parameter must be one of"):
+        get_backbone(name, weights="none", token_pool="max")
+
+
+def test_pretrained_weights_without_a_network_is_one_clear_paragraph(tmp_path):
+    # a proxy that refuses every connection stands for a machine without a network, on the
+    # real download path; TORCH_HOME is empty, so nothing is cached
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCH_HOME": str(tmp_path / "th"),
+           "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+           "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    np_path = tmp_path / "d.npz"
+    import numpy as np
+
+    np.savez(np_path, images=np.zeros((2, 8, 8, 3), np.uint8), labels=np.array([0, 1]))
+    proc = subprocess.run([sys.executable, "-m", "featurebank", "extract", "--dataset",
+                           f"npz:{np_path}", "--model", "resnet18", "--weights", "DEFAULT",
+                           "--out", str(tmp_path / "b.h5"), "-q"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 2
+    assert "could not download the pretrained weights of 'resnet18'" in proc.stderr
+    assert "--weights PATH" in proc.stderr and "'Offline use'" in proc.stderr

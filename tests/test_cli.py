@@ -104,3 +104,27 @@ def test_fit_quiet_prints_only_the_leaderboard(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err == "" and "fitting" not in captured.out
     assert "ridge" in captured.out and (tmp_path / "r" / "leaderboard.json").is_file()
+
+
+def test_taps_lists_every_tap_with_its_shape(capsys):
+    assert main(["taps", "resnet18", "--image-size", "64"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["tap", "layer", "where", "activation", "pool", "dim"]
+    layer3 = next(line for line in out if line.startswith("layer3 "))
+    assert layer3.split() == ["layer3", "Sequential", "output", "(256,", "4,", "4)", "avg",
+                              "256"]
+    assert any("runs 2 times: ambiguous" in line for line in out)
+
+
+def test_help_and_version_do_not_import_torch():
+    # the whole of torch took 10-12 s before the first line of --help
+    code = ("import sys; from featurebank.cli import main\n"
+            "for argv in (['--help'], ['--version']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "predict" in proc.stdout and "finetune" in proc.stdout and "featurebank 0" in \
+        proc.stdout

@@ -47,11 +47,20 @@ def test_cifar_missing_root_names_the_folder_and_the_fix(tmp_path):
         open_source("cifar10", data_root=tmp_path / "nowhere")
 
 
-def test_cifar_checksums_stay_enforced_for_real_copies(tmp_path):
+def test_cifar_checksums_stay_enforced_for_real_copies(tmp_path, cifar_checksums):
     from conftest import write_cifar10
 
     write_cifar10(tmp_path)  # generated files do not match CIFAR-10's published md5 sums
     with pytest.raises(DataError, match="failed their checksum"):
+        open_source("cifar10", data_root=tmp_path)
+    # with the generated files' sums, one damaged file is named, and a missing one too
+    cifar_checksums(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:-10])
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DataError, match=r"cifar-10-batches-py' is not complete \(missing: "
+                                        r"\['test_batch'\]; failed their checksum \(damaged or "
+                                        r"incomplete copies\): \['data_batch_3'\]\)"):
         open_source("cifar10", data_root=tmp_path)
 
 

@@ -45,6 +45,7 @@ def test_handoff_training_and_outputs(setup, tmp_path):
     tmp, bank = setup
     summary = finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **KW)
     assert summary["handoff_agreement"] >= 0.99 and summary["handoff_images"] == 128
+    assert not summary["diverged"]
     assert summary["handoff_logit_gap"] < 0.01
     history = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert [r["epoch"] for r in history] == [0, 1, 2, 3]
@@ -80,7 +81,7 @@ def test_early_stopping_keeps_the_grafted_head_when_training_only_hurts(setup, t
                        **{**KW, "epochs": 8, "patience": 2, "lr": 5.0, "backbone_lr_ratio": 1.0,
                           "warmup_epochs": 0})
     assert summary["stopped_early"] and summary["epochs_run"] == 2
-    assert summary["best_epoch"] == 0
+    assert summary["best_epoch"] == 0 and summary["diverged"]  # lr=5: the loss explodes
     history = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert not any(r["val_loss"] < history[0]["val_loss"] for r in history[1:])  # or NaN
     # the weights restored at the end are the grafted head's: test accuracy is the head's
@@ -255,3 +256,4 @@ def test_wrapper_script_runs(setup, tmp_path):
     assert "hand-off agreement: 100.0% of" in proc.stderr or "hand-off agreement: 99" in \
         proc.stderr
     assert "fine-tuned" in proc.stdout and (tmp_path / "ft" / "summary.json").is_file()
+    assert (proc.stdout + proc.stderr).count("head test accuracy") == 1  # the result, once

@@ -161,7 +161,7 @@ def test_cli_fit(tmp_path, bank, capsys):
                  str(tmp_path / "runs")]) == 0
     out, err = capsys.readouterr()
     assert "<- best graftable" in out and "val acc" in out and "logreg" in out
-    assert "  ridge       val " in out  # each head's line as it finishes
+    assert "  ridge       fc7      val " in out  # each head's line as it finishes
     n_settings = sum(len(get_head_spec(h).candidates()) for h in ("logreg", "ridge"))
     assert "fit logreg" in err and f"/{n_settings} " in err  # the progress bar, on stderr
     assert (tmp_path / "runs" / "ridge.joblib").is_file()
@@ -170,3 +170,69 @@ def test_cli_fit(tmp_path, bank, capsys):
     assert "unknown heads ['svm']" in capsys.readouterr().err
     assert main(["fit", str(bank.path), "--tap", "nope"]) == 2
     assert "has no tap 'nope'" in capsys.readouterr().err
+
+
+def test_several_taps_in_one_run_rank_every_head_on_every_tap(tmp_path):
+    bank = write_feature_bank(tmp_path / "b.h5", taps=("fc6", "fc7", "pool5"))
+    board = fit_heads(bank, tap="fc6,pool5,fc6+fc7", heads=["logreg", "ridge"],
+                      out=tmp_path / "runs", verbose=False)
+    assert board["taps"] == ["fc6", "pool5", "fc6+fc7"]
+    assert sorted((r["head"], r["tap"]) for r in board["rows"]) == sorted(
+        (h, t) for h in ("logreg", "ridge") for t in board["taps"])
+    assert all(r["file"] == f"{r['head']}@{r['tap']}.joblib" for r in board["rows"])
+    with open(tmp_path / "runs" / "leaderboard.csv") as f:
+        assert [r["tap"] for r in csv.DictReader(f)] == [r["tap"] for r in board["rows"]]
+    both = load_head(tmp_path / "runs" / "logreg@fc6+fc7.joblib", bank=bank)
+    assert both.n_features_in_ == 64 and both.featurebank_["tap"] == "fc6+fc7"
+    X, _ = bank.load("test", "fc6+fc7")  # the taps side by side, in the order named
+    np.testing.assert_array_equal(X[:, :32], bank.load("test", "fc6")[0])
+    row = next(r for r in board["rows"] if r["file"] == "logreg@fc6+fc7.joblib")
+    assert both.score(X, bank.labels("test")) == row["test_accuracy"]
+    every = fit_heads(bank, tap="all", heads=["ridge"], out=None, verbose=False)
+    assert every["taps"] == ["fc6", "fc7", "pool5"]
+    with pytest.raises(BankError, match="has no tap 'fc9'"):
+        fit_heads(bank, tap="fc6,fc9", out=None, verbose=False)
+
+
+def test_a_runs_folder_is_never_silently_overwritten(tmp_path, bank, capsys):
+    fit_heads(bank, heads=["logreg", "ridge"], out=tmp_path / "runs", verbose=False)
+    with pytest.raises(FeatureBankError, match=r"holds the results of an earlier fit "
+                                               r"\(leaderboard.json\); pass overwrite=True "
+                                               r"\(--overwrite\)"):
+        fit_heads(bank, heads=["ridge"], out=tmp_path / "runs", verbose=False)
+    assert main(["fit", str(bank.path), "--heads", "ridge", "--out", str(tmp_path / "runs")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    fit_heads(bank, heads=["ridge"], out=tmp_path / "runs", verbose=False, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "runs").glob("*.joblib")) == ["ridge.joblib"]
+
+
+def test_validation_size_is_reported_and_small_splits_and_ties_are_noted(tmp_path, capsys):
+    bank = write_feature_bank(tmp_path / "b.h5", n_train=120)  # 12 validation rows
+    board = fit_heads(bank, heads=["ridge", "logreg"], out=None)
+    assert all(r["n_val"] == 12 for r in board["rows"])
+    assert any("the validation split has 12 rows" in n and "fewer than 20 per class" in n
+               for n in board["notes"])
+    # these blobs are easy: every setting reaches 1.0, so the choice among them is a tie
+    assert any("scored the same validation accuracy" in n for n in board["notes"])
+    captured = capsys.readouterr()
+    assert "note: the validation split has 12 rows" in captured.err
+    assert "ridge" in captured.out and "(12)" in captured.out
+    big = fit_heads(write_feature_bank(tmp_path / "big.h5", n_train=900), heads=["ridge"],
+                    out=None, verbose=False)
+    assert not any("validation split has" in n for n in big["notes"])
+
+
+def test_refit_uses_the_validation_rows_too_and_finetune_refuses_it(tmp_path, bank):
+    board = fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", verbose=False, refit=True)
+    head = load_head(tmp_path / "runs" / "logreg.joblib")
+    assert head.featurebank_["refit"] and board["rows"][0]["refit"]
+    from featurebank import LogisticHead, finetune
+
+    X, y = bank.load("train")
+    again = LogisticHead(C=board["rows"][0]["params"]["C"], max_iter=200).fit(X, y)
+    np.testing.assert_allclose(head.predict_proba(X), again.predict_proba(X), atol=1e-3)
+    from featurebank import FinetuneError
+
+    with pytest.raises(FinetuneError, match=r"was refitted on its validation rows \(fit "
+                                            r"--refit\)"):
+        finetune(bank, runs=tmp_path / "runs", out=tmp_path / "ft", progress=False)

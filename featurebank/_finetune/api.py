@@ -125,6 +125,10 @@ def _resolve_head(bank: FeatureBank, head, runs) -> tuple[Any, Path]:
     if est.featurebank_.get("val_rows") is None:
         raise FinetuneError(f"head {str(head)!r} records no validation rows; refit it with "
                             f"featurebank fit so the fine-tune validates on unseen rows.")
+    if est.featurebank_.get("refit"):
+        raise FinetuneError(f"head {str(head)!r} was refitted on its validation rows (fit "
+                            f"--refit), so they are no longer unseen and cannot drive early "
+                            f"stopping; fine-tune a head fitted without --refit.")
     return est, Path(head)
 
 
@@ -169,7 +173,8 @@ def _finish(trainer: Trainer, bank: FeatureBank, est: Any, head_path: Path,
     st, out, tap = trainer.state, trainer.out, trainer.run_config["tap"]
     summary = {"head": str(head_path), "head_name": est.featurebank_.get("name"), "tap": tap,
                **handoff, "best_epoch": st["best_epoch"], "epochs_run": st["epoch"],
-               "stopped_early": bool(stopped_early), "best_val_loss": st["best_val_loss"],
+               "stopped_early": bool(stopped_early), "diverged": bool(st.get("diverged")),
+               "best_val_loss": st["best_val_loss"],
                "best_val_accuracy": next(r["val_accuracy"] for r in st["history"]
                                          if r["epoch"] == st["best_epoch"]),
                "head_test_accuracy": None, "test_accuracy": None}

@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from ..backbones import TapNetwork, WeightsId, get_backbone
+from ..backbones import WeightsId, get_backbone
 from ..bank import FeatureBank
 from ..exceptions import FinetuneError
 from ..heads.export import to_torch
@@ -138,7 +138,7 @@ def head_from_description(desc: dict[str, Any]) -> nn.Module:
     return _LAYERS[desc["type"]](desc)
 
 
-def freeze(backbone: Backbone, freeze_until: str | None) -> None:
+def freeze(backbone: nn.Module, freeze_until: str | None) -> None:
     """Freeze the backbone's parameters up to and including the module ``freeze_until``."""
     if not freeze_until:
         return

@@ -32,6 +32,7 @@ from .config import FinetuneConfig
 __all__ = ["BankImages", "Callback", "Trainer"]
 
 CHECKPOINT, BEST = "checkpoint.pt", "best_model.pt"
+DIVERGED = 10  # an epoch's train loss this many times its first step's: the run diverged
 
 
 class BankImages:
@@ -159,6 +160,7 @@ class Trainer:
         self.scaler.update()
         self.sched.step()
         value = float(loss.detach())
+        self.state.setdefault("start_loss", value)  # what divergence is measured against
         self.state["train_loss_sum"] += value * len(rows)
         self.state["step"] += 1
         return value
@@ -226,6 +228,12 @@ class Trainer:
         self.log(f"epoch {row['epoch']}/{self.config.epochs}: train loss {row['train_loss']:.4f}"
                  f"  val loss {val_loss:.4f}  val acc {val_acc:.4f}  ({seconds:.1f} s, "
                  f"{len(self.train_rows) / seconds:.1f} img/s)")
+        start = st.get("start_loss", row["train_loss"])
+        if not math.isfinite(row["train_loss"]) or row["train_loss"] > DIVERGED * start:
+            st["diverged"] = True
+            self.log(f"training diverged: epoch {row['epoch']}'s train loss "
+                     f"{row['train_loss']:.4g} is over {DIVERGED}x its start ({start:.4g}); "
+                     f"lower --lr (the best weights so far are kept).")
         if val_loss < st["best_val_loss"]:
             st.update(best_val_loss=val_loss, best_epoch=row["epoch"], stale=0)
             save(self.net.state_dict(), self.out / BEST)

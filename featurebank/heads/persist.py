@@ -38,7 +38,7 @@ _UNREADABLE = (EOFError, pickle.UnpicklingError, ValueError, KeyError, IndexErro
 def save_head(estimator: Any, path: str | os.PathLike, *, bank: FeatureBank, tap: str,
               name: str | None = None, metrics: dict[str, Any] | None = None,
               params: dict[str, Any] | None = None,
-              val_rows: np.ndarray | None = None) -> Path:
+              val_rows: np.ndarray | None = None, refit: bool = False) -> Path:
     """Write a fitted head and its provenance to ``path`` (atomically).
 
     Parameters
@@ -53,6 +53,8 @@ def save_head(estimator: Any, path: str | os.PathLike, *, bank: FeatureBank, tap
         Registry name, scores and chosen hyperparameters, kept for reports.
     val_rows : ndarray, optional
         Rows of the bank's train split held out for validation.
+    refit : bool, default=False
+        Whether the head was fitted on those validation rows too (after its selection).
 
     Returns
     -------
@@ -65,6 +67,7 @@ def save_head(estimator: Any, path: str | os.PathLike, *, bank: FeatureBank, tap
         "classes": list(bank.classes), "spec": bank.spec, "versions": versions(), "name": name,
         "metrics": metrics or {}, "params": params or {},
         "val_rows": None if val_rows is None else np.asarray(val_rows, dtype=np.int64),
+        "refit": bool(refit),
     }
     buf = io.BytesIO()
     joblib.dump(record, buf)
@@ -109,7 +112,7 @@ def load_head(path: str | os.PathLike, bank: FeatureBank | str | os.PathLike | N
                 f"{str(bank.path)!r} (fingerprint {bank.fingerprint[:12]}): its features come "
                 f"from a different dataset, model, weights or preprocessing. Refit the head on "
                 f"this bank.")
-        if info["tap"] not in bank.taps:
+        if not set(info["tap"].split("+")) <= set(bank.taps):
             raise HeadError(f"head {str(path)!r} uses tap {info['tap']!r}, which bank "
                             f"{str(bank.path)!r} lacks (taps {bank.taps}).")
     estimator = record["estimator"]
