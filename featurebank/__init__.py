@@ -34,7 +34,7 @@ _EXPORTS = {
     "LogisticHead": "heads", "MLPHead": "heads", "load_head": "heads", "save_head": "heads",
     "to_torch": "heads",
     "BackboneTransformer": "transformer",
-    "Predictor": "predictor", "load_model": "predictor",
+    "Predictor": "predictor", "load_model": "predictor", "build_report": "report",
     "TapNetwork": "backbones",
 }
 
@@ -45,7 +45,7 @@ __all__ = [
     "FinetuneConfig", "FinetuneError", "GraftedNetwork", "HeadError", "ImageSource",
     "LogisticHead", "MLPHead", "ParameterError", "Predictor", "Preprocessing", "TapNetwork",
     "Trainer", "WeightsId",
-    "extract", "finetune", "fit_heads", "from_arrays", "get_backbone", "list_backbones",
+    "build_report", "extract", "finetune", "fit_heads", "from_arrays", "get_backbone", "list_backbones",
     "list_datasets", "list_taps", "load_head", "load_model", "open_source", "reopen_source",
     "save_head",
     "to_torch",
@@ -77,4 +77,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .fit import fit_heads
     from .heads import LogisticHead, MLPHead, load_head, save_head, to_torch
     from .predictor import Predictor, load_model
+    from .report import build_report
     from .transformer import BackboneTransformer

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ._io import FRACTION, IMAGE_SIZE, NON_NEGATIVE_INT, POSITIVE_INT
 from .exceptions import FeatureBankError
@@ -168,6 +169,23 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
 
 
+def _report_parser(p: argparse.ArgumentParser) -> None:
+    p.description = ("An evaluation report of a fit (and a fine-tune): accuracy, top-5, "
+                     "balanced accuracy and per-class precision/recall/F1 on the test split, "
+                     "confusion matrices, the regulariser sweeps, learning curves and the most "
+                     "confidently wrong images, as PNG files and one self-contained "
+                     "report.html (needs matplotlib: pip install \"featurebank[plots]\").")
+    p.add_argument("runs", metavar="RUNS_DIR", help="a featurebank fit output folder")
+    p.add_argument("finetune", nargs="?", default=None, metavar="FT_DIR",
+                   help="a featurebank finetune output folder")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where to write (default: RUNS_DIR/report)")
+    p.add_argument("--bank", default=None, metavar="BANK.h5",
+                   help="the bank, if it moved since the fit")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="where the images are now, if they moved (for the image grids)")
+
+
 def _taps_parser(p: argparse.ArgumentParser) -> None:
     p.description = ("List every tap of a model with its activation shape and feature size: the "
                      "named taps, then every module in the order it runs (the network runs on "
@@ -189,6 +207,8 @@ _SUBCOMMANDS = {
     "finetune": ("graft the best head onto the backbone and fine-tune", _finetune_parser),
     "predict": ("classify images with a fine-tuned model or a saved head", _predict_parser),
     "export": ("write a model as ONNX or TorchScript with its preprocessing", _export_parser),
+    "report": ("write an evaluation report (metrics, plots, HTML) of a fit and a fine-tune",
+               _report_parser),
     "taps": ("list a model's taps with their shapes and feature sizes", _taps_parser),
 }
 
@@ -245,6 +265,8 @@ def _run_fit(args: argparse.Namespace) -> None:
     print(format_leaderboard(board))
     print(f"\nwrote {args.out}/: {', '.join(r['file'] for r in board['rows'])}, "
           f"leaderboard.json, leaderboard.csv, split.npz")
+    print(f"report (plots, per-class metrics): featurebank report {args.out} "
+          f"--out {args.out}/report")
 
 
 def _run_finetune(args: argparse.Namespace) -> None:
@@ -257,6 +279,9 @@ def _run_finetune(args: argparse.Namespace) -> None:
           f"{summary['test_accuracy']} (best epoch {summary['best_epoch']}"
           + ("; training diverged: lower --lr" if summary["diverged"] else "")
           + f"); wrote {args.out}/")
+    runs = args.runs or Path(args.head).parent
+    print(f"report (learning curves, plots, per-class metrics): featurebank report {runs} "
+          f"{args.out} --out {args.out}/report")
 
 
 def _run_predict(args: argparse.Namespace) -> None:
@@ -296,9 +321,17 @@ def _run_taps(args: argparse.Namespace) -> None:
               f"{r.dim if r.dim is not None else '-'}{note}")
 
 
+def _run_report(args: argparse.Namespace) -> None:
+    from .report import build_report
+
+    page = build_report(args.runs, args.finetune, out=args.out, bank=args.bank,
+                        data_root=args.data_root)
+    print(f"wrote {page} (open it in a browser) and the PNG files beside it")
+
+
 _COMMANDS = {"extract": _run_extract, "info": _run_info, "fit": _run_fit,
              "finetune": _run_finetune, "predict": _run_predict, "export": _run_export,
-             "taps": _run_taps}
+             "report": _run_report, "taps": _run_taps}
 
 _AFTER_INTERRUPT = {  # what an interrupted command leaves behind, and how to go on
     "extract": lambda a: "rows written so far are kept, rerun the same command to resume.",
@@ -311,6 +344,7 @@ _AFTER_INTERRUPT = {  # what an interrupted command leaves behind, and how to go
     "predict": lambda a: "no CSV was written; rerun the command.",
     "export": lambda a: "nothing was written; rerun the command.",
     "taps": lambda a: "nothing was changed.",
+    "report": lambda a: "the report may be incomplete; rerun the command.",
 }
 
 

@@ -219,6 +219,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trained")
     rng = np.random.default_rng(0)
     (X, y), (Xt, yt) = colour_images(rng, 240), colour_images(rng, 60)
+    yt[:6] = (yt[:6] + 1) % 3  # mislabelled test images: every model gets some wrong
     np.savez(tmp / "d.npz", train_images=X, train_labels=y, test_images=Xt, test_labels=yt,
              classes=np.array(["red", "green", "blue"]))
     bank = extract(f"npz:{tmp / 'd.npz'}", model="resnet18", weights="none", image_size=32,

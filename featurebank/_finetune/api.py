@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import amp_dtype, resolve_device, sha256_file, versions, write_csv, write_json
+from .._io import (amp_dtype, atomic_write, resolve_device, sha256_file, versions, write_csv,
+                   write_json)
 from ..bank import FeatureBank
 from ..data import reopen_source
 from ..exceptions import FinetuneError
@@ -181,8 +182,13 @@ def _finish(trainer: Trainer, bank: FeatureBank, est: Any, head_path: Path,
     if "test" in bank.splits and bank.num_rows("test"):
         Xt, yt = bank.load("test", tap)
         summary["head_test_accuracy"] = float(est.score(Xt, yt))
-        y = torch.as_tensor(np.searchsorted(np.asarray(est.classes_), yt), device=trainer.device)
-        _, summary["test_accuracy"] = trainer.evaluate(np.arange(len(yt)), y, "test")
+        rows = np.arange(len(yt))
+        proba = torch.softmax(trainer.logits(rows, "test"), 1).cpu().numpy()
+        target = np.searchsorted(np.asarray(est.classes_), yt)
+        summary["test_accuracy"] = float((proba.argmax(1) == target).mean())
+        # for `featurebank report`: columns in head_classes order, labels as in the bank
+        atomic_write(out / "test_predictions.npz", lambda f: np.savez(
+            f, proba=proba.astype(np.float32), labels=yt, rows=rows))
     write_json(out / "best_model.json", {
         "bank": str(bank.path), "bank_fingerprint": bank.fingerprint, "spec": bank.spec,
         "classes": list(bank.classes), "head_classes": np.asarray(est.classes_).tolist(),

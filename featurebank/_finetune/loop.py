@@ -166,18 +166,24 @@ class Trainer:
         return value
 
     @torch.no_grad()
+    def logits(self, rows: np.ndarray, split: str = "train") -> torch.Tensor:
+        """The network's float32 logits for bank rows ``rows`` of ``split`` (eval mode)."""
+        self.net.eval()
+        bs = self.config.batch_size
+        out = []
+        for i in range(0, len(rows), bs):
+            with self._autocast():
+                out.append(self.net(self.images(rows[i:i + bs], split)).float())
+        return torch.cat(out)
+
     def evaluate(self, rows: np.ndarray, y: torch.Tensor, split: str = "train"
                  ) -> tuple[float, float]:
         """Mean cross-entropy and accuracy on ``rows`` of ``split`` (labels ``y``)."""
-        self.net.eval()
-        loss, correct, bs = 0.0, 0, self.config.batch_size
-        for i in range(0, len(rows), bs):
-            with self._autocast():
-                logits = self.net(self.images(rows[i:i + bs], split)).float()
-            yb = y[i:i + bs]
-            loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
-        return loss / len(rows), correct / len(rows)
+        logits, bs = self.logits(rows, split), self.config.batch_size
+        loss = sum(float(nn.functional.cross_entropy(logits[i:i + bs], y[i:i + bs],
+                                                     reduction="sum"))
+                   for i in range(0, len(rows), bs))
+        return loss / len(rows), int((logits.argmax(1) == y).sum()) / len(rows)
 
     def validate(self) -> tuple[float, float]:
         return self.evaluate(self.val_rows, self.y[torch.as_tensor(self.val_rows,

@@ -1,0 +1,314 @@
+"""An evaluation report of a fit (and a fine-tune): metrics, plots and one HTML page.
+
+For each head of a ``featurebank fit`` folder, and for a fine-tuned model: accuracy, top-5 and
+balanced accuracy and scikit-learn's per-class precision / recall / F1 on the test split, a
+confusion matrix, the validation accuracy across the regulariser sweep, the most confidently
+wrong test images; for the fine-tune, its learning curves. The plots are PNG files (matplotlib,
+the ``[plots]`` extra) and one self-contained ``report.html`` embeds them all, so a browser
+opens it offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._io import atomic_write, write_json
+from .bank import FeatureBank
+from .exceptions import DataError, FeatureBankError
+
+__all__ = ["build_report"]
+
+_WRONG = 16  # images in each "most confidently wrong" grid
+
+
+def _figure(width: float, height: float):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise FeatureBankError("featurebank report draws its plots with matplotlib, which is not "
+                               "installed: pip install \"featurebank[plots]\"") from None
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# -- metrics ---------------------------------------------------------------------------------
+def _proba(est: Any, X: np.ndarray) -> np.ndarray:
+    if hasattr(est, "predict_proba"):
+        return est.predict_proba(X)
+    scores = est.decision_function(X)
+    if scores.ndim == 1:
+        scores = np.column_stack([-scores, scores]) / 2
+    e = np.exp(scores - scores.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def scores(proba: np.ndarray, target: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Accuracy, top-5 accuracy, balanced accuracy, per-class report and confusion matrix of
+    probabilities ``(n, k)`` against column indices ``target``."""
+    from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix
+
+    pred = proba.argmax(1)
+    topk = np.argsort(-proba, axis=1)[:, :5]  # all of them when there are 5 classes or fewer
+    labels = list(range(len(names)))
+    return {
+        "n": int(len(target)), "accuracy": float((pred == target).mean()),
+        "top5_accuracy": float((topk == target[:, None]).any(1).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(target, pred)),
+        "per_class": classification_report(target, pred, labels=labels, target_names=names,
+                                           output_dict=True, zero_division=0),
+        "confusion": confusion_matrix(target, pred, labels=labels).tolist()}
+
+
+# -- plots -------------------------------------------------------------------------------------
+def _confusion_png(cm: list[list[int]], names: list[str], title: str) -> bytes:
+    cm = np.asarray(cm)
+    side = min(12, 3 + 0.35 * len(names))
+    fig = _figure(side + 1, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    if len(names) <= 30:
+        ax.set_xticks(range(len(names)), names, rotation=90)
+        ax.set_yticks(range(len(names)), names)
+    if len(names) <= 15:
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center",
+                    color="white" if v > cm.max() / 2 else "black", fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return _png(fig)
+
+
+def _sweep_png(tried: list[tuple[dict, float]], chosen: dict, title: str) -> bytes:
+    fig = _figure(6, 3.6)
+    ax = fig.add_subplot()
+    keys = list(tried[0][0]) if tried else []
+    values = [p[keys[0]] for p, _ in tried] if len(keys) == 1 else []
+    if values and all(isinstance(v, (int, float)) and v > 0 for v in values):
+        order = np.argsort(values)
+        ax.plot(np.asarray(values)[order], np.asarray([a for _, a in tried])[order], "o-")
+        ax.set_xscale("log" if max(values) / min(values) >= 100 else "linear")
+        ax.axvline(chosen[keys[0]], color="tab:red", ls="--", label="chosen")
+        ax.set_xlabel(keys[0])
+        ax.legend()
+    else:  # several parameters: one bar per setting
+        labels = [", ".join(f"{k}={v}" for k, v in p.items()) for p, _ in tried]
+        ax.bar(range(len(tried)), [a for _, a in tried],
+               color=["tab:red" if p == chosen else "tab:blue" for p, _ in tried])
+        ax.set_xticks(range(len(tried)), labels, rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="validation accuracy", title=title)
+    return _png(fig)
+
+
+def _curves_png(history: list[dict[str, Any]]) -> bytes:
+    fig = _figure(9, 3.6)
+    loss, acc = fig.subplots(1, 2)
+    epochs = [r["epoch"] for r in history]
+    train = [(r["epoch"], r["train_loss"]) for r in history if r["train_loss"] is not None]
+    if train:
+        loss.plot(*zip(*train), "o-", label="train loss")
+    loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation loss")
+    loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss (epoch 0: the head as grafted)")
+    loss.legend()
+    acc.plot(epochs, [r["val_accuracy"] for r in history], "o-", color="tab:green")
+    acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (loss, acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _png(fig)
+
+
+def _grid_png(images: np.ndarray, captions: list[str], title: str) -> bytes:
+    cols = min(8, max(1, len(images)))
+    rows = max(1, -(-len(images) // cols))
+    fig = _figure(1.6 * cols, 1.8 * rows + 0.4)
+    fig.suptitle(title)
+    for i, ax in enumerate(fig.subplots(rows, cols, squeeze=False).ravel()):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i])
+            ax.set_title(captions[i], fontsize=7)
+    return _png(fig)
+
+
+# -- one model's section -----------------------------------------------------------------------
+class _Images:
+    """Test images of a bank's source, for the grids (None when they cannot be reopened)."""
+
+    def __init__(self, bank: FeatureBank, data_root: str | os.PathLike | None):
+        from .data import reopen_source
+
+        self.bank, self.note = bank, ""
+        try:
+            self.source = reopen_source(bank.dataset, data_root=data_root)
+        except (DataError, KeyError) as e:
+            self.source, self.note = None, f"no image grids: {e}"
+
+    def take(self, rows: np.ndarray) -> np.ndarray | None:
+        if self.source is None:
+            return None
+        spec = self.bank.spec
+        return self.source.splits["test"].take(self.bank.index("test")[rows],
+                                                image_size=int(spec["image_size"]),
+                                                interpolation=spec["interpolation"])
+
+
+def _section(name: str, proba: np.ndarray, target: np.ndarray, names: list[str],
+             images: _Images) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Metrics and plots of one model's test predictions."""
+    result = scores(proba, target, names)
+    plots = {"confusion": _confusion_png(result["confusion"], names, f"{name}: confusion")}
+    wrong = np.flatnonzero(proba.argmax(1) != target)
+    wrong = wrong[np.argsort(-proba[wrong].max(1), kind="stable")][:_WRONG]
+    pictures = images.take(wrong) if len(wrong) else None
+    if pictures is not None:
+        captions = [f"{names[proba[i].argmax()]} {proba[i].max():.2f}\n(true {names[target[i]]})"
+                    for i in wrong]
+        plots["wrong"] = _grid_png(pictures, captions,
+                                   f"{name}: most confidently wrong test images")
+    return result, plots
+
+
+def _head_sections(runs: Path, board: dict[str, Any], bank: FeatureBank, images: _Images):
+    from .heads.persist import load_head
+
+    names = list(bank.classes)
+    tests: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for row in board["rows"]:
+        est = load_head(runs / row["file"], bank=bank)
+        if row["tap"] not in tests:
+            tests[row["tap"]] = bank.load("test", row["tap"])
+        X, y = tests[row["tap"]]
+        proba = np.zeros((len(y), len(names)))
+        proba[:, np.asarray(est.classes_)] = _proba(est, X)  # columns: the bank's classes
+        title = f"{row['head']} on {row['tap']}"
+        result, plots = _section(title, proba, y, names, images)
+        plots["sweep"] = _sweep_png([(p, a) for p, a in row["tried"]], row["params"],
+                                    f"{title}: regulariser sweep")
+        yield title, {**result, "params": row["params"], "val_accuracy": row["val_accuracy"],
+                      "n_val": row["n_val"], "best": row["best"]}, plots
+
+
+def _finetune_section(ft: Path, bank: FeatureBank, images: _Images):
+    history = json.loads((ft / "metrics.json").read_text())
+    meta = json.loads((ft / "best_model.json").read_text())
+    names = list(bank.classes)
+    plots = {"curves": _curves_png(history)}
+    result: dict[str, Any] = {"best_epoch": meta["best_epoch"]}
+    preds = ft / "test_predictions.npz"
+    if preds.is_file():
+        z = np.load(preds)
+        proba = np.zeros((len(z["labels"]), len(names)))
+        proba[:, np.asarray(meta["head_classes"])] = z["proba"]
+        section, more = _section("fine-tuned", proba, z["labels"], names, images)
+        result.update(section)
+        plots.update(more)
+    return result, plots
+
+
+# -- the page ----------------------------------------------------------------------------------
+def build_report(runs: str | os.PathLike, finetune: str | os.PathLike | None = None, *,
+                 out: str | os.PathLike | None = None, bank: str | os.PathLike | None = None,
+                 data_root: str | os.PathLike | None = None) -> Path:
+    """Write the evaluation report of a fit folder (and a fine-tune folder).
+
+    Parameters
+    ----------
+    runs : path-like
+        A ``featurebank fit`` output folder (``leaderboard.json`` and the heads).
+    finetune : path-like, optional
+        A ``featurebank finetune`` output folder: its learning curves and test predictions.
+    out : path-like, optional
+        Folder for the PNG files, ``report.html`` and ``metrics.json``; default ``runs/report``.
+    bank : path-like, optional
+        The bank, when it moved since the fit (default: the path in the leaderboard).
+    data_root : path-like, optional
+        Where the bank's images are now, for the image grids, if they moved.
+
+    Returns
+    -------
+    pathlib.Path
+        The HTML page.
+    """
+    runs = Path(runs)
+    board_path = runs / "leaderboard.json"
+    if not board_path.is_file():
+        raise FeatureBankError(f"{str(board_path)!r} does not exist; pass the --out folder of a "
+                               f"featurebank fit.")
+    board = json.loads(board_path.read_text())
+    bank = FeatureBank(bank if bank is not None else board["bank"])
+    if "test" not in bank.splits or not bank.num_rows("test"):
+        raise FeatureBankError(f"bank {str(bank.path)!r} has no test split to report on.")
+    out = Path(out) if out is not None else runs / "report"
+    images = _Images(bank, data_root)
+    _figure(1, 1)  # matplotlib missing: say so before any work
+    sections = list(_head_sections(runs, board, bank, images))
+    if finetune is not None:
+        result, plots = _finetune_section(Path(finetune), bank, images)
+        sections.append(("fine-tuned model", result, plots))
+    return _write(out, sections, board, bank, images.note, finetune)
+
+
+def _slug(title: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in title).strip("_")
+
+
+def _write(out: Path, sections, board, bank: FeatureBank, note: str, finetune) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {}
+    for title, result, plots in sections:
+        metrics[title] = {k: v for k, v in result.items()}
+        for kind, data in plots.items():
+            atomic_write(out / f"{kind}_{_slug(title)}.png", lambda f, d=data: f.write(d))
+    write_json(out / "metrics.json", metrics)
+    page = _html(sections, board, bank, note, finetune).encode()
+    return atomic_write(out / "report.html", lambda f: f.write(page))
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html(sections, board, bank: FeatureBank, note: str, finetune) -> str:
+    parts = [f"<h1>featurebank report</h1><p>bank <code>{html.escape(str(bank.path))}</code> "
+             f"({html.escape(bank.spec['model'])}, {len(bank.classes)} classes); test split "
+             f"{bank.num_rows('test')} images; validation {board['n_val']} rows"
+             + (f"; fine-tune <code>{html.escape(str(finetune))}</code>" if finetune else "")
+             + "</p>"]
+    if note:
+        parts.append(f"<p class=note>{html.escape(note)}</p>")
+    summary = [[t, *(f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "-")
+                     for k in ("accuracy", "top5_accuracy", "balanced_accuracy"))]
+               for t, r, _ in sections]
+    parts.append(_table(summary, ["model", "test accuracy", "top-5", "balanced accuracy"]))
+    for title, result, plots in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if "per_class" in result:
+            rows = [[c, *(f"{v[m]:.3f}" for m in ("precision", "recall", "f1-score")),
+                     int(v["support"])] for c, v in result["per_class"].items()
+                    if isinstance(v, dict)]
+            parts.append(_table(rows, ["class", "precision", "recall", "F1", "support"]))
+        for kind, data in plots.items():
+            parts.append(f'<img alt="{html.escape(title)} {kind}" '
+                         f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:"
+             "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:"
+             "right}img{max-width:100%;display:block;margin:1em 0}.note{color:#a60}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>featurebank report"
+            f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
