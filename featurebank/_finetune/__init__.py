@@ -3,11 +3,23 @@
 ``api.finetune`` is the straight line; ``config`` holds the options (one dataclass),
 ``graft`` the grafted network and the hand-off check, ``loop`` the trainer and its callbacks,
 ``checkpoint`` what a run saves to continue exactly, ``augment`` the device-side augmentation.
+Names are imported on first use: ``config`` alone (the command line's options) needs no torch.
 """
 
-from .api import finetune
-from .config import FinetuneConfig
-from .graft import GraftedNetwork
-from .loop import Callback, Trainer
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["Callback", "FinetuneConfig", "GraftedNetwork", "Trainer", "finetune"]
+
+_EXPORTS = {"finetune": "api", "FinetuneConfig": "config", "GraftedNetwork": "graft",
+            "Callback": "loop", "Trainer": "loop"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
