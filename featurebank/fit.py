@@ -68,14 +68,15 @@ def _short(params: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
 
 
-def _sweep(name: str, X, y, train, val, *, device, random_state, bar):
+def _sweep(name: str, data: dict[str, Any], *, device, random_state, bar):
     """Fit every setting of the head's grid; return (best estimator, params, val acc, seconds),
     the whole sweep's seconds, each setting's validation accuracy, and the settings tied with
     the best."""
-    Xva, yva = X[val], y[val]
+    Xva, yva = data["X_val"], data["y_val"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported per setting instead
-        fitted = get_head_spec(name).fit_grid(X[train], y[train], on_fit=bar.update,
+        fitted = get_head_spec(name).fit_grid(data["X_train"], data["y_train"],
+                                              on_fit=bar.update, shared=data["shared"],
                                               device=device, random_state=random_state)
     tried = [(est, params, float((est.predict(Xva) == yva).mean()), secs)
              for est, params, secs in fitted]
@@ -183,10 +184,13 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
             train, val = _validation_split(y, val_fraction, random_state)
             sizes = {"n_train": int(len(train)), "n_val": int(len(val)),
                      "n_test": 0 if test is None else int(len(test[1]))}
+            # read, split and standardised once for all heads of this tap
+            data = {"X": X, "y": y, "X_train": X[train], "y_train": y[train], "X_val": X[val],
+                    "y_val": y[val], "test": test, "shared": {}}
             for name in heads:
                 bar.set_description(f"fit {name} on {t}")
-                row, est = _fit_head(name, t, X, y, train, val, test, device=device,
-                                     random_state=random_state, bar=bar, refit=refit)
+                row, est = _fit_head(name, t, data, device=device, random_state=random_state,
+                                     bar=bar, refit=refit)
                 rows.append(row)
                 if out is not None:
                     _save(row, est, out, bank=bank, val=val, several_taps=len(taps) > 1)
@@ -203,16 +207,16 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     return board
 
 
-def _fit_head(name, tap, X, y, train, val, test, *, device, random_state, bar, refit):
+def _fit_head(name, tap, data: dict[str, Any], *, device, random_state, bar, refit):
     """One head on one tap: its sweep, the chosen setting (refitted when asked), its row."""
     (est, params, val_acc, fit_s), sweep_s, tried, ties = _sweep(
-        name, X, y, train, val, device=device, random_state=random_state, bar=bar)
-    if refit:
-        est, fit_s = _refit(name, params, X[np.concatenate([train, val])],
-                            y[np.concatenate([train, val])], device=device,
+        name, data, device=device, random_state=random_state, bar=bar)
+    if refit:  # the train and validation rows are all the rows
+        est, fit_s = _refit(name, params, data["X"], data["y"], device=device,
                             random_state=random_state)
+    test = data["test"]
     row = {"head": name, "tap": tap, "params": _short(params), "val_accuracy": val_acc,
-           "n_val": int(len(val)),
+           "n_val": int(len(data["y_val"])),
            "test_accuracy": (float((est.predict(test[0]) == test[1]).mean())
                              if test is not None else None),
            "fit_seconds": fit_s, "sweep_seconds": sweep_s, "tried": tried, "tied_with": ties,

@@ -8,6 +8,8 @@ from featurebank.heads import LogisticHead, MLPHead
 HEADS = [
     LogisticHead(),
     MLPHead(hidden_layer_sizes=(16,), max_iter=200, batch_size=32, random_state=0),
+    MLPHead(hidden_layer_sizes=(16,), max_iter=200, batch_size=32, random_state=0,
+            n_components=2),  # trained on a projection, folded back: still raw features in
 ]
 
 

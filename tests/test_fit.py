@@ -236,3 +236,18 @@ def test_refit_uses_the_validation_rows_too_and_finetune_refuses_it(tmp_path, ba
     with pytest.raises(FinetuneError, match=r"was refitted on its validation rows \(fit "
                                             r"--refit\)"):
         finetune(bank, runs=tmp_path / "runs", out=tmp_path / "ft", progress=False)
+
+
+def test_the_heads_of_a_run_share_one_standardisation(bank, monkeypatch):
+    import featurebank.heads.registry as registry
+
+    real, calls = registry.standardization, []
+
+    def counting(X, standardize, rows=None):
+        calls.append(X.shape)
+        return real(X, standardize, rows)
+
+    monkeypatch.setattr(registry, "standardization", counting)
+    board = fit_heads(bank, heads=["logreg", "mlp"], out=None, verbose=False)
+    assert calls == [(270, 32)]  # once, on the train rows, for both heads' grids
+    assert {r["head"] for r in board["rows"]} == {"logreg", "mlp"}

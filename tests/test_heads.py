@@ -186,24 +186,46 @@ def test_the_cuda_code_path_solves_the_same_problem_on_cpu_tensors(n_classes):
         assert status == 0
         values.append(p.loss_grad(theta, 1.0)[0])
     assert values[1] == pytest.approx(values[0], rel=1e-5)
+    # the batched path too: three Cs in the same passes, on torch kernels
+    Cs = [0.01, 0.1, 1.0]
+    solved = [p.solve_many(Cs, [p.zeros()] * 3, 500, 1e-5) for p in problems]
+    for C, a, b in zip(Cs, *solved):
+        assert a[2] == b[2] == 0
+        assert problems[1].loss_grad(b[0], C)[0] == pytest.approx(
+            problems[0].loss_grad(a[0], C)[0], rel=1e-5)
 
 
-def test_regularisation_path_warm_starts_to_the_same_solutions(data):
+def test_regularisation_path_solves_every_C_in_the_same_passes(data, monkeypatch):
+    import featurebank.heads.logistic as logistic
+
     X, y, _, _ = data
     Cs = [3.0, 0.1, 1.0, 0.3]
+    real, widths = logistic._scores_grad_numpy, []
+
+    def counting(X, Wr, *args, **kw):  # one call is one pass over X
+        widths.append(len(Wr))
+        return real(X, Wr, *args, **kw)
+
+    monkeypatch.setattr(logistic, "_scores_grad_numpy", counting)
     path = logistic_path(X, y, Cs, tol=1e-5, max_iter=1000)
+    path_passes, path_widths = len(widths), list(widths)
     assert [h.C for h in path] == Cs
     Xs = StandardScaler().fit_transform(X.astype(np.float64))
+    alone_passes = []
     for C, h in zip(Cs, path):
+        widths.clear()
         alone = LogisticHead(C=C, tol=1e-5, max_iter=1000).fit(X, y)
+        alone_passes.append(len(widths))
+        # the same problem from the same start and preconditioner: the same iterates
+        assert h.n_iter_[0] == alone.n_iter_[0]
         f = [_head_objective(m, Xs, y, C) for m in (h, alone)]
-        assert f[0] == pytest.approx(f[1], rel=1e-4)
+        assert f[0] == pytest.approx(f[1], rel=1e-6)
         assert (h.predict(X) == alone.predict(X)).mean() >= 0.99
-    # warm starts: the path takes fewer iterations than independent fits (74 against 91), on
-    # top of preparing the problem (standardisation, preconditioner) once instead of 4 times
-    independent = sum(LogisticHead(C=C, tol=1e-5, max_iter=1000).fit(X, y).n_iter_[0]
-                      for C in Cs)
-    assert sum(h.n_iter_[0] for h in path) < 0.9 * independent
+    # all four share each pass: as many passes as the longest fit, not the sum of all four;
+    # the first passes evaluate 4 problems x 4 classes at once, then converged ones drop out
+    assert path_passes == max(alone_passes) < sum(alone_passes)
+    assert path_widths[0] == 16 and path_widths[-1] == 4 and path_widths == sorted(
+        path_widths, reverse=True)
 
 
 def test_warm_start_reuses_the_last_solution(data):
@@ -402,3 +424,25 @@ def test_mlp_streams_a_bank_in_blocks(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"contains NaN or infinity \(row 5000 of "
                                          r"/train/features/fc7\)"):
         MLPHead(**kw).fit(FeatureBank(bank.path).features("train"), bank.labels("train"))
+
+
+def test_mlp_on_principal_directions_takes_raw_features(data):
+    X, y, Xt, yt = data
+    head = MLPHead(hidden_layer_sizes=(32,), n_components=8, random_state=0, max_iter=300)
+    head.fit(X, y)
+    V = head.components_
+    assert V.shape == (40, 8) and head.coefs_[0].shape == (40, 32)
+    np.testing.assert_allclose(V.T @ V, np.eye(8), atol=1e-6)  # orthonormal directions
+    # folded: the first layer on raw x equals the trained layer on ((x - mean) / scale) @ V
+    proj = ((Xt - head.mean_) / head.scale_) @ V
+    W = (V / head.scale_[:, None]) @ np.linalg.lstsq(V / head.scale_[:, None], head.coefs_[0],
+                                                     rcond=None)[0]
+    np.testing.assert_allclose(W, head.coefs_[0], atol=1e-8)  # its columns lie in span(V)
+    assert proj.shape == (len(Xt), 8)
+    assert head.score(Xt, yt) > 0.8 and (to_torch(head)(torch.from_numpy(Xt)).argmax(1).numpy()
+                                         == np.searchsorted(head.classes_, head.predict(Xt))).all()
+    # same seed, same sketch: a grid can share one projection and get the same head
+    shared = head._projection(X)
+    again = MLPHead(hidden_layer_sizes=(32,), n_components=8, random_state=0, max_iter=300)
+    again._fit(X, y, projection=shared)
+    np.testing.assert_allclose(again.coefs_[0], head.coefs_[0], atol=1e-6)

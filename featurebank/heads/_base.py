@@ -84,6 +84,32 @@ def standardization(X, standardize: bool, rows: np.ndarray | None = None
     return blockwise_mean_scale(X[rows[s:s + 8192]] for s in range(0, len(rows), 8192))
 
 
+def principal_directions(X, mean: np.ndarray, scale: np.ndarray, rank: int,
+                         rng: np.random.RandomState, sample: int = 4096):
+    """The top ``rank`` principal directions of the standardised rows of ``X`` (numpy or a
+    torch tensor on any device), from a randomised range finder with one power iteration on
+    ``sample`` sampled rows, in float32 (plenty for a preconditioner or a projection).
+
+    Returns ``(V, eigenvalues, mean_square)``: ``V`` (d, rank) float64 with orthonormal
+    columns, the leading eigenvalues of the sample covariance (``rank + 16`` of them, largest
+    first), and the mean square of the standardised sample.
+    """
+    n, d = X.shape
+    Xt = torch.as_tensor(X)
+    dev = Xt.device
+    rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
+    mu, sd = (torch.from_numpy(np.asarray(v)).float().to(dev) for v in (mean, scale))
+    S = (Xt[torch.from_numpy(rows).to(dev)].float() - mu) / sd
+    omega = torch.from_numpy(rng.standard_normal((d, min(d, rank + 16)))).float().to(dev)
+    Q = torch.linalg.qr(S.T @ (S @ omega)).Q
+    Q = torch.linalg.qr(S.T @ (S @ Q)).Q
+    B = S @ Q
+    ev, U = torch.linalg.eigh((B.T @ B).double() / len(rows))
+    ev, U = ev.flip(0).cpu().numpy(), U.flip(1)
+    V = (Q.double() @ U[:, :rank]).cpu().numpy()
+    return V, ev, float((S * S).sum()) / (len(rows) * d)
+
+
 class LinearPredictMixin:
     """``decision_function`` / ``predict`` of a linear model with ``coef_``, ``intercept_``,
     ``classes_``, as scikit-learn's linear classifiers compute them: float64 scores, one

@@ -11,7 +11,7 @@ same number of iterations as SciPy's on logistic regression.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -39,8 +39,9 @@ def _cubic_min(a, fa, da, b, fb, db):
     return (a + b) / 2
 
 
-def _line_search(evaluate, f0, dg0, t, maxls):
-    """Strong-Wolfe step along a descent direction; ``evaluate(t) -> (f, g, dg)``.
+def _line_search(x, d, f0, dg0, t, maxls):
+    """Strong-Wolfe step from ``x`` along the descent direction ``d`` (a generator: it yields
+    the points to evaluate and is sent back ``(f, g)``).
 
     Near the optimum a float32 objective stops resolving the decrease a step makes, so a
     step with the slope condition is also accepted when ``f`` is within round-off of ``f0``
@@ -53,7 +54,8 @@ def _line_search(evaluate, f0, dg0, t, maxls):
     lo = hi = None
     noise = 1e-7 * abs(f0)  # LogisticHead's float32 objective: 1e-8 to 1e-7 relative error
     for i in range(maxls):
-        f, g, dg = evaluate(t)
+        f, g = yield x + t * d
+        dg = float(d @ g)
         armijo = f <= f0 + _C1 * t * dg0
         if abs(dg) <= -_C2 * dg0 and (armijo or f <= f0 + noise):
             return t, f, g
@@ -82,48 +84,51 @@ def _line_search(evaluate, f0, dg0, t, maxls):
     return best
 
 
-def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, *,
-          max_iter: int, gtol: float, ftol: float = 64 * np.finfo(float).eps, m: int = 10,
-          maxls: int = 50,
-          grad_norm: Callable[[np.ndarray], float] | None = None) -> LbfgsResult:
-    """Minimise ``fun`` (returning value and gradient) from ``x0``.
+def _direction(g: np.ndarray, S: list, Y: list) -> np.ndarray:
+    """The two-loop recursion: ``-H g`` with ``H0 = (s'y / y'y) I``."""
+    d = -g
+    alphas = []
+    for s, y in zip(reversed(S), reversed(Y)):
+        a = (s @ d) / (s @ y)
+        alphas.append(a)
+        d = d - a * y
+    if S:
+        d = d * ((S[-1] @ Y[-1]) / (Y[-1] @ Y[-1]))
+    for s, y, a in zip(S, Y, reversed(alphas)):
+        d = d + (a - (y @ d) / (s @ y)) * s
+    return d
 
-    ``grad_norm(g)`` is the quantity compared with ``gtol`` (default: ``max |g|``); a
-    preconditioned problem passes the norm of the gradient in the original variables.
-    """
+
+def lbfgs_steps(x0: np.ndarray, *, max_iter: int, gtol: float,
+                ftol: float = 64 * np.finfo(float).eps, m: int = 10, maxls: int = 50,
+                grad_norm: Callable[[np.ndarray], float] | None = None):
+    """L-BFGS as a generator: it yields each point to evaluate, is sent ``(f, g)`` back, and
+    returns an :class:`LbfgsResult` (``StopIteration.value``). Several of them can then share
+    one pass over the data (:func:`lbfgs_many`)."""
     grad_norm = grad_norm or (lambda g: float(np.abs(g).max()))
     x = np.array(x0, dtype=np.float64)
-    f, g = fun(x)
+    f, g = yield x
     n_eval = 1
     S: list[np.ndarray] = []
     Y: list[np.ndarray] = []
     if grad_norm(g) <= gtol:
         return LbfgsResult(x, f, 0, n_eval, 0)
     for it in range(1, max_iter + 1):
-        # two-loop recursion: d = -H g, with H0 = (s'y / y'y) I
-        d = -g
-        alphas = []
-        for s, y in zip(reversed(S), reversed(Y)):
-            a = (s @ d) / (s @ y)
-            alphas.append(a)
-            d = d - a * y
-        if S:
-            d = d * ((S[-1] @ Y[-1]) / (Y[-1] @ Y[-1]))
-        for s, y, a in zip(S, Y, reversed(alphas)):
-            d = d + (a - (y @ d) / (s @ y)) * s
+        d = _direction(g, S, Y)
         dg = float(d @ g)
         if not dg < 0:  # lost descent (round-off): restart from steepest descent
             S, Y, d, dg = [], [], -g, -float(g @ g)
         # the first step of a fresh memory has unit length (L-BFGS-B's rule); later, t = 1
         t0 = 1.0 if S else min(1.0, 1.0 / np.sqrt(float(g @ g)))
-
-        def evaluate(t, x=x, d=d):
-            nonlocal n_eval
-            n_eval += 1
-            fn, gn = fun(x + t * d)
-            return fn, gn, float(d @ gn)
-
-        step = _line_search(evaluate, f, dg, t0, maxls)
+        search = _line_search(x, d, f, dg, t0, maxls)
+        step, sent = None, None
+        try:
+            while True:
+                point = search.send(sent)
+                sent = yield point
+                n_eval += 1
+        except StopIteration as done:
+            step = done.value
         if step is None:
             if S:  # stale curvature pairs: forget them and try steepest descent once more
                 S, Y = [], []
@@ -143,3 +148,37 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
         if grad_norm(g) <= gtol or f_old - f <= ftol * max(abs(f_old), abs(f), 1.0):
             return LbfgsResult(x, f, it, n_eval, 0)
     return LbfgsResult(x, f, max_iter, n_eval, 1)
+
+
+def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
+          **options) -> LbfgsResult:
+    """Minimise ``fun`` (returning value and gradient) from ``x0``.
+
+    ``options`` are :func:`lbfgs_steps`'s: ``max_iter``, ``gtol``, ``ftol``, ``m``, ``maxls``
+    and ``grad_norm(g)``, the quantity compared with ``gtol`` (default: ``max |g|``); a
+    preconditioned problem passes the norm of the gradient in the original variables.
+    """
+    return lbfgs_many(lambda points, _: [fun(x) for x in points], [x0], [options], [None])[0]
+
+
+def lbfgs_many(fun_many: Callable[[list[np.ndarray], list[Any]],
+                                  list[tuple[float, np.ndarray]]],
+               x0s: list[np.ndarray], options: list[dict], keys: list[Any]
+               ) -> list[LbfgsResult]:
+    """Minimise several problems in lockstep: each round, ``fun_many(points, keys)``
+    evaluates the next point of every problem still running (one pass over the data for all;
+    ``keys`` say which problems they are), each problem keeping its own L-BFGS memory, line
+    search and stopping test; a problem that has converged drops out of the rounds."""
+    runs = [lbfgs_steps(x0, **o) for x0, o in zip(x0s, options)]
+    points = {i: next(r) for i, r in enumerate(runs)}
+    results: dict[int, LbfgsResult] = {}
+    while points:
+        active = list(points)
+        values = fun_many([points[i] for i in active], [keys[i] for i in active])
+        for i, value in zip(active, values):
+            try:
+                points[i] = runs[i].send(value)
+            except StopIteration as done:
+                results[i] = done.value
+                del points[i]
+    return [results[i] for i in range(len(runs))]

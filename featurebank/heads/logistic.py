@@ -34,8 +34,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._io import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, resolve_device
 from ._base import (LinearPredictMixin, ProbaMixin, affine_to_torch, check_classes,
-                    fold_standardization, standardization)
-from ._lbfgs import lbfgs
+                    fold_standardization, principal_directions, standardization)
+from ._lbfgs import lbfgs_many
 
 __all__ = ["LogisticHead", "logistic_path"]
 
@@ -43,30 +43,37 @@ _SKETCH_ROWS = 4096  # rows sampled to estimate the principal directions
 
 
 def _scores_grad_numpy(X, Wr, br, T, binary, block=256):
-    """Loss sum, score gradient (k, d) and bias gradient (k,) in float32 numpy (the CPU path).
+    """Loss sums ``(m,)``, score gradient ``(m k, d)`` and bias gradient ``(m k,)`` of ``m``
+    problems that share ``X`` and the one-hot targets ``T (n, k)``, in float32 numpy (the
+    CPU path). Rows of ``Wr`` and ``br`` are problem 0's ``k``, then problem 1's, ...
 
-    Row blocks keep each block of X in cache for both of its products (256 rows was the
-    fastest block size measured; docs/design.md).
+    Several problems make one product of ``m k`` columns instead of ``m`` products of ``k``:
+    OpenBLAS runs wide products much nearer its peak. Row blocks keep each block of X in cache
+    for both of its products (256 rows was the fastest block size measured; docs/design.md).
     """
+    k = T.shape[1]
+    m = Wr.shape[0] // k
     gW = np.zeros(Wr.shape, dtype=np.float64)  # float64 sums of float32 block products
     gb = np.zeros(Wr.shape[0], dtype=np.float64)
-    loss = 0.0
+    loss = np.zeros(m)
     WrT = np.ascontiguousarray(Wr.T)
     for s in range(0, X.shape[0], block):
-        Xb, Tb = X[s:s + block], T[s:s + block]
+        Xb, Tb = X[s:s + block], T[s:s + block, None, :]
         z = Xb @ WrT
         z += br
+        z = z.reshape(len(Xb), m, k)
         # each row's loss in float32, their sum in float64: a float32 sum over a block
         # resolves the objective to ~1e-6 only, and L-BFGS then stops short of the optimum
         if binary:  # log(1 + e^z) - y z, as scikit-learn's binary model
-            loss += float(np.sum(np.logaddexp(0, z) - Tb * z, dtype=np.float64))
+            loss += np.sum(np.logaddexp(0, z) - Tb * z, axis=(0, 2), dtype=np.float64)
             G = 1 / (1 + np.exp(-z)) - Tb
         else:  # log sum e^(z - max) - (z_y - max): no large terms to cancel
-            z -= z.max(1, keepdims=True)
+            z -= z.max(2, keepdims=True)
             e = np.exp(z)
-            ssum = e.sum(1, keepdims=True)
-            loss += float(np.sum(np.log(ssum[:, 0]) - (z * Tb).sum(1), dtype=np.float64))
+            ssum = e.sum(2, keepdims=True)
+            loss += np.sum(np.log(ssum[..., 0]) - (z * Tb).sum(2), axis=0, dtype=np.float64)
             G = e / ssum - Tb
+        G = G.reshape(len(Xb), m * k)
         gW += G.T @ Xb
         gb += G.sum(0, dtype=np.float64)
     return loss, gW, gb
@@ -74,14 +81,17 @@ def _scores_grad_numpy(X, Wr, br, T, binary, block=256):
 
 def _scores_grad_torch(X, Wr, br, T, binary):
     """The same in torch, in one block (the CUDA path)."""
-    z = torch.nn.functional.linear(X, Wr, br)
+    k = T.shape[1]
+    z = torch.nn.functional.linear(X, Wr, br).reshape(len(X), -1, k)
+    Tb = T[:, None, :]
     if binary:
-        loss = (torch.nn.functional.softplus(z) - T * z).sum(dtype=torch.float64)
-        G = torch.sigmoid(z) - T
+        loss = (torch.nn.functional.softplus(z) - Tb * z).sum((0, 2), dtype=torch.float64)
+        G = torch.sigmoid(z) - Tb
     else:
-        loss = (torch.logsumexp(z, 1) - (z * T).sum(1)).sum(dtype=torch.float64)
-        G = torch.softmax(z, 1) - T
-    return (float(loss), (G.T @ X).double().cpu().numpy(),
+        loss = (torch.logsumexp(z, 2) - (z * Tb).sum(2)).sum(0, dtype=torch.float64)
+        G = torch.softmax(z, 2) - Tb
+    G = G.reshape(len(X), -1)
+    return (loss.cpu().numpy(), (G.T @ X).double().cpu().numpy(),
             G.sum(0).double().cpu().numpy())
 
 
@@ -105,25 +115,13 @@ class _Preconditioner:
     @classmethod
     def from_sketch(cls, X, mean: np.ndarray, scale: np.ndarray, rank: int,
                     rng: np.random.RandomState) -> _Preconditioner | None:
-        """Randomised range finder (one power iteration) on a row sample of standardised X."""
-        n, d = X.shape
-        r = min(rank, d - 1)
+        """From the principal directions of a row sample of standardised X."""
+        r = min(rank, X.shape[1] - 1)
         if r < 1:
             return None
-        Xt = torch.as_tensor(X)
-        rows = np.sort(rng.choice(n, size=min(n, _SKETCH_ROWS), replace=False))
-        dev = Xt.device
-        mu, sd = (torch.from_numpy(v).float().to(dev) for v in (mean, scale))
-        S = (Xt[torch.from_numpy(rows).to(dev)] - mu) / sd  # float32: plenty for a preconditioner
-        omega = torch.from_numpy(rng.standard_normal((d, min(d, r + 16)))).float().to(dev)
-        Q = torch.linalg.qr(S.T @ (S @ omega)).Q
-        Q = torch.linalg.qr(S.T @ (S @ Q)).Q
-        B = S @ Q
-        ev, U = torch.linalg.eigh((B.T @ B).double() / len(rows))
-        ev, U = ev.flip(0).cpu().numpy(), U.flip(1)
-        V = (Q.double() @ U[:, :r]).cpu().numpy()
+        V, ev, mean_square = principal_directions(X, mean, scale, r, rng, _SKETCH_ROWS)
         # never stretch a direction, and keep P well away from singular on degenerate data
-        floor = max(ev[r], 1e-2 * float((S * S).sum()) / (len(rows) * d), 1e-12)
+        floor = max(ev[r], 1e-2 * mean_square, 1e-12)
         s = np.sqrt(floor / np.maximum(ev[:r], floor)) - 1.0
         return cls(V, s)
 
@@ -138,7 +136,8 @@ class _Problem:
 
     def __init__(self, X: np.ndarray, y_idx: np.ndarray, n_classes: int, *, standardize: bool,
                  fit_intercept: bool, device: torch.device, preconditioner_rank: int,
-                 random_state=None, torch_kernels: bool | None = None):
+                 random_state=None, torch_kernels: bool | None = None,
+                 standardization_: tuple[np.ndarray, np.ndarray] | None = None):
         # torch tensors and kernels on CUDA (tests run them on CPU tensors), numpy otherwise
         self.use_torch = device.type == "cuda" if torch_kernels is None else torch_kernels
         X = np.ascontiguousarray(X, dtype=np.float32)
@@ -148,7 +147,9 @@ class _Problem:
         T = (y_idx[:, None] == (np.arange(self.k) if self.k > 1 else 1)).astype(np.float32)
         self.X = torch.from_numpy(X).to(device) if self.use_torch else X
         self.T = torch.from_numpy(T).to(device) if self.use_torch else T
-        self.mean, self.scale = standardization(self.X, standardize)
+        # statistics a caller already has (fit's shared ones) are not computed again
+        self.mean, self.scale = (standardization_ if standardize and standardization_ is not None
+                                 else standardization(self.X, standardize))
         self.precond = None
         if preconditioner_rank > 0:
             self.precond = _Preconditioner.from_sketch(
@@ -163,9 +164,16 @@ class _Problem:
         return fold_standardization(W, b, self.mean, self.scale)
 
     def loss_grad(self, theta: np.ndarray, C: float) -> tuple[float, np.ndarray]:
+        return self.loss_grad_many([theta], [C])[0]
+
+    def loss_grad_many(self, thetas: list[np.ndarray], Cs: list[float]
+                       ) -> list[tuple[float, np.ndarray]]:
+        """Objective and gradient of several parameter vectors (each with its C), from one
+        pass over the data."""
         k, d, n = self.k, self.d, self.n
-        W = theta[: k * d].reshape(k, d)
-        Wr, br = self.raw(theta)
+        raws = [self.raw(theta) for theta in thetas]
+        Wr = np.concatenate([w for w, _ in raws])
+        br = np.concatenate([b for _, b in raws])
         if self.use_torch:
             dev = self.X.device
             loss, gWr, gbr = _scores_grad_torch(self.X, torch.from_numpy(Wr).float().to(dev),
@@ -174,13 +182,16 @@ class _Problem:
         else:
             loss, gWr, gbr = _scores_grad_numpy(self.X, Wr.astype(np.float32),
                                                 br.astype(np.float32), self.T, k == 1)
-        gWr /= n
-        gbr /= n
-        # chain rule through Wr = W / scale and br = b - Wr @ mean
-        gW = (gWr - gbr[:, None] * self.mean) / self.scale + W / (C * n)
-        gb = gbr if self.fit_intercept else np.zeros(k)
-        value = loss / n + float((W * W).sum()) / (2 * C * n)
-        return value, np.concatenate([gW.ravel(), gb])
+        out = []
+        for i, (theta, C) in enumerate(zip(thetas, Cs)):
+            W = theta[: k * d].reshape(k, d)
+            gw, gb = gWr[i * k:(i + 1) * k] / n, gbr[i * k:(i + 1) * k] / n
+            # chain rule through Wr = W / scale and br = b - Wr @ mean
+            gW = (gw - gb[:, None] * self.mean) / self.scale + W / (C * n)
+            value = loss[i] / n + float((W * W).sum()) / (2 * C * n)
+            out.append((float(value), np.concatenate(
+                [gW.ravel(), gb if self.fit_intercept else np.zeros(k)])))
+        return out
 
     def _map(self, theta: np.ndarray, f) -> np.ndarray:
         """Apply ``f`` to the weight block of a parameter vector (the intercept passes through)."""
@@ -188,19 +199,26 @@ class _Problem:
         return np.concatenate([f(theta[:kd].reshape(self.k, self.d)).ravel(), theta[kd:]])
 
     def solve(self, C: float, theta0: np.ndarray, max_iter: int, tol: float):
+        return self.solve_many([C], [theta0], max_iter, tol)[0]
+
+    def solve_many(self, Cs: list[float], theta0s: list[np.ndarray], max_iter: int,
+                   tol: float) -> list[tuple[np.ndarray, int, int]]:
+        """``(theta, iterations, status)`` for each C: the problems run in lockstep, one pass
+        over the data evaluating every problem still running (:func:`lbfgs_many`)."""
         P = self.precond
-        if P is None:
-            res = lbfgs(lambda th: self.loss_grad(th, C), theta0, max_iter=max_iter, gtol=tol)
-            return res.x, res.n_iter, res.status
+        to_w = (lambda z: self._map(z, P.apply)) if P is not None else (lambda z: z)
+        options = {"max_iter": max_iter, "gtol": tol}
+        if P is not None:  # stop on the gradient in the original variables, as scikit-learn
+            options["grad_norm"] = lambda g: float(np.abs(self._map(g, P.inverse)).max())
 
-        def fun(z):  # the objective in preconditioned variables: W = Z P, dL/dZ = dL/dW P
-            value, g = self.loss_grad(self._map(z, P.apply), C)
-            return value, self._map(g, P.apply)
+        def fun_many(points, Cs_now):
+            # in preconditioned variables: W = Z P, dL/dZ = dL/dW P
+            return [(f, to_w(g)) for f, g in self.loss_grad_many([to_w(z) for z in points],
+                                                                 Cs_now)]
 
-        # stop on the gradient in the original variables, as scikit-learn does
-        res = lbfgs(fun, self._map(theta0, P.inverse), max_iter=max_iter, gtol=tol,
-                    grad_norm=lambda g: float(np.abs(self._map(g, P.inverse)).max()))
-        return self._map(res.x, P.apply), res.n_iter, res.status
+        starts = [self._map(t, P.inverse) if P is not None else t for t in theta0s]
+        results = lbfgs_many(fun_many, starts, [options] * len(Cs), list(Cs))
+        return [(to_w(r.x), r.n_iter, r.status) for r in results]
 
     def zeros(self) -> np.ndarray:
         return np.zeros(self.k * self.d + self.k)
@@ -268,14 +286,14 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
         NON_NEGATIVE_FLOAT.check("tol", self.tol)
         NON_NEGATIVE_INT.check("preconditioner_rank", self.preconditioner_rank)
 
-    def _prepare(self, X, y) -> tuple[_Problem, np.ndarray]:
+    def _prepare(self, X, y, standardization_=None) -> tuple[_Problem, np.ndarray]:
         self._check_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], order="C")
         classes, y_idx = check_classes(y, type(self).__name__)
         problem = _Problem(X, y_idx, len(classes), standardize=self.standardize,
                            fit_intercept=self.fit_intercept, device=resolve_device(self.device),
                            preconditioner_rank=self.preconditioner_rank,
-                           random_state=self.random_state)
+                           random_state=self.random_state, standardization_=standardization_)
         return problem, classes
 
     def fit(self, X, y) -> LogisticHead:
@@ -323,20 +341,23 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
         return tags
 
 
-def logistic_path(X, y, Cs, **params) -> list[LogisticHead]:
-    """Fit one :class:`LogisticHead` per ``C``, warm-starting each from the previous.
+def logistic_path(X, y, Cs, *, standardization_=None, **params) -> list[LogisticHead]:
+    """Fit one :class:`LogisticHead` per ``C``, all in the same passes over the data.
 
     The data are validated, moved to the device, standardised and preconditioned once for the
-    whole path, and each fit starts from the last solution, so a path costs far less than
-    ``len(Cs)`` independent fits. ``Cs`` are visited in increasing order (strong
-    regularisation first, where the solution is cheapest), and the heads are returned in
-    the order given.
+    whole path, and every C is solved at once: each pass computes one product of ``X`` with
+    the weights of all the problems still running (``len(Cs) x k`` columns: far nearer the
+    BLAS peak than ``k``), while each problem keeps its own L-BFGS history, line search and
+    stopping test, and drops out when it has converged. Each ends where its own fit from zero
+    ends; the heads are returned in the order given.
 
     Parameters
     ----------
     X : array-like of shape (n_samples, n_features)
     y : array-like of shape (n_samples,)
     Cs : sequence of float
+    standardization_ : tuple of ndarray, optional
+        The features' ``(mean, scale)`` when the caller has them already.
     **params
         Other :class:`LogisticHead` parameters.
 
@@ -348,13 +369,14 @@ def logistic_path(X, y, Cs, **params) -> list[LogisticHead]:
     if not Cs:
         raise ValueError("Cs must hold at least one value of C.")
     template = LogisticHead(**params)
-    problem, classes = template._prepare(X, y)
-    theta = problem.zeros()
+    problem, classes = template._prepare(X, y, standardization_)
+    unique = sorted(set(Cs))
+    solved = problem.solve_many(unique, [problem.zeros()] * len(unique), template.max_iter,
+                                template.tol)
     heads: dict[float, LogisticHead] = {}
-    for C in sorted(set(Cs)):
+    for C, (theta, n_iter, status) in zip(unique, solved):
         head = LogisticHead(**{**template.get_params(), "C": C})
         head._check_params()
-        theta, n_iter, status = problem.solve(C, theta, head.max_iter, head.tol)
         head.n_features_in_ = template.n_features_in_
         if hasattr(template, "feature_names_in_"):
             head.feature_names_in_ = template.feature_names_in_

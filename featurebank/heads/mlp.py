@@ -29,7 +29,7 @@ from .._io import (NON_NEGATIVE_FLOAT, POSITIVE_INT, Interval, check_choice,
                    resolve_device)
 from ..exceptions import ParameterError
 from ._base import (ProbaMixin, affine_to_torch, blockwise_mean_scale, check_classes,
-                    fold_standardization, standardization)
+                    fold_standardization, principal_directions, standardization)
 
 __all__ = ["MLPHead"]
 
@@ -43,11 +43,23 @@ _ACTIVATIONS = {
 _UNIT = Interval(float, 0, 1, closed="left")
 
 
+def _project(X, mean: np.ndarray, scale: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """``((X - mean) / scale) @ V`` in float32, 8,192 rows at a time (X may be HDF5)."""
+    Vs = (V / scale[:, None]).astype(np.float32)
+    shift = ((mean / scale) @ V).astype(np.float32)
+    out = np.empty((X.shape[0], V.shape[1]), np.float32)
+    for s in range(0, X.shape[0], 8192):
+        np.matmul(np.asarray(X[s:s + 8192], dtype=np.float32), Vs, out=out[s:s + 8192])
+    out -= shift
+    return out
+
+
 class _MemoryRows:
     """Feature rows held as one float32 tensor on the device."""
 
     def __init__(self, X: np.ndarray, device: torch.device):
         self.X = torch.as_tensor(X, dtype=torch.float32).to(device)
+        self.n_features = self.X.shape[1]
 
     def take(self, idx: np.ndarray) -> torch.Tensor:
         return self.X[torch.as_tensor(idx, device=self.X.device)]
@@ -72,6 +84,7 @@ class _StreamedRows:
 
     def __init__(self, ds: h5py.Dataset, device: torch.device, batch_size: int):
         self.ds, self.device = ds, device
+        self.n_features = ds.shape[1]
         self.block = max(batch_size * 32, 4096)  # rows per read: large, sequential reads
 
     def _read(self, start: int, stop: int) -> np.ndarray:
@@ -143,6 +156,11 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
     tol : float, default=1e-4
     standardize : bool, default=True
         Standardise features inside the model (folded into the first layer).
+    n_components : int, optional
+        Train on the standardised features projected onto their top ``n_components``
+        principal directions (a randomised sketch of at most 4,096 rows), a first layer
+        ``n_features / n_components`` times cheaper. The projection is folded into the first
+        layer afterwards: ``coefs_[0]`` still takes raw features.
     random_state : int, RandomState or None, default=None
     device : {"auto", "cpu", "cuda"}, default="auto"
 
@@ -155,6 +173,9 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
     mean_, scale_ : ndarray of shape (n_features,)
         The standardisation of the training rows (zeros and ones when ``standardize=False``),
         already folded into ``coefs_[0]``.
+    components_ : ndarray of shape (n_features, n_components)
+        With ``n_components``: the principal directions the network was trained on, folded
+        into ``coefs_[0]`` too.
     n_features_in_ : int
     n_iter_ : int
         Epochs run.
@@ -167,7 +188,8 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
                  dropout: float = 0.0, weight_decay: float = 1e-4, learning_rate: float = 1e-3,
                  batch_size: int = 256, max_iter: int = 100, early_stopping: bool = True,
                  validation_fraction: float = 0.1, n_iter_no_change: int = 5, tol: float = 1e-4,
-                 standardize: bool = True, random_state=None, device: str = "auto"):
+                 standardize: bool = True, n_components: int | None = None, random_state=None,
+                 device: str = "auto"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.dropout = dropout
@@ -180,6 +202,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.standardize = standardize
+        self.n_components = n_components
         self.random_state = random_state
         self.device = device
 
@@ -196,6 +219,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
             POSITIVE_INT.check(name, getattr(self, name))
         for name in ("weight_decay", "tol", "learning_rate"):
             NON_NEGATIVE_FLOAT.check(name, getattr(self, name))
+        Interval(int, 1, None, none_ok=True).check("n_components", self.n_components)
         return tuple(int(h) for h in sizes)
 
     def _network(self, d: int, sizes: tuple[int, ...], k: int) -> nn.Sequential:
@@ -215,22 +239,16 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         streamed in blocks of rows and never loaded whole (banks larger than memory). Each
         epoch visits the blocks in a random order and shuffles the rows within each block.
         """
+        return self._fit(X, y)
+
+    def _fit(self, X, y, projection=None) -> MLPHead:
+        """``fit``, optionally with the ``(mean, scale, components)`` of :meth:`_projection`
+        computed already (a grid shares one)."""
         sizes = self._check_params()
         dev = resolve_device(self.device)
-        if isinstance(X, h5py.Dataset):
-            if X.ndim != 2:
-                raise ValueError(f"X must be a 2-D dataset, got shape {X.shape}.")
-            y = column_or_1d(y, warn=True)
-            if len(y) != X.shape[0]:
-                raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels.")
-            self.n_features_in_ = X.shape[1]
-            rows = _StreamedRows(X, dev, self.batch_size)
-        else:
-            X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
-            rows = _MemoryRows(X, dev)
+        rows, y = self._rows(X, y, dev, projection)
         classes, y_idx = check_classes(y, type(self).__name__)
-        rng = check_random_state(self.random_state)
-        seed = int(rng.randint(np.iinfo(np.int32).max))
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         train, val = self._holdout(y_idx, len(classes), seed)
         k = 1 if len(classes) == 2 else len(classes)
         yt = torch.as_tensor(y_idx).to(dev)
@@ -238,11 +256,55 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         devices = [dev] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # seeded init and dropout, no global leak
             torch.manual_seed(seed)
-            net = self._network(self.n_features_in_, sizes, k).to(dev)
+            net = self._network(rows.n_features, sizes, k).to(dev)
             self._train(net, rows, yt, train, val, mean, scale, k, seed)
         self._export(net, mean, scale)
+        if self.n_components is not None:
+            self._unproject(*self.projection_)
+            del self.projection_
         self.classes_ = classes
         return self
+
+    def _rows(self, X, y, dev: torch.device, projection):
+        """The training rows as the network sees them: streamed from HDF5, in memory, or
+        projected onto principal directions (in memory: they are small)."""
+        if isinstance(X, h5py.Dataset):
+            if X.ndim != 2:
+                raise ValueError(f"X must be a 2-D dataset, got shape {X.shape}.")
+            y = column_or_1d(y, warn=True)
+            if len(y) != X.shape[0]:
+                raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels.")
+            self.n_features_in_ = X.shape[1]
+            if self.n_components is None:
+                return _StreamedRows(X, dev, self.batch_size), y
+        else:
+            X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+            if self.n_components is None:
+                return _MemoryRows(X, dev), y
+        self.projection_ = projection or self._projection(X)
+        return _MemoryRows(_project(X, *self.projection_), dev), y
+
+    def _projection(self, X, standardization_=None) -> tuple[np.ndarray, np.ndarray,
+                                                              np.ndarray]:
+        """``(mean, scale, components)``: the standardisation of ``X`` (given, or computed)
+        and its top ``n_components`` principal directions."""
+        blocks = (np.asarray(X[s:s + 8192], dtype=np.float32) for s in range(0, X.shape[0], 8192))
+        if not self.standardize:
+            mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
+        else:
+            mean, scale = standardization_ or blockwise_mean_scale(blocks)
+        rank = min(self.n_components, X.shape[1])
+        sample = np.asarray(X[:]) if isinstance(X, h5py.Dataset) and X.shape[0] <= 4096 else X
+        V, _, _ = principal_directions(sample, mean, scale, rank,
+                                       check_random_state(self.random_state))
+        return mean, scale, V
+
+    def _unproject(self, mean: np.ndarray, scale: np.ndarray, V: np.ndarray) -> None:
+        """Fold ``p = ((x - mean) / scale) @ V`` into the first layer: raw ``x`` in."""
+        W = (V / scale[:, None]) @ self.coefs_[0]
+        self.intercepts_[0] = self.intercepts_[0] - ((mean / scale) @ V) @ self.coefs_[0]
+        self.coefs_[0], self.components_ = W, V
+        self.mean_, self.scale_ = mean, scale
 
     def _holdout(self, y_idx: np.ndarray, n_classes: int, seed: int):
         n = len(y_idx)
