@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
+from ._distributed import Rank, barrier, current_rank, process_group, shard_path
 from ._io import (IMAGE_SIZE, NON_NEGATIVE_INT, POSITIVE_INT, OutputLock, amp_dtype,
                   check_choice, resolve_device)
 from .backbones import get_backbone
-from .bank import FeatureBank, BankWriter
+from .bank import BankWriter, FeatureBank, bank_fingerprint, write_virtual_bank
 from .data import ImageBatch, ImageSource, open_source
 from .exceptions import BankError, FeatureBankError
 
@@ -159,27 +160,37 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
         raise BankError(f"feature bank {str(out)!r} exists already; pass overwrite=True "
                         f"(--overwrite) to replace it, or choose another out= path.")
 
+    kw = dict(data_root=data_root, download=download, model=model, weights=weights, taps=taps,
+              image_size=image_size, batch_size=batch_size, dev=dev, dtype=dtype,
+              workers=workers, skip_bad=skip_bad, resume=resume, token_pool=token_pool,
+              progress=progress)
+    rank = current_rank()
+    if rank is not None:  # launched by torchrun: this process writes its shard
+        return _extract_distributed(dataset, out, rank, overwrite=overwrite, **kw)
     with OutputLock(out):  # before any slow work, so a second writer fails fast
-        return _extract_locked(dataset, out, data_root=data_root, download=download,
-                               model=model, weights=weights, taps=taps, image_size=image_size,
-                               batch_size=batch_size, dev=dev, dtype=dtype, workers=workers,
-                               skip_bad=skip_bad, resume=resume, token_pool=token_pool,
-                               progress=progress)
+        source, backbone, spec = _prepare(dataset, **kw)
+        return _write(out, source, backbone, spec, source.describe(), **kw)
 
 
-def _extract_locked(dataset, out: Path, *, data_root, download, model, weights, taps,
-                    image_size, batch_size, dev, dtype, workers, skip_bad, resume, token_pool,
-                    progress) -> FeatureBank:
-    """The extraction itself, under the output's lock: source, backbone, writer, run, commit."""
+def _prepare(dataset, *, data_root, download, model, weights, taps, image_size, dev, dtype,
+             token_pool, **_):
+    """The source, the backbone on its device, and the spec of the bank they make."""
     source = (dataset if isinstance(dataset, ImageSource)
               else open_source(dataset, data_root=data_root, download=download))
     backbone = get_backbone(model, weights=weights, taps=taps, token_pool=token_pool)
     backbone.requires_grad_(False).to(dev).to(memory_format=torch.channels_last)
     tap_info = backbone.probe(image_size, dev)
-    writer = BankWriter(out, spec=_spec(backbone, tap_info, source, image_size, dtype),
-                         dataset=source.describe(),
-                         split_sizes={k: len(v) for k, v in source.splits.items()},
-                         tap_dims={t: v["dim"] for t, v in tap_info.items()}, resume=resume)
+    return source, backbone, _spec(backbone, tap_info, source, image_size, dtype)
+
+
+def _write(out: Path, source: ImageSource, backbone, spec: dict[str, Any],
+           dataset: dict[str, Any], *, resume, dev, image_size, batch_size, dtype, workers,
+           skip_bad, progress, **_) -> FeatureBank:
+    """Run the source through the backbone into the bank ``out`` (resumed when asked)."""
+    writer = BankWriter(out, spec=spec, dataset=dataset,
+                        split_sizes={k: len(v) for k, v in source.splits.items()},
+                        tap_dims={t: v["dim"] for t, v in spec["tap_layers"].items()},
+                        resume=resume)
     try:
         _run(backbone, source, writer, dev=dev, image_size=image_size, batch_size=batch_size,
              dtype=dtype, workers=workers, skip_bad=skip_bad, progress=progress)
@@ -187,6 +198,49 @@ def _extract_locked(dataset, out: Path, *, data_root, download, model, weights, 
     finally:
         writer.close()
     return FeatureBank(out)
+
+
+def _extract_distributed(dataset, out: Path, rank: Rank, *, overwrite: bool,
+                         **kw: Any) -> FeatureBank:
+    """This rank's shard of every split into ``BANK.h5.shards/``, then (rank 0) the bank
+    over all shards once every rank is done."""
+    if kw["dev"].type == "cuda":
+        kw["dev"] = torch.device("cuda", rank.local)
+        torch.cuda.set_device(kw["dev"])
+    kw["progress"] = kw["progress"] and rank.rank == 0  # one bar, not one per rank
+    with process_group(rank, kw["dev"].type == "cuda") as group:
+        shard = shard_path(out, rank.rank, rank.world)
+        with OutputLock(shard, what=f"extraction ({rank})"):
+            source, backbone, spec = _prepare(dataset, **kw)
+            part = source.shard(rank.rank, rank.world, kw["batch_size"])
+            described = {**source.describe(), "splits": {k: len(v) for k, v in
+                                                         part.splits.items()},
+                         "shard": {"rank": rank.rank, "world": rank.world,
+                                   "rows": {k: [v.start, v.stop]
+                                            for k, v in part.splits.items()}}}
+            if not _complete_shard(shard, spec, described, overwrite):
+                _write(shard, part, backbone, spec, described, **kw)
+        barrier(group, rank, "every rank's shard")
+        if rank.rank == 0:
+            with OutputLock(out):
+                write_virtual_bank(out, [shard_path(out, r, rank.world)
+                                         for r in range(rank.world)],
+                                   spec=spec, dataset=source.describe())
+        barrier(group, rank, "rank 0 to write the bank")
+    return FeatureBank(out)
+
+
+def _complete_shard(shard: Path, spec, dataset, overwrite: bool) -> bool:
+    """Whether ``shard`` is already this rank's finished shard (a rerun after another rank
+    failed); a shard of other arguments is replaced only with ``overwrite``."""
+    if not shard.exists():
+        return False
+    if FeatureBank(shard).fingerprint == bank_fingerprint(spec, dataset):
+        return True
+    if not overwrite:
+        raise BankError(f"shard {str(shard)!r} holds another extraction (its fingerprint "
+                        f"differs); pass overwrite=True (--overwrite) to replace it.")
+    return False
 
 
 def _spec(backbone, tap_info: dict, source: ImageSource, image_size: int,
@@ -208,7 +262,7 @@ def _skipped(source: ImageSource, writer: BankWriter) -> dict[str, list[str]]:
     out = {}
     for name, split in source.splits.items():
         kept = set(writer.f[name]["index"][: writer.progress(name)[0]].tolist())
-        out[name] = [split.describe_row(i) for i in range(len(split)) if i not in kept]
+        out[name] = [split.describe_row(i) for i in split.positions() if i not in kept]
     return out
 
 

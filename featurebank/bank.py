@@ -34,7 +34,7 @@ import numpy as np
 from ._io import DISK_FULL, POSITIVE_INT, os_error_message, replace_durably, versions
 from .exceptions import BankError
 
-__all__ = ["FeatureBank", "FORMAT_VERSION"]
+__all__ = ["FeatureBank", "FORMAT_VERSION", "merge_bank", "write_virtual_bank"]
 
 FORMAT_VERSION = 1
 _CHUNK_BYTES = 1 << 20
@@ -121,6 +121,24 @@ class FeatureBank:
         self.created: str = str(attrs["created"])
         self.versions = {k: str(attrs[k]) for k in versions() if k in attrs}
         self.taps: list[str] = list(self.spec["taps"])
+        self.shards: list[dict[str, Any]] = json.loads(attrs.get("shards", "[]"))
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """A bank over shards (a distributed extraction) reads its rows from them: each must
+        be where it was, as it was, or HDF5 would silently read its rows as zeros."""
+        for shard in self.shards:
+            path = self.path.parent / shard["file"]
+            problem = ("is missing" if not path.is_file() else
+                       "changed since the bank was written (its size or time differs)"
+                       if (path.stat().st_size, path.stat().st_mtime_ns)
+                       != (shard["size"], shard["mtime_ns"]) else "")
+            if problem:
+                raise BankError(
+                    f"feature bank {str(self.path)!r} reads its rows from "
+                    f"{len(self.shards)} shard files, and {str(path)!r} {problem}. Put the "
+                    f"shards back as they were, or rerun the extraction; `featurebank merge` "
+                    f"turns a bank and its shards into one self-contained file.")
 
     # -- lazy, per-process file handle ---------------------------------------------------------
     @property
@@ -255,7 +273,7 @@ class FeatureBank:
 
     @staticmethod
     def _blocks(ds: h5py.Dataset, nbytes: int) -> Iterator[tuple[int, np.ndarray]]:
-        rows = max(1, nbytes // max(1, ds.shape[1] * ds.dtype.itemsize))
+        rows = max(1, nbytes // max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize))
         for start in range(0, ds.shape[0], rows):
             yield start, ds[start:start + rows]
 
@@ -263,7 +281,10 @@ class FeatureBank:
         """A human-readable summary: provenance, splits, taps, shapes, dtypes, size on disk."""
         s, d = self.spec, self.dataset
         lines = [
-            f"feature bank  {self.path}  ({_human_size(self.path.stat().st_size)} on disk)",
+            f"feature bank  {self.path}  ({_human_size(self.path.stat().st_size)} on disk"
+            + (f", rows in {len(self.shards)} shards of "
+               f"{_human_size(sum(x['size'] for x in self.shards))}" if self.shards else "")
+            + ")",
             f"format        {FORMAT_VERSION}, created {self.created}",
             "versions      " + ", ".join(f"{k.removesuffix('_version')} {v}"
                                            for k, v in self.versions.items()),
@@ -288,6 +309,95 @@ class FeatureBank:
             lines.append(f"  {split:<12} {self.num_rows(split)} rows"
                          + (f", {len(skipped)} unreadable images skipped" if skipped else ""))
         return "\n".join(lines)
+
+
+def _copy_structure(dst: h5py.File, spec: dict[str, Any], dataset: dict[str, Any],
+                    fingerprint: str, extra: dict[str, Any]) -> None:
+    dst.attrs.update({"featurebank_format": FORMAT_VERSION, **versions(),
+                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "spec": json.dumps(spec), "dataset": json.dumps(dataset),
+                      "fingerprint": fingerprint, "complete": False, **extra})
+    dst.create_dataset("classes", data=np.array(dataset["classes"], dtype=object),
+                       dtype=h5py.string_dtype())
+
+
+def _arrays(spec: dict[str, Any]) -> list[str]:
+    return [*(f"features/{t}" for t in spec["taps"]), "labels", "index"]
+
+
+def write_virtual_bank(path: Path, shards: list[Path], *, spec: dict[str, Any],
+                       dataset: dict[str, Any]) -> None:
+    """Write ``path``: one bank whose datasets are HDF5 virtual datasets over the complete
+    shard banks ``shards``, in their order, with the provenance a single process would have
+    written (same fingerprint) and each shard's name, rows, size and time for the checks at
+    open. Stock h5py reads it as one file; the shards must stay beside it."""
+    banks = [FeatureBank(p) for p in shards]
+    tmp = Path(f"{path}.tmp")
+    with h5py.File(tmp, "w") as f:
+        records = [{"file": os.path.relpath(p, path.parent),
+                    "rows": {s: b.num_rows(s) for s in b.splits},
+                    "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+                   for p, b in zip(shards, banks)]
+        _copy_structure(f, spec, dataset, bank_fingerprint(spec, dataset),
+                        {"shards": json.dumps(records)})
+        for split in dataset["splits"]:
+            g = f.create_group(split)
+            for name in _arrays(spec):
+                _virtual(g, name, [(os.path.relpath(p, path.parent), b._h5[split][name])
+                                   for p, b in zip(shards, banks)])
+            n = sum(b.num_rows(split) for b in banks)
+            g.attrs.update({"rows_done": np.int64(n), "sources_done": np.int64(
+                sum(int(b._h5[split].attrs["sources_done"]) for b in banks)),
+                "skipped": json.dumps([x for b in banks for x in b.skipped(split)])})
+        f.attrs.modify("complete", True)
+    for b in banks:
+        b.close()
+    replace_durably(tmp, path)
+
+
+def _virtual(group: h5py.Group, name: str, sources: list[tuple[str, h5py.Dataset]]) -> None:
+    """``group[name]``: the sources' datasets one after another, as a virtual dataset."""
+    first = sources[0][1]
+    n = sum(ds.shape[0] for _, ds in sources)
+    if n == 0:
+        group.create_dataset(name, shape=first.shape, dtype=first.dtype)
+        return
+    layout = h5py.VirtualLayout(shape=(n, *first.shape[1:]), dtype=first.dtype)
+    start = 0
+    for file, ds in sources:
+        if ds.shape[0]:
+            layout[start:start + ds.shape[0]] = h5py.VirtualSource(file, ds.name, shape=ds.shape)
+        start += ds.shape[0]
+    group.create_virtual_dataset(name, layout)
+
+
+def merge_bank(path: str | os.PathLike, out: str | os.PathLike | None = None) -> FeatureBank:
+    """Copy a bank over shards into one self-contained file (``out``, default: in place of
+    ``path``, atomically); its content and fingerprint are the same."""
+    bank = FeatureBank(path)
+    if not bank.shards:
+        raise BankError(f"feature bank {str(bank.path)!r} is self-contained already.")
+    out = Path(out) if out is not None else bank.path
+    tmp = Path(f"{out}.tmp")
+    src = bank._h5
+    with h5py.File(tmp, "w") as f:
+        _copy_structure(f, bank.spec, bank.dataset, bank.fingerprint, {})
+        f.attrs["created"] = src.attrs["created"]
+        for split in bank.splits:
+            g = f.create_group(split)
+            g.attrs.update(dict(src[split].attrs))
+            for name in _arrays(bank.spec):
+                ds = src[split][name]
+                rows = max(1, min(ds.shape[0], _CHUNK_BYTES // max(1, ds.dtype.itemsize * int(
+                    np.prod(ds.shape[1:]))))) if ds.shape[0] else None
+                dst = g.create_dataset(name, shape=ds.shape, dtype=ds.dtype,
+                                       chunks=(rows, *ds.shape[1:]) if rows else None)
+                for start, block in FeatureBank._blocks(ds, _CHUNK_BYTES * 64):
+                    dst[start:start + len(block)] = block
+        f.attrs.modify("complete", True)
+    bank.close()
+    replace_durably(tmp, out)
+    return FeatureBank(out)
 
 
 class BankWriter:
@@ -333,12 +443,7 @@ class BankWriter:
         # Default (earliest) file format: no "open for writing" flag in the superblock, so a
         # file whose writer was killed reopens without h5clear.
         f = h5py.File(tmp, "w")
-        f.attrs.update({"featurebank_format": FORMAT_VERSION, **versions(),
-                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "spec": json.dumps(spec), "dataset": json.dumps(dataset),
-                        "fingerprint": self.fingerprint, "complete": False})
-        f.create_dataset("classes", data=np.array(dataset["classes"], dtype=object),
-                         dtype=h5py.string_dtype())
+        _copy_structure(f, spec, dataset, self.fingerprint, {})
         dtype = np.dtype(spec["dtype"])
         for split, n in split_sizes.items():
             g = f.create_group(split)

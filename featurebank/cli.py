@@ -186,6 +186,14 @@ def _report_parser(p: argparse.ArgumentParser) -> None:
                    help="where the images are now, if they moved (for the image grids)")
 
 
+def _merge_parser(p: argparse.ArgumentParser) -> None:
+    p.description = ("Copy a bank written by several processes (torchrun), whose rows live in "
+                     "BANK.h5.shards/, into one self-contained file.")
+    p.add_argument("bank", metavar="BANK.h5")
+    p.add_argument("--out", default=None, metavar="OUT.h5",
+                   help="where to write it (default: in place of BANK.h5)")
+
+
 def _taps_parser(p: argparse.ArgumentParser) -> None:
     p.description = ("List every tap of a model with its activation shape and feature size: the "
                      "named taps, then every module in the order it runs (the network runs on "
@@ -210,6 +218,8 @@ _SUBCOMMANDS = {
     "report": ("write an evaluation report (metrics, plots, HTML) of a fit and a fine-tune",
                _report_parser),
     "taps": ("list a model's taps with their shapes and feature sizes", _taps_parser),
+    "merge": ("copy a bank written by several processes into one self-contained file",
+              _merge_parser),
 }
 
 
@@ -240,6 +250,11 @@ def _run_extract(args: argparse.Namespace) -> None:
                    overwrite=args.overwrite, skip_bad=args.skip_bad,
                    num_workers=args.num_workers, token_pool=args.token_pool,
                    progress=not args.quiet)
+    from ._distributed import current_rank
+
+    rank = current_rank()
+    if rank is not None and rank.rank != 0:
+        return  # rank 0 reports the bank
     print(f"wrote {bank.path}")
     if not args.quiet:
         print(bank.info())
@@ -329,7 +344,15 @@ def _run_report(args: argparse.Namespace) -> None:
     print(f"wrote {page} (open it in a browser) and the PNG files beside it")
 
 
-_COMMANDS = {"extract": _run_extract, "info": _run_info, "fit": _run_fit,
+def _run_merge(args: argparse.Namespace) -> None:
+    from .bank import merge_bank
+
+    bank = merge_bank(args.bank, args.out)
+    print(f"wrote {bank.path}: self-contained; the shards in {args.bank}.shards/ are no longer "
+          f"needed by it")
+
+
+_COMMANDS = {"merge": _run_merge, "extract": _run_extract, "info": _run_info, "fit": _run_fit,
              "finetune": _run_finetune, "predict": _run_predict, "export": _run_export,
              "report": _run_report, "taps": _run_taps}
 
@@ -345,6 +368,7 @@ _AFTER_INTERRUPT = {  # what an interrupted command leaves behind, and how to go
     "export": lambda a: "nothing was written; rerun the command.",
     "taps": lambda a: "nothing was changed.",
     "report": lambda a: "the report may be incomplete; rerun the command.",
+    "merge": lambda a: "the bank is as it was; rerun the command.",
 }
 
 
@@ -355,7 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _COMMANDS[args.command](args)
     except FeatureBankError as e:
-        print(f"featurebank {args.command}: error: {e}", file=sys.stderr)
+        from ._distributed import current_rank
+
+        rank = current_rank()  # under torchrun, which of the processes says it
+        print(f"featurebank {args.command}{f' ({rank})' if rank else ''}: error: {e}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nfeaturebank {args.command}: interrupted; {_AFTER_INTERRUPT[args.command](args)}",

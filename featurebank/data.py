@@ -60,13 +60,18 @@ class _ArraySplit:
     def describe_row(self, i: int) -> str:
         return f"image {i}"
 
+    def positions(self) -> range:
+        return range(len(self))
+
     def take(self, positions: np.ndarray, **_: Any) -> np.ndarray:
         """uint8 ``(len(positions), H, W, 3)`` images at these source positions."""
         return self.images[positions]
 
-    def batches(self, start: int, batch_size: int, **_: Any) -> Iterator[ImageBatch]:
-        for s in range(start, len(self), batch_size):
-            e = min(s + batch_size, len(self))
+    def batches(self, start: int, batch_size: int, *, stop: int | None = None,
+                **_: Any) -> Iterator[ImageBatch]:
+        stop = len(self) if stop is None else stop
+        for s in range(start, stop, batch_size):
+            e = min(s + batch_size, stop)
             yield ImageBatch(s, e, torch.from_numpy(self.images[s:e]),
                              np.arange(s, e, dtype=np.int64), self.labels[s:e])
 
@@ -139,12 +144,12 @@ def _load(path: str, image_size: int, interpolation: Any) -> tuple[np.ndarray | 
 
 
 class _FileDataset(torch.utils.data.Dataset):
-    def __init__(self, samples, first, image_size, interpolation):
-        self.samples, self.first = samples, first
+    def __init__(self, samples, first, stop, image_size, interpolation):
+        self.samples, self.first, self.stop = samples, first, stop
         self.image_size, self.interpolation = image_size, interpolation
 
     def __len__(self) -> int:
-        return len(self.samples) - self.first
+        return self.stop - self.first
 
     def __getitem__(self, i: int):
         pos = self.first + i
@@ -177,6 +182,9 @@ class _FileSplit:
     def describe_row(self, i: int) -> str:
         return self.samples[i][0]
 
+    def positions(self) -> range:
+        return range(len(self))
+
     def take(self, positions: np.ndarray, *, image_size: int, interpolation: Any,
              **_: Any) -> np.ndarray:
         """Decode the files at these source positions (in this process)."""
@@ -189,8 +197,10 @@ class _FileSplit:
         return out
 
     def batches(self, start: int, batch_size: int, *, image_size: int, interpolation: Any,
-                num_workers: int = 0, skip_bad: bool = False, **_: Any) -> Iterator[ImageBatch]:
-        ds = _FileDataset(self.samples, start, image_size, interpolation)
+                stop: int | None = None, num_workers: int = 0, skip_bad: bool = False,
+                **_: Any) -> Iterator[ImageBatch]:
+        stop = len(self) if stop is None else stop
+        ds = _FileDataset(self.samples, start, stop, image_size, interpolation)
         loader = torch.utils.data.DataLoader(
             ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
             collate_fn=_collate, persistent_workers=False,
@@ -215,6 +225,43 @@ class _FileSplit:
                              np.array([it[1] for it in good], dtype=np.int64),
                              [path for path, _ in bad])
             s = e
+
+
+class _Shard:
+    """Rows ``[start, stop)`` of a split: one rank's share in a distributed extraction.
+
+    Its own row numbers (``len``, ``batches``' ``start``/``stop``, resume points) count from
+    0; ``positions`` and ``describe_row`` stay those of the whole split.
+    """
+
+    def __init__(self, split: Any, start: int, stop: int):
+        self.split, self.start, self.stop = split, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def describe_row(self, position: int) -> str:
+        return self.split.describe_row(position)
+
+    def positions(self) -> range:
+        return range(self.start, self.stop)
+
+    def take(self, positions: np.ndarray, **kw: Any) -> np.ndarray:
+        return self.split.take(positions, **kw)
+
+    def batches(self, start: int, batch_size: int, **kw: Any) -> Iterator[ImageBatch]:
+        for b in self.split.batches(self.start + start, batch_size, stop=self.stop, **kw):
+            b.start, b.stop = b.start - self.start, b.stop - self.start
+            yield b
+
+
+def shard_rows(n: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank`` of ``world``'s rows ``[start, stop)`` of a split of ``n``: whole batches,
+    as evenly spread as they go, in order (so every batch is one a single process would
+    make, and the shards side by side are the split)."""
+    n_batches = -(-n // batch_size)
+    first, last = n_batches * rank // world, n_batches * (rank + 1) // world
+    return min(first * batch_size, n), min(last * batch_size, n)
 
 
 @dataclass
@@ -250,6 +297,13 @@ class ImageSource:
             h.update(f"\0split:{name}\0".encode())
             split.fingerprint(h)
         return h.hexdigest()
+
+    def shard(self, rank: int, world: int, batch_size: int) -> ImageSource:
+        """This source with each split cut to rank ``rank`` of ``world``'s share
+        (:func:`shard_rows`)."""
+        splits = {name: _Shard(split, *shard_rows(len(split), batch_size, rank, world))
+                  for name, split in self.splits.items()}
+        return ImageSource(self.name, self.location, self.classes, splits, self.resize)
 
     def describe(self) -> dict[str, Any]:
         """Provenance of this source, stored as the bank's ``dataset`` attribute."""
