@@ -63,8 +63,10 @@ def _extract_parser(e: argparse.ArgumentParser) -> None:
                    help="auto = CUDA when present (default: auto)")
     e.add_argument("--dtype", default="float16", choices=["float16", "float32"],
                    help="storage dtype of the features (default: float16)")
-    e.add_argument("--num-workers", type=NON_NEGATIVE_INT.parse, default=None, metavar="N",
-                   help="image decoding workers for folder datasets (default: min(8, cores))")
+    e.add_argument("--workers", "--num-workers", type=NON_NEGATIVE_INT.parse, default=None,
+                   metavar="N", dest="num_workers",
+                   help="processes decoding image files (folder datasets), a bounded few "
+                        "batches ahead (default: min(8, cores))")
     e.add_argument("--out", default=None, metavar="BANK.h5", help="output bank file")
     e.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue an unfinished extraction of the same arguments (default: on)")
@@ -101,6 +103,10 @@ def _fit_parser(f: argparse.ArgumentParser) -> None:
                         "finetune needs the validation split unseen, and refuses such heads)")
     f.add_argument("--overwrite", action="store_true",
                    help="replace the results of an earlier fit in RUNS_DIR")
+    f.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="read the features from the bank chunk by chunk instead of loading "
+                        "them (logreg and mlp; default: when they would take over a quarter "
+                        "of this machine's memory)")
     f.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar and no line per head")
 
@@ -273,7 +279,8 @@ def _run_fit(args: argparse.Namespace) -> None:
         print(f"fitting {', '.join(args.heads)} on {args.bank} ...", flush=True)
     board = fit_heads(args.bank, tap=args.tap, heads=args.heads, val_fraction=args.val_fraction,
                       out=args.out, random_state=args.seed, device=args.device,
-                      refit=args.refit, overwrite=args.overwrite, verbose=not args.quiet)
+                      refit=args.refit, overwrite=args.overwrite, stream=args.stream,
+                      verbose=not args.quiet)
     print(f"\n{'taps' if len(board['taps']) > 1 else 'tap'} {', '.join(board['taps'])}: "
           f"{board['n_train']} train rows, {board['n_val']} validation rows, "
           f"{board['n_test']} test rows")

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ._io import FRACTION, atomic_write, write_csv, write_json
 from .bank import FeatureBank
 from .exceptions import BankError, FeatureBankError
+from .heads.logistic import StreamedRows
 from .heads.persist import save_head
 from .heads.registry import check_head_names, get_head_spec
 
@@ -37,10 +38,10 @@ __all__ = ["fit_heads"]
 MIN_VAL_PER_CLASS = 20  # below this, a few rows decide the selection
 
 
-def _check_features(X: np.ndarray, bank: FeatureBank, split: str, tap: str) -> None:
-    bad = ~np.isfinite(X).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)
+def _check_features(X, bank: FeatureBank, split: str, tap: str) -> None:
+    chunks = X.chunks() if isinstance(X, StreamedRows) else [(0, X)]
+    rows = np.concatenate([s + np.flatnonzero(~np.isfinite(c).all(axis=1)) for s, c in chunks])
+    if len(rows):
         raise BankError(
             f"feature bank {str(bank.path)!r}, split {split!r}, tap {tap!r} has {len(rows)} rows "
             f"with NaN or infinite features (rows {rows[:5].tolist()}"
@@ -78,7 +79,7 @@ def _sweep(name: str, data: dict[str, Any], *, device, random_state, bar):
         fitted = get_head_spec(name).fit_grid(data["X_train"], data["y_train"],
                                               on_fit=bar.update, shared=data["shared"],
                                               device=device, random_state=random_state)
-    tried = [(est, params, float((est.predict(Xva) == yva).mean()), secs)
+    tried = [(est, params, _accuracy(est, Xva, yva), secs)
              for est, params, secs in fitted]
     best = max(tried, key=lambda r: r[2])  # first of the best: grids go simple to complex
     ties = [_short(p) for _, p, a, _ in tried if a == best[2] and p is not best[1]]
@@ -136,7 +137,7 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
               heads: list[str] | tuple[str, ...] = ("logreg", "mlp"), val_fraction: float = 0.1,
               out: str | os.PathLike | None = "runs", random_state: int = 0,
               device: str = "auto", refit: bool = False, overwrite: bool = False,
-              verbose: bool = True) -> dict[str, Any]:
+              stream: bool | None = None, verbose: bool = True) -> dict[str, Any]:
     """Fit, select and rank heads on a feature bank.
 
     Parameters
@@ -161,6 +162,10 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
         unseen, so ``featurebank finetune`` refuses refitted heads.
     overwrite : bool, default=False
         Replace the results of an earlier fit in ``out``; without it, that is an error.
+    stream : bool, optional
+        Read the features from the bank chunk by chunk on every pass instead of loading them
+        (banks larger than memory; ``logreg`` and ``mlp`` only). Default: when a tap's train
+        features, as float32, would take over a quarter of this machine's memory.
     verbose : bool, default=True
         A progress bar, each head's line as it finishes, and the selection notes.
 
@@ -173,6 +178,9 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     """
     bank = bank if isinstance(bank, FeatureBank) else FeatureBank(bank)
     taps, heads = _taps(bank, tap), check_head_names(heads)
+    stream = _needs_streaming(bank, taps) if stream is None else stream
+    if stream:
+        _check_streamable(heads)
     out = Path(out) if out is not None else None
     old_files = _check_out(out, overwrite)
     rows, notes, sizes = [], [], {}
@@ -180,13 +188,13 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     with tqdm(total=n_settings, unit="fit", leave=False, disable=not verbose, file=sys.stderr,
               dynamic_ncols=True) as bar:
         for t in taps:
-            X, y, test = _load(bank, t)
+            X, y, test = _load(bank, t, stream)
             train, val = _validation_split(y, val_fraction, random_state)
             sizes = {"n_train": int(len(train)), "n_val": int(len(val)),
                      "n_test": 0 if test is None else int(len(test[1]))}
             # read, split and standardised once for all heads of this tap
-            data = {"X": X, "y": y, "X_train": X[train], "y_train": y[train], "X_val": X[val],
-                    "y_val": y[val], "test": test, "shared": {}}
+            data = {"X": X, "y": y, "X_train": _rows(X, train), "y_train": y[train],
+                    "X_val": _rows(X, val), "y_val": y[val], "test": test, "shared": {}}
             for name in heads:
                 bar.set_description(f"fit {name} on {t}")
                 row, est = _fit_head(name, t, data, device=device, random_state=random_state,
@@ -207,6 +215,21 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     return board
 
 
+def _rows(X, rows: np.ndarray):
+    """Rows of the features, in memory or (streamed) as a selection read from the bank."""
+    return StreamedRows(X.ds, rows) if isinstance(X, StreamedRows) else X[rows]
+
+
+def _check_streamable(heads: list[str]) -> None:
+    unable = [h for h in heads if not get_head_spec(h).streams]
+    if unable:
+        raise FeatureBankError(
+            f"heads {unable} need their features in memory, and this bank's are streamed "
+            f"(larger than a quarter of this machine's memory, or stream=True): fit "
+            f"{[h for h in heads if h not in unable] or ['logreg', 'mlp']} on it, or pass "
+            f"stream=False on a machine with more memory.")
+
+
 def _fit_head(name, tap, data: dict[str, Any], *, device, random_state, bar, refit):
     """One head on one tap: its sweep, the chosen setting (refitted when asked), its row."""
     (est, params, val_acc, fit_s), sweep_s, tried, ties = _sweep(
@@ -217,8 +240,7 @@ def _fit_head(name, tap, data: dict[str, Any], *, device, random_state, bar, ref
     test = data["test"]
     row = {"head": name, "tap": tap, "params": _short(params), "val_accuracy": val_acc,
            "n_val": int(len(data["y_val"])),
-           "test_accuracy": (float((est.predict(test[0]) == test[1]).mean())
-                             if test is not None else None),
+           "test_accuracy": _accuracy(est, *test) if test is not None else None,
            "fit_seconds": fit_s, "sweep_seconds": sweep_s, "tried": tried, "tied_with": ties,
            "refit": refit, "graftable": get_head_spec(name).graftable}
     return row, est
@@ -245,20 +267,49 @@ def _board(bank: FeatureBank, rows: list[dict[str, Any]], taps: list[str], notes
             "best_file": best.get("file") if best else None, "notes": notes, "rows": rows}
 
 
-def _load(bank: FeatureBank, tap: str):
+def _features(bank: FeatureBank, split: str, tap: str, stream: bool):
+    """A split's features and labels: in memory, or streamed from the bank."""
+    if not stream:
+        return bank.load(split, tap)
+    if "+" in tap:
+        raise FeatureBankError(f"concatenated taps ({tap!r}) are read into memory; fit them "
+                               f"on a bank that fits, or one tap at a time (stream=True).")
+    return StreamedRows(bank.features(split, tap)), bank.labels(split)
+
+
+def _accuracy(est, X, y: np.ndarray) -> float:
+    """Accuracy of ``est`` on features in memory or streamed, chunk by chunk."""
+    chunks = X.chunks() if isinstance(X, StreamedRows) else [(0, X)]
+    return float(sum(int((est.predict(c) == y[s:s + len(c)]).sum()) for s, c in chunks)
+                 / len(y))
+
+
+def _needs_streaming(bank: FeatureBank, taps: list[str]) -> bool:
+    """Whether the largest tap's train features, as float32, take over a quarter of this
+    machine's memory: then they are streamed from the bank instead of loaded."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return False
+    n, d = max(bank.shape("train", t) for t in taps) if "train" in bank.splits else (0, 0)
+    return n * d * 4 > memory / 4
+
+
+def _load(bank: FeatureBank, tap: str, stream: bool = False):
     """The train features and labels of ``tap``, and the test split's when it has rows;
     refuses what no head can fit (no rows, one class, NaN or inf)."""
     if "train" not in bank.splits:
         raise BankError(f"feature bank {str(bank.path)!r} has no 'train' split (splits "
                         f"{bank.splits}).")
-    X, y = bank.load("train", tap)
+    X, y = _features(bank, "train", tap, stream)
     if len(y) == 0:
         raise BankError(f"the train split of {str(bank.path)!r} is empty.")
     _check_features(X, bank, "train", tap)
     if len(np.unique(y)) < 2:
         raise BankError(f"the train split of {str(bank.path)!r} holds only one class "
                         f"({bank.classes[y[0]]!r}); heads need at least two.")
-    test = bank.load("test", tap) if "test" in bank.splits and bank.num_rows("test") else None
+    test = (_features(bank, "test", tap, stream)
+            if "test" in bank.splits and bank.num_rows("test") else None)
     if test is not None:
         _check_features(test[0], bank, "test", tap)
     return X, y, test

@@ -39,6 +39,42 @@ def relu_features(n: int, d: int, k: int, seed: int):
     return np.maximum(Z + 0.5 * rng.standard_normal((n, d), dtype=np.float32), 0), y
 
 
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The data options the benchmarks share: a bank and tap, or synthetic features' shape."""
+    p.add_argument("--bank", default=None)
+    p.add_argument("--tap", default=None)
+    p.add_argument("--n-train", type=int, default=50000)
+    p.add_argument("--n-test", type=int, default=10000)
+    p.add_argument("--dim", type=int, default=4096)
+    p.add_argument("--classes", type=int, default=10)
+
+
+def write_relu_bank(path, sizes: dict[str, int], dim: int, k: int, chunk: int = 32768):
+    """A float16 bank of :func:`relu_features` (split -> rows), written ``chunk`` rows at a
+    time (never whole in memory); returns it as a FeatureBank."""
+    from featurebank.bank import BankWriter
+
+    spec = {"model": "synthetic", "weights": "none", "weights_path": None, "taps": ["fc7"],
+            "tap_layers": {"fc7": {"module": "fc7", "where": "output", "activation_shape": [dim],
+                                   "pool": "none", "dim": dim}},
+            "image_size": 224, "resize": "device", "interpolation": "bilinear",
+            "antialias": True, "mean": [0.5] * 3, "std": [0.25] * 3,
+            "preprocessing_source": "bench", "dtype": "float16"}
+    dataset = {"name": "npz", "source": "bench", "classes": [str(c) for c in range(k)],
+               "splits": sizes, "resize": "device", "fingerprint": f"{sum(sizes.values()):064d}"}
+    w = BankWriter(path, spec=spec, dataset=dataset, split_sizes=sizes, tap_dims={"fc7": dim},
+                   resume=False)
+    for i, (split, n) in enumerate(sizes.items()):
+        for s in range(0, n, chunk):
+            m = min(chunk, n - s)
+            X, y = relu_features(m, dim, k, seed=2 * (s // chunk) + i)
+            w.write(split, features={"fc7": X.astype(np.float16)}, labels=y,
+                    index=np.arange(s, s + m), sources_done=s + m)
+    w.commit({})
+    w.close()
+    return FeatureBank(path)
+
+
 def timed(fit):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -50,12 +86,7 @@ def timed(fit):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bank", default=None)
-    p.add_argument("--tap", default=None)
-    p.add_argument("--n-train", type=int, default=50000)
-    p.add_argument("--n-test", type=int, default=10000)
-    p.add_argument("--dim", type=int, default=4096)
-    p.add_argument("--classes", type=int, default=10)
+    add_data_arguments(p)
     p.add_argument("--C", type=float, nargs="+", default=[1.0],
                    help="one or more C values; each is fitted by both libraries")
     p.add_argument("--preconditioner-rank", type=int, nargs="+", default=[128],

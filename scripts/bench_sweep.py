@@ -29,33 +29,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 import featurebank
-from bench_heads import relu_features
+from bench_heads import add_data_arguments, write_relu_bank
 from featurebank import FeatureBank, fit_heads
-from featurebank.bank import BankWriter
 from featurebank.heads import get_head_spec
-
-
-def synthetic_bank(path: Path, n_train: int, n_test: int, dim: int, k: int) -> FeatureBank:
-    spec = {"model": "synthetic", "weights": "none", "weights_path": None, "taps": ["fc7"],
-            "tap_layers": {"fc7": {"module": "fc7", "where": "output", "activation_shape": [dim],
-                                   "pool": "none", "dim": dim}},
-            "image_size": 224, "resize": "device", "interpolation": "bilinear",
-            "antialias": True, "mean": [0.5] * 3, "std": [0.25] * 3,
-            "preprocessing_source": "bench", "dtype": "float16"}
-    data = {"train": relu_features(n_train, dim, k, 0), "test": relu_features(n_test, dim, k, 1)}
-    dataset = {"name": "npz", "source": "bench", "classes": [str(c) for c in range(k)],
-               "splits": {s: len(v[1]) for s, v in data.items()}, "resize": "device",
-               "fingerprint": "0" * 64}
-    w = BankWriter(path, spec=spec, dataset=dataset, split_sizes=dataset["splits"],
-                   tap_dims={"fc7": dim}, resume=False)
-    for split, (X, y) in data.items():
-        for s in range(0, len(y), 8192):
-            w.write(split, features={"fc7": X[s:s + 8192].astype(np.float16)},
-                    labels=y[s:s + 8192], index=np.arange(s, min(s + 8192, len(y))),
-                    sources_done=min(s + 8192, len(y)))
-    w.commit({})
-    w.close()
-    return FeatureBank(path)
 
 
 def sklearn_sweep(bank: FeatureBank, tap: str, runs: Path) -> dict:
@@ -84,12 +60,7 @@ def sklearn_sweep(bank: FeatureBank, tap: str, runs: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bank", default=None)
-    p.add_argument("--tap", default=None)
-    p.add_argument("--n-train", type=int, default=50000)
-    p.add_argument("--n-test", type=int, default=10000)
-    p.add_argument("--dim", type=int, default=4096)
-    p.add_argument("--classes", type=int, default=10)
+    add_data_arguments(p)
     p.add_argument("--heads", default="logreg,mlp")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-sklearn", action="store_true")
@@ -100,8 +71,9 @@ def main() -> None:
         if args.bank:
             bank, source = FeatureBank(args.bank), f"bank {args.bank}"
         else:
-            bank = synthetic_bank(tmp / "bench.h5", args.n_train, args.n_test, args.dim,
-                                  args.classes)
+            bank = write_relu_bank(tmp / "bench.h5", {"train": args.n_train,
+                                                      "test": args.n_test}, args.dim,
+                                   args.classes)
             source = "random ReLU-like features (float16 bank)"
         tap = args.tap or bank.taps[0]
         print(f"featurebank {featurebank.__version__}, torch {torch.__version__}, numpy "

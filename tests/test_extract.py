@@ -406,6 +406,7 @@ def test_numeric_arguments_out_of_range_are_refused(tmp_path, npz, option, value
     proc = run_cli("extract", "--dataset", f"npz:{tmp_path / 'd.npz'}", flag, str(value),
                    check=False)
     assert proc.returncode == 2
-    assert f"featurebank extract: error: argument {flag}: must be {says}, got {value}" in \
+    names = "--workers/--num-workers" if option == "num_workers" else flag
+    assert f"featurebank extract: error: argument {names}: must be {says}, got {value}" in \
         proc.stderr
     assert not list(tmp_path.glob("b.h5*"))

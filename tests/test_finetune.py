@@ -257,3 +257,16 @@ def test_wrapper_script_runs(setup, tmp_path):
         proc.stderr
     assert "fine-tuned" in proc.stdout and (tmp_path / "ft" / "summary.json").is_file()
     assert (proc.stdout + proc.stderr).count("head test accuracy") == 1  # the result, once
+
+
+def test_folder_images_decode_in_worker_processes_to_the_same_run(tmp_path):
+    from conftest import write_folder
+
+    write_folder(tmp_path / "imgs", n_per_class=10)
+    bank = extract(f"folder:{tmp_path / 'imgs'}", model="resnet18", weights="none",
+                   image_size=32, out=tmp_path / "b.h5", progress=False, dtype="float32")
+    fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", verbose=False, val_fraction=0.3)
+    kw = dict(epochs=2, batch_size=8, progress=False, handoff_samples=16)
+    finetune(bank, runs=tmp_path / "runs", out=tmp_path / "inline", workers=0, **kw)
+    finetune(bank, runs=tmp_path / "runs", out=tmp_path / "workers", workers=2, **kw)
+    _assert_same_run(tmp_path / "inline", tmp_path / "workers")

@@ -251,3 +251,38 @@ def test_the_heads_of_a_run_share_one_standardisation(bank, monkeypatch):
     board = fit_heads(bank, heads=["logreg", "mlp"], out=None, verbose=False)
     assert calls == [(270, 32)]  # once, on the train rows, for both heads' grids
     assert {r["head"] for r in board["rows"]} == {"logreg", "mlp"}
+
+
+def test_fit_streams_a_bank_it_cannot_hold(tmp_path, monkeypatch):
+    import h5py
+
+    bank = write_feature_bank(tmp_path / "b.h5", n_train=600, dtype="float16")
+    loaded = fit_heads(bank, heads=["logreg", "mlp"], out=None, verbose=False, stream=False)
+    real, reads = h5py.Dataset.__getitem__, []
+
+    def counting(self, key):
+        out = real(self, key)
+        if self.name.endswith("/features/fc7"):
+            reads.append(len(out))
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+    monkeypatch.setattr("featurebank.heads.logistic.StreamedRows.__init__.__defaults__",
+                        (None, 128))  # chunks of 128 rows: the bank is read piece by piece
+    streamed = fit_heads(bank, heads=["logreg", "mlp"], out=tmp_path / "runs", verbose=False,
+                         stream=True)
+    # chunks of 128 rows, and each head's one sample for its sketch (all 540 rows here, at
+    # most 4,096): the whole split is never read at once
+    assert all(r <= 128 for r in reads if r != 540) and reads.count(540) == 2
+    assert len(reads) > 100
+    by_head = {r["head"]: r for r in loaded["rows"]}
+    for r in streamed["rows"]:
+        assert r["test_accuracy"] == pytest.approx(by_head[r["head"]]["test_accuracy"], abs=0.02)
+    logreg = next(r for r in streamed["rows"] if r["head"] == "logreg")
+    assert logreg["params"] == by_head["logreg"]["params"]
+    head = load_head(tmp_path / "runs" / "logreg.joblib", bank=bank)
+    X, y = bank.load("test")
+    assert head.score(X, y) == logreg["test_accuracy"]
+    with pytest.raises(FeatureBankError, match=r"heads \['ridge'\] need their features in "
+                                               r"memory"):
+        fit_heads(bank, heads=["ridge", "logreg"], out=None, verbose=False, stream=True)

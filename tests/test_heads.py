@@ -78,11 +78,11 @@ def test_cuda_kernel_equals_the_cpu_kernel(binary):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3000, 20)).astype(np.float32)
     k = 1 if binary else 4
-    T = np.eye(max(k, 2), dtype=np.float32)[rng.integers(0, max(k, 2), 3000)][:, -k:]
+    y = rng.integers(0, max(k, 2), 3000)
     W = rng.standard_normal((k, 20)).astype(np.float32)
     b = rng.standard_normal(k).astype(np.float32)
-    a = _scores_grad_numpy(X, W, b, T, binary)
-    t = _scores_grad_torch(*map(torch.from_numpy, (X, W, b, T)), binary)
+    a = _scores_grad_numpy(X, W, b, y, k, binary)
+    t = _scores_grad_torch(*map(torch.from_numpy, (X, W, b, y)), k, binary)
     assert a[0] == pytest.approx(t[0], rel=1e-5)
     np.testing.assert_allclose(a[1], t[1], rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(a[2], t[2], rtol=1e-4, atol=1e-3)
@@ -446,3 +446,44 @@ def test_mlp_on_principal_directions_takes_raw_features(data):
     again = MLPHead(hidden_layer_sizes=(32,), n_components=8, random_state=0, max_iter=300)
     again._fit(X, y, projection=shared)
     np.testing.assert_allclose(again.coefs_[0], head.coefs_[0], atol=1e-6)
+
+
+def test_logistic_head_streams_a_bank_larger_than_memory_to_the_same_optimum(tmp_path,
+                                                                            monkeypatch):
+    import h5py
+
+    from featurebank.heads.logistic import StreamedRows
+
+    X, y = blobs(3000, d=24, n_classes=4, spread=0.6)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["x"] = X.astype(np.float16)  # float16 on disk, as banks store them
+    X16 = X.astype(np.float16).astype(np.float32)
+    Xs = StandardScaler().fit_transform(X16.astype(np.float64))
+    memory = LogisticHead(C=0.5, tol=1e-6, max_iter=1000).fit(X16, y)
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        reads = []
+        real = h5py.Dataset.__getitem__
+
+        def counting(self, key):
+            out = real(self, key)
+            reads.append(out.nbytes)
+            return out
+
+        monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+        streamed = LogisticHead(C=0.5, tol=1e-6, max_iter=1000).fit(
+            StreamedRows(f["x"], chunk=500), y)
+        monkeypatch.undo()
+        assert max(reads) <= 500 * 24 * 2 + 4096 * 24 * 2  # a chunk (or the sketch's sample)
+        f_mem, f_str = (_head_objective(h, Xs, y, 0.5) for h in (memory, streamed))
+        assert f_str == pytest.approx(f_mem, rel=1e-6)
+        assert (streamed.predict(X16) == memory.predict(X16)).mean() >= 0.995
+        # a row subset (what fit streams: the train rows outside the validation split)
+        rows = np.flatnonzero(np.arange(3000) % 10 != 3)
+        part = LogisticHead(C=0.5, tol=1e-6, max_iter=1000).fit(StreamedRows(f["x"], rows, 700),
+                                                                 y[rows])
+        whole = LogisticHead(C=0.5, tol=1e-6, max_iter=1000).fit(X16[rows], y[rows])
+        Xr = StandardScaler().fit_transform(X16[rows].astype(np.float64))
+        assert _head_objective(part, Xr, y[rows], 0.5) == pytest.approx(
+            _head_objective(whole, Xr, y[rows], 0.5), rel=1e-6)
+        path = logistic_path(f["x"], y, [0.1, 0.5])  # the path takes a dataset too
+        assert path[1].score(X16, y) == pytest.approx(memory.score(X16, y), abs=0.01)

@@ -8,6 +8,7 @@ from :class:`FinetuneConfig`'s fields, so a new option is one field here.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
@@ -65,6 +66,9 @@ class FinetuneConfig:
                                            result=False, metavar="STEPS")
     handoff_samples: int = _option(512, "training images in the hand-off check",
                                    check=POSITIVE_INT, result=False, metavar="N")
+    workers: int = _option(min(8, os.cpu_count() or 1), "processes decoding image files "
+                           "(folder banks) ahead of training", check=NON_NEGATIVE_INT,
+                           result=False, metavar="N")
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -52,10 +52,44 @@ class BankImages:
 
     def __call__(self, rows: np.ndarray, split: str = "train",
                  gen: torch.Generator | None = None) -> torch.Tensor:
-        x = self.source.splits[split].take(self.index[split][rows], image_size=self.size,
-                                           interpolation=self.interpolation)
-        x = torch.from_numpy(x).to(self.device, non_blocking=True)
+        return self.prepare(torch.from_numpy(self.uint8(rows, split)), gen)
+
+    def uint8(self, rows: np.ndarray, split: str = "train") -> np.ndarray:
+        """The images behind bank rows ``rows``: uint8 ``(N, S, S, 3)`` on the CPU."""
+        return self.source.splits[split].take(self.index[split][rows], image_size=self.size,
+                                              interpolation=self.interpolation)
+
+    def prepare(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """A uint8 batch to normalised network input on the device (augmented with ``gen``)."""
+        x = x.to(self.device, non_blocking=True)
         return self.preprocess(random_crop_flip(x, gen) if gen is not None else x, self.size)
+
+    def stream(self, batches: list[np.ndarray], split: str, workers: int):
+        """The uint8 images of each batch of rows, in order. Image files are decoded in
+        ``workers`` DataLoader processes, a bounded few batches ahead, into pinned memory on
+        CUDA; in-memory sources (CIFAR, npz) are sliced here."""
+        if workers == 0 or not hasattr(self.source.splits[split], "samples"):
+            return (torch.from_numpy(self.uint8(rows, split)) for rows in batches)
+        return iter(torch.utils.data.DataLoader(
+            _Rows(self, split), batch_sampler=batches, num_workers=workers,
+            collate_fn=_stack, pin_memory=self.device.type == "cuda", prefetch_factor=2))
+
+
+class _Rows(torch.utils.data.Dataset):
+    """One bank row's decoded image, for DataLoader workers."""
+
+    def __init__(self, images: BankImages, split: str):
+        self.images, self.split = images, split
+
+    def __len__(self) -> int:
+        return len(self.images.index[self.split])
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        return self.images.uint8(np.array([row]), self.split)[0]
+
+
+def _stack(items: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(items))
 
 
 class Callback:
@@ -145,9 +179,12 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
 
     # -- one step, one evaluation ---------------------------------------------------------
-    def step(self, rows: np.ndarray) -> float:
-        """One training step on bank rows ``rows``; returns its loss."""
-        x = self.images(rows, "train", self.gen if self.config.augment else None)
+    def step(self, rows: np.ndarray, images: torch.Tensor | None = None) -> float:
+        """One training step on bank rows ``rows`` (their uint8 ``images`` when decoded
+        already); returns its loss."""
+        gen = self.gen if self.config.augment else None
+        x = (self.images.prepare(images, gen) if images is not None
+             else self.images(rows, "train", gen))
         with self._autocast():
             loss = nn.functional.cross_entropy(
                 self.net(x).float(), self.y[torch.as_tensor(rows, device=self.device)])
@@ -213,11 +250,14 @@ class Trainer:
                   desc=f"train epoch {st['epoch'] + 1}/{cfg.epochs}", leave=False,
                   disable=not self.progress, file=sys.stderr, dynamic_ncols=True,
                   smoothing=0.1) as bar:
-            while st["step"] < self.steps_per_epoch:
-                rows = order[st["step"] * bs:(st["step"] + 1) * bs]
+            batches = [order[i * bs:(i + 1) * bs]
+                        for i in range(st["step"], self.steps_per_epoch)]
+            decoded = (self.images.stream(batches, "train", self.config.workers)
+                       if hasattr(self.images, "stream") else iter([None] * len(batches)))
+            for rows, images in zip(batches, decoded):
                 for cb in self.callbacks:
                     cb.on_step_begin(self)
-                loss = self.step(rows)
+                loss = self.step(rows, images)
                 bar.update(len(rows))
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 if cfg.checkpoint_every and self.sched.last_epoch % cfg.checkpoint_every == 0:

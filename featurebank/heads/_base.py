@@ -77,6 +77,8 @@ def standardization(X, standardize: bool, rows: np.ndarray | None = None
     standardising."""
     if not standardize:
         return np.zeros(X.shape[1]), np.ones(X.shape[1])
+    if hasattr(X, "chunks"):  # StreamedRows: read from disk, a chunk at a time
+        return blockwise_mean_scale(chunk for _, chunk in X.chunks())
     if rows is None:
         return blockwise_mean_scale(X[s:s + 8192] for s in range(0, X.shape[0], 8192))
     if isinstance(X, torch.Tensor):

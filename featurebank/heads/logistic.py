@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import warnings
 
+import h5py
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from .._io import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, resolve_device
-from ._base import (LinearPredictMixin, ProbaMixin, affine_to_torch, check_classes,
-                    fold_standardization, principal_directions, standardization)
+from ._base import (LinearPredictMixin, ProbaMixin, affine_to_torch, blockwise_mean_scale,
+                    check_classes, fold_standardization, principal_directions, standardization)
 from ._lbfgs import lbfgs_many
 
 __all__ = ["LogisticHead", "logistic_path"]
@@ -42,23 +43,30 @@ __all__ = ["LogisticHead", "logistic_path"]
 _SKETCH_ROWS = 4096  # rows sampled to estimate the principal directions
 
 
-def _scores_grad_numpy(X, Wr, br, T, binary, block=256):
-    """Loss sums ``(m,)``, score gradient ``(m k, d)`` and bias gradient ``(m k,)`` of ``m``
-    problems that share ``X`` and the one-hot targets ``T (n, k)``, in float32 numpy (the
-    CPU path). Rows of ``Wr`` and ``br`` are problem 0's ``k``, then problem 1's, ...
+def _one_hot(y: np.ndarray, k: int) -> np.ndarray:
+    """``(len(y), k)`` float32 targets; binary (``k = 1``): whether the label is 1."""
+    return (y[:, None] == (np.arange(k) if k > 1 else 1)).astype(np.float32)
 
-    Several problems make one product of ``m k`` columns instead of ``m`` products of ``k``:
-    OpenBLAS runs wide products much nearer its peak. Row blocks keep each block of X in cache
-    for both of its products (256 rows was the fastest block size measured; docs/design.md).
+
+def _scores_grad_numpy(X, Wr, br, y, k, binary, block=256):
+    """Loss sums ``(m,)``, score gradient ``(m k, d)`` and bias gradient ``(m k,)`` of ``m``
+    problems that share the features ``X`` and the labels ``y`` (class indices), in float32
+    numpy (the CPU path). Rows of ``Wr`` and ``br`` are problem 0's ``k``, then problem 1's...
+
+    ``X`` is an array, or a :class:`StreamedRows` read from disk chunk by chunk. Several
+    problems make one product of ``m k`` columns instead of ``m`` products of ``k``: OpenBLAS
+    runs wide products much nearer its peak. Row blocks keep each block of X in cache for both
+    of its products (256 rows was the fastest block size measured; docs/design.md).
     """
-    k = T.shape[1]
     m = Wr.shape[0] // k
     gW = np.zeros(Wr.shape, dtype=np.float64)  # float64 sums of float32 block products
     gb = np.zeros(Wr.shape[0], dtype=np.float64)
     loss = np.zeros(m)
     WrT = np.ascontiguousarray(Wr.T)
-    for s in range(0, X.shape[0], block):
-        Xb, Tb = X[s:s + block], T[s:s + block, None, :]
+    blocks = (X.blocks(block) if isinstance(X, StreamedRows)
+              else ((s, X[s:s + block]) for s in range(0, X.shape[0], block)))
+    for s, Xb in blocks:
+        Tb = _one_hot(y[s:s + len(Xb)], k)[:, None, :]
         z = Xb @ WrT
         z += br
         z = z.reshape(len(Xb), m, k)
@@ -79,11 +87,45 @@ def _scores_grad_numpy(X, Wr, br, T, binary, block=256):
     return loss, gW, gb
 
 
-def _scores_grad_torch(X, Wr, br, T, binary):
+class StreamedRows:
+    """Rows of an HDF5 dataset (all, or the sorted ``rows``), read chunk by chunk as float32,
+    never whole: features of banks larger than memory. Peak memory is one chunk."""
+
+    def __init__(self, ds, rows: np.ndarray | None = None, chunk: int = 16384):
+        self.ds, self.chunk = ds, chunk
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.shape = (ds.shape[0] if rows is None else len(self.rows), ds.shape[1])
+
+    def chunks(self):
+        """``(first row, float32 array)`` over the selected rows, in order."""
+        if self.rows is None:
+            for s in range(0, self.ds.shape[0], self.chunk):
+                yield s, np.asarray(self.ds[s:s + self.chunk], dtype=np.float32)
+            return
+        done = 0
+        for s in range(0, self.ds.shape[0], self.chunk):
+            lo, hi = np.searchsorted(self.rows, [s, s + self.chunk])
+            if hi > lo:  # one contiguous read, then the selected rows of it
+                block = np.asarray(self.ds[s:min(s + self.chunk, self.ds.shape[0])],
+                                   dtype=np.float32)
+                yield done, block[self.rows[lo:hi] - s]
+                done += hi - lo
+
+    def blocks(self, size: int):
+        for s, chunk in self.chunks():
+            for i in range(0, len(chunk), size):
+                yield s + i, chunk[i:i + size]
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """float32 rows at the sorted positions ``idx`` of the selection."""
+        source = idx if self.rows is None else self.rows[idx]
+        return np.asarray(self.ds[np.sort(source)], dtype=np.float32)
+
+
+def _scores_grad_torch(X, Wr, br, y, k, binary):
     """The same in torch, in one block (the CUDA path)."""
-    k = T.shape[1]
     z = torch.nn.functional.linear(X, Wr, br).reshape(len(X), -1, k)
-    Tb = T[:, None, :]
+    Tb = (y[:, None] == (torch.arange(k, device=y.device) if k > 1 else 1)).float()[:, None, :]
     if binary:
         loss = (torch.nn.functional.softplus(z) - Tb * z).sum((0, 2), dtype=torch.float64)
         G = torch.sigmoid(z) - Tb
@@ -140,21 +182,26 @@ class _Problem:
                  standardization_: tuple[np.ndarray, np.ndarray] | None = None):
         # torch tensors and kernels on CUDA (tests run them on CPU tensors), numpy otherwise
         self.use_torch = device.type == "cuda" if torch_kernels is None else torch_kernels
-        X = np.ascontiguousarray(X, dtype=np.float32)
+        self.streamed = isinstance(X, StreamedRows)
+        if not self.streamed:
+            X = np.ascontiguousarray(X, dtype=np.float32)
         self.n, self.d = X.shape
         self.k = 1 if n_classes == 2 else n_classes
         self.fit_intercept = fit_intercept
-        T = (y_idx[:, None] == (np.arange(self.k) if self.k > 1 else 1)).astype(np.float32)
         self.X = torch.from_numpy(X).to(device) if self.use_torch else X
-        self.T = torch.from_numpy(T).to(device) if self.use_torch else T
+        self.y = torch.from_numpy(y_idx).to(device) if self.use_torch else y_idx
         # statistics a caller already has (fit's shared ones) are not computed again
-        self.mean, self.scale = (standardization_ if standardize and standardization_ is not None
-                                 else standardization(self.X, standardize))
+        self.mean, self.scale = (
+            standardization_ if standardize and standardization_ is not None
+            else blockwise_mean_scale(c for _, c in X.chunks()) if self.streamed and standardize
+            else standardization(self.X, standardize))
         self.precond = None
         if preconditioner_rank > 0:
-            self.precond = _Preconditioner.from_sketch(
-                self.X, self.mean, self.scale, preconditioner_rank,
-                check_random_state(random_state))
+            rng = check_random_state(random_state)
+            sample = (X.take(np.sort(rng.choice(self.n, min(self.n, _SKETCH_ROWS), replace=False)))
+                      if self.streamed else self.X)  # a sample read from disk, or all rows
+            self.precond = _Preconditioner.from_sketch(sample, self.mean, self.scale,
+                                                       preconditioner_rank, rng)
 
     def raw(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Parameters (standardised space) to raw-feature-space ``coef`` (k, d), ``intercept``."""
@@ -177,11 +224,11 @@ class _Problem:
         if self.use_torch:
             dev = self.X.device
             loss, gWr, gbr = _scores_grad_torch(self.X, torch.from_numpy(Wr).float().to(dev),
-                                                torch.from_numpy(br).float().to(dev), self.T,
-                                                k == 1)
+                                                torch.from_numpy(br).float().to(dev), self.y,
+                                                k, k == 1)
         else:
             loss, gWr, gbr = _scores_grad_numpy(self.X, Wr.astype(np.float32),
-                                                br.astype(np.float32), self.T, k == 1)
+                                                br.astype(np.float32), self.y, k, k == 1)
         out = []
         for i, (theta, C) in enumerate(zip(thetas, Cs)):
             W = theta[: k * d].reshape(k, d)
@@ -288,7 +335,14 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
 
     def _prepare(self, X, y, standardization_=None) -> tuple[_Problem, np.ndarray]:
         self._check_params()
-        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], order="C")
+        if isinstance(X, (h5py.Dataset, StreamedRows)):  # larger than memory: streamed
+            X = X if isinstance(X, StreamedRows) else StreamedRows(X)
+            y = column_or_1d(y, warn=True)
+            if len(y) != X.shape[0]:
+                raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels.")
+            self.n_features_in_ = X.shape[1]
+        else:
+            X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], order="C")
         classes, y_idx = check_classes(y, type(self).__name__)
         problem = _Problem(X, y_idx, len(classes), standardize=self.standardize,
                            fit_intercept=self.fit_intercept, device=resolve_device(self.device),
@@ -297,7 +351,12 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
         return problem, classes
 
     def fit(self, X, y) -> LogisticHead:
-        """Fit on features ``X`` (n_samples, n_features) and labels ``y``."""
+        """Fit on features ``X`` (n_samples, n_features) and labels ``y``.
+
+        ``X`` may also be an HDF5 dataset (``bank.features("train", "fc7")``): it is then read
+        in chunks on every pass, never whole, float16 on disk and float32 in each chunk's
+        products (banks larger than memory; the same optimum, one disk read per pass).
+        """
         problem, classes = self._prepare(X, y)
         theta0 = problem.zeros()
         if self.warm_start and getattr(self, "_theta", np.empty(0)).shape == theta0.shape:

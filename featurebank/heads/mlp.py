@@ -25,11 +25,24 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from torch import nn
 
-from .._io import (NON_NEGATIVE_FLOAT, POSITIVE_INT, Interval, check_choice,
-                   resolve_device)
+from .._io import (
+    NON_NEGATIVE_FLOAT,
+    POSITIVE_INT,
+    Interval,
+    check_choice,
+    resolve_device,
+)
 from ..exceptions import ParameterError
-from ._base import (ProbaMixin, affine_to_torch, blockwise_mean_scale, check_classes,
-                    fold_standardization, principal_directions, standardization)
+from ._base import (
+    ProbaMixin,
+    affine_to_torch,
+    blockwise_mean_scale,
+    check_classes,
+    fold_standardization,
+    principal_directions,
+    standardization,
+)
+from .logistic import StreamedRows
 
 __all__ = ["MLPHead"]
 
@@ -43,13 +56,20 @@ _ACTIVATIONS = {
 _UNIT = Interval(float, 0, 1, closed="left")
 
 
+def _chunks(X):
+    """``(first row, float32 rows)`` of an array, an HDF5 dataset or StreamedRows."""
+    if isinstance(X, StreamedRows):
+        return X.chunks()
+    return ((s, np.asarray(X[s:s + 8192], dtype=np.float32)) for s in range(0, X.shape[0], 8192))
+
+
 def _project(X, mean: np.ndarray, scale: np.ndarray, V: np.ndarray) -> np.ndarray:
-    """``((X - mean) / scale) @ V`` in float32, 8,192 rows at a time (X may be HDF5)."""
+    """``((X - mean) / scale) @ V`` in float32, a chunk of rows at a time (X may be on disk)."""
     Vs = (V / scale[:, None]).astype(np.float32)
     shift = ((mean / scale) @ V).astype(np.float32)
     out = np.empty((X.shape[0], V.shape[1]), np.float32)
-    for s in range(0, X.shape[0], 8192):
-        np.matmul(np.asarray(X[s:s + 8192], dtype=np.float32), Vs, out=out[s:s + 8192])
+    for s, chunk in _chunks(X):
+        np.matmul(chunk, Vs, out=out[s:s + len(chunk)])
     out -= shift
     return out
 
@@ -158,7 +178,8 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         Standardise features inside the model (folded into the first layer).
     n_components : int, optional
         Train on the standardised features projected onto their top ``n_components``
-        principal directions (a randomised sketch of at most 4,096 rows), a first layer
+        principal directions (a randomised sketch of at most 4,096 rows; directions whose
+        variance is under 1e-6 of the largest are left out), a first layer
         ``n_features / n_components`` times cheaper. The projection is folded into the first
         layer afterwards: ``coefs_[0]`` still takes raw features.
     random_state : int, RandomState or None, default=None
@@ -268,9 +289,12 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
     def _rows(self, X, y, dev: torch.device, projection):
         """The training rows as the network sees them: streamed from HDF5, in memory, or
         projected onto principal directions (in memory: they are small)."""
-        if isinstance(X, h5py.Dataset):
-            if X.ndim != 2:
+        if isinstance(X, (h5py.Dataset, StreamedRows)):
+            if len(X.shape) != 2:
                 raise ValueError(f"X must be a 2-D dataset, got shape {X.shape}.")
+            if isinstance(X, StreamedRows) and self.n_components is None:
+                raise ParameterError("a selection of a dataset's rows (StreamedRows) is fitted "
+                                     "through its projection: set n_components.")
             y = column_or_1d(y, warn=True)
             if len(y) != X.shape[0]:
                 raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels.")
@@ -288,16 +312,22 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
                                                               np.ndarray]:
         """``(mean, scale, components)``: the standardisation of ``X`` (given, or computed)
         and its top ``n_components`` principal directions."""
-        blocks = (np.asarray(X[s:s + 8192], dtype=np.float32) for s in range(0, X.shape[0], 8192))
+        blocks = (chunk for _, chunk in _chunks(X))
         if not self.standardize:
             mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
         else:
             mean, scale = standardization_ or blockwise_mean_scale(blocks)
         rank = min(self.n_components, X.shape[1])
-        sample = np.asarray(X[:]) if isinstance(X, h5py.Dataset) and X.shape[0] <= 4096 else X
-        V, _, _ = principal_directions(sample, mean, scale, rank,
-                                       check_random_state(self.random_state))
-        return mean, scale, V
+        rng = check_random_state(self.random_state)
+        if not isinstance(X, np.ndarray):  # on disk: read the sketch's sample rows only
+            picked = np.sort(rng.choice(X.shape[0], min(X.shape[0], 4096), replace=False))
+            X = X.take(picked) if isinstance(X, StreamedRows) else np.asarray(
+                X[picked], dtype=np.float32)
+        V, ev, _ = principal_directions(X, mean, scale, rank, rng)
+        # directions the sample cannot tell from noise (fewer rows than components, dead
+        # features) would be standardised up to unit variance: drop them
+        keep = max(1, int((ev[:V.shape[1]] > 1e-6 * ev[0]).sum()))
+        return mean, scale, V[:, :keep]
 
     def _unproject(self, mean: np.ndarray, scale: np.ndarray, V: np.ndarray) -> None:
         """Fold ``p = ((x - mean) / scale) @ V`` into the first layer: raw ``x`` in."""

@@ -45,6 +45,9 @@ class HeadSpec:
     graftable : bool
         Whether a fitted head becomes a network with :func:`featurebank.to_torch` (and can
         be fine-tuned).
+    streams : bool
+        Whether it fits on features streamed from a bank (``StreamedRows``): banks larger
+        than memory.
     path : callable, optional
         ``path(X, y, candidates, shared=, on_fit=, **build_kwargs)`` -> ``(estimator,
         seconds)`` per setting: fits the whole grid sharing work between its settings (the
@@ -59,6 +62,7 @@ class HeadSpec:
     description: str = ""
     graftable: bool = True
     path: Callable[..., list[Any]] | None = None
+    streams: bool = False
 
     def candidates(self) -> list[dict[str, Any]]:
         """Every combination of the grid, in order."""
@@ -163,11 +167,11 @@ _LOGISTIC_CS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 _REGISTRY = {spec.name: spec for spec in [
     HeadSpec("logreg", _logreg, {"C": _LOGISTIC_CS},
              "LogisticHead: multinomial logistic regression, float32 (preconditioned L-BFGS, "
-             "warm-started C path)", path=_logreg_path),
+             "every C in the same passes)", path=_logreg_path, streams=True),
     HeadSpec("mlp", _mlp, {"hidden_layer_sizes": [(512,), (1024,)],
                            "weight_decay": [1e-4, 1e-2]},
              "MLPHead: one hidden layer, dropout 0.2, AdamW, early stopping, on the top 256 "
-             "principal directions", path=_mlp_path),
+             "principal directions", path=_mlp_path, streams=True),
     HeadSpec("sk-logreg", _sk_logreg, {"C": _LOGISTIC_CS},
              "scikit-learn LogisticRegression (lbfgs) after StandardScaler"),
     HeadSpec("linear-svc", _linear_svc, {"C": [0.001, 0.01, 0.1]},
