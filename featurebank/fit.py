@@ -104,7 +104,7 @@ def _taps(bank: FeatureBank, tap: str | list[str] | None) -> list[str]:
     taps = [t.strip() for t in tap.split(",")] if isinstance(tap, str) else list(tap)
     taps = bank.taps if taps == ["all"] else [t for t in taps if t]
     for t in taps:
-        bank.shape("train", t) if "train" in bank.splits else None  # unknown taps: BankError
+        bank.shape(bank.splits[0], t)  # an unknown tap: BankError naming the bank's taps
     return taps
 
 

@@ -59,6 +59,8 @@ def image_items(images: Any) -> list[tuple[str, Any]]:
         return [("image", images)]
     if isinstance(images, (str, os.PathLike)):
         path = Path(images)
+        if not path.exists():
+            raise DataError(f"image {str(path)!r} does not exist.")
         if path.is_dir():
             return [(str(p), p) for p in _image_files(path)]
         if path.suffix == ".npz":
@@ -68,8 +70,6 @@ def image_items(images: Any) -> list[tuple[str, Any]]:
                     raise DataError(f"npz file {str(path)!r} has no 'images' or '<split>_images' "
                                     f"array (it holds {z.files}).")
                 return [(f"{path}:{k}[{i}]", x) for k in keys for i, x in enumerate(z[k])]
-        if not path.exists():
-            raise DataError(f"image {str(path)!r} does not exist.")
         return [(str(path), path)]
     array = np.asarray(images)
     if array.ndim == 3 and array.shape[-1] in (1, 3):
@@ -131,8 +131,11 @@ class Predictor:
                 if array is None and not skip_bad:
                     raise DataError(f"cannot read image {name!r} ({err}). Fix or remove it, or "
                                     f"pass skip_bad=True (--skip-bad) to leave it out.")
-                (bad.append(name) if array is None else (names.append(name),
-                                                         arrays.append(array)))
+                if array is None:
+                    bad.append(name)
+                else:
+                    names.append(name)
+                    arrays.append(array)
             if arrays:
                 labels, proba = self._classify(arrays)
             else:
