@@ -186,6 +186,21 @@ def test_the_cuda_code_path_solves_the_same_problem_on_cpu_tensors(n_classes):
         assert status == 0
         values.append(p.loss_grad(theta, 1.0)[0])
     assert values[1] == pytest.approx(values[0], rel=1e-5)
+    # features a float16 bank gave are held in float16 on the device (lossless), computed
+    # in float32 blocks: the same objective again
+    X16 = X.astype(np.float16).astype(np.float32)
+    half, full = (_Problem(X16, y_idx, n_classes, torch_kernels=t, **kw) for t in (True, False))
+    assert half.X.dtype == torch.float16 and problems[1].X.dtype == torch.float32
+    th = [p.solve(1.0, p.zeros(), 500, 1e-5)[0] for p in (half, full)]
+    assert half.loss_grad(th[0], 1.0)[0] == pytest.approx(full.loss_grad(th[1], 1.0)[0],
+                                                          rel=1e-5)
+    from featurebank.heads.logistic import _scores_grad_torch
+
+    args = (torch.from_numpy(np.ones((n_classes if n_classes > 2 else 1, 50), np.float32) / 50),
+            torch.zeros(n_classes if n_classes > 2 else 1), half.y, half.k, half.k == 1)
+    whole, blocks = (_scores_grad_torch(half.X, *args, block=b) for b in (1 << 16, 128))
+    for a_, b_ in zip(whole, blocks):  # 800 rows in blocks of 128 sum to the same
+        np.testing.assert_allclose(a_, b_, rtol=1e-5, atol=1e-6)
     # the batched path too: three Cs in the same passes, on torch kernels
     Cs = [0.01, 0.1, 1.0]
     solved = [p.solve_many(Cs, [p.zeros()] * 3, 500, 1e-5) for p in problems]
