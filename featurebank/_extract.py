@@ -213,7 +213,8 @@ def _extract_distributed(dataset, out: Path, rank: Rank, *, overwrite: bool,
         with OutputLock(shard, what=f"extraction ({rank})"):
             source, backbone, spec = _prepare(dataset, **kw)
             part = source.shard(rank.rank, rank.world, kw["batch_size"])
-            described = {**source.describe(), "splits": {k: len(v) for k, v in
+            whole = source.describe()  # its fingerprint reads every image: once
+            described = {**whole, "splits": {k: len(v) for k, v in
                                                          part.splits.items()},
                          "shard": {"rank": rank.rank, "world": rank.world,
                                    "rows": {k: [v.start, v.stop]
@@ -225,7 +226,7 @@ def _extract_distributed(dataset, out: Path, rank: Rank, *, overwrite: bool,
             with OutputLock(out):
                 write_virtual_bank(out, [shard_path(out, r, rank.world)
                                          for r in range(rank.world)],
-                                   spec=spec, dataset=source.describe())
+                                   spec=spec, dataset=whole)
         barrier(group, rank, "rank 0 to write the bank")
     return FeatureBank(out)
 

@@ -129,10 +129,11 @@ class FeatureBank:
         be where it was, as it was, or HDF5 would silently read its rows as zeros."""
         for shard in self.shards:
             path = self.path.parent / shard["file"]
-            problem = ("is missing" if not path.is_file() else
+            st = path.stat() if path.is_file() else None
+            problem = ("is missing" if st is None else
                        "changed since the bank was written (its size or time differs)"
-                       if (path.stat().st_size, path.stat().st_mtime_ns)
-                       != (shard["size"], shard["mtime_ns"]) else "")
+                       if (st.st_size, st.st_mtime_ns) != (shard["size"], shard["mtime_ns"])
+                       else "")
             if problem:
                 raise BankError(
                     f"feature bank {str(self.path)!r} reads its rows from "

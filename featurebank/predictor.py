@@ -28,16 +28,9 @@ from .backbones import Preprocessing, TapNetwork, WeightsId, get_backbone, skele
 from .bank import FeatureBank
 from .data import load_image
 from .exceptions import DataError, FeatureBankError
+from .heads import class_probabilities
 
 __all__ = ["Predictor", "load_model"]
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    if scores.ndim == 1:  # one binary score: the sigmoid, as scikit-learn's binary models
-        p1 = 1 / (1 + np.exp(-scores))
-        return np.column_stack([1 - p1, p1])
-    e = np.exp(scores - scores.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -121,7 +114,9 @@ class Predictor:
         An unreadable file raises DataError naming it, unless ``skip_bad`` (then it is left out
         and named in the last element).
         """
-        items = image_items(images)
+        return self._iter_items(image_items(images), skip_bad)
+
+    def _iter_items(self, items: list[tuple[str, Any]], skip_bad: bool):
         for s in range(0, len(items), self.batch_size):
             names, arrays, bad = [], [], []
             for name, image in items[s:s + self.batch_size]:
@@ -151,8 +146,7 @@ class Predictor:
         if self.estimator is not None:  # a saved head: features as the bank stored them
             X = feats.cpu().numpy().astype(self.spec["dtype"]).astype(np.float32)
             est = self.estimator
-            proba = (est.predict_proba(X) if hasattr(est, "predict_proba")
-                     else _softmax(est.decision_function(X)))
+            proba = class_probabilities(est, X)
             return self.classes_[np.searchsorted(est.classes_, est.predict(X))], proba
         proba = torch.softmax(self.head(feats), 1).cpu().double().numpy()
         return self.classes_[proba.argmax(1)], proba
@@ -184,14 +178,14 @@ class Predictor:
         columns = ["path", "prediction", "probability",
                    *(f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob"))]
         summary: dict[str, Any] = {"images": 0, "skipped": [], "counts": {}}
+        items = image_items(images)  # listed once: a folder's files, an npz's arrays
 
         def write(f: IO[str]) -> None:
             w = csv.writer(f)
             w.writerow(columns)
-            n = len(image_items(images))
-            with tqdm(total=n, unit="img", desc="predict", disable=not progress,
+            with tqdm(total=len(items), unit="img", desc="predict", disable=not progress,
                       file=sys.stderr, dynamic_ncols=True) as bar:
-                for names, labels, proba, bad in self.iter_predict(images, skip_bad=skip_bad):
+                for names, labels, proba, bad in self._iter_items(items, skip_bad):
                     for name, label, p in zip(names, labels, proba):
                         top = np.argsort(-p, kind="stable")[:k]
                         w.writerow([name, label, f"{p.max():.6f}", *(

@@ -45,16 +45,6 @@ def _png(fig) -> bytes:
 
 
 # -- metrics ---------------------------------------------------------------------------------
-def _proba(est: Any, X: np.ndarray) -> np.ndarray:
-    if hasattr(est, "predict_proba"):
-        return est.predict_proba(X)
-    scores = est.decision_function(X)
-    if scores.ndim == 1:
-        scores = np.column_stack([-scores, scores]) / 2
-    e = np.exp(scores - scores.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def scores(proba: np.ndarray, target: np.ndarray, names: list[str]) -> dict[str, Any]:
     """Accuracy, top-5 accuracy, balanced accuracy, per-class report and confusion matrix of
     probabilities ``(n, k)`` against column indices ``target``."""
@@ -183,6 +173,7 @@ def _section(name: str, proba: np.ndarray, target: np.ndarray, names: list[str],
 
 
 def _head_sections(runs: Path, board: dict[str, Any], bank: FeatureBank, images: _Images):
+    from .heads import class_probabilities
     from .heads.persist import load_head
 
     names = list(bank.classes)
@@ -193,7 +184,7 @@ def _head_sections(runs: Path, board: dict[str, Any], bank: FeatureBank, images:
             tests[row["tap"]] = bank.load("test", row["tap"])
         X, y = tests[row["tap"]]
         proba = np.zeros((len(y), len(names)))
-        proba[:, np.asarray(est.classes_)] = _proba(est, X)  # columns: the bank's classes
+        proba[:, np.asarray(est.classes_)] = class_probabilities(est, X)  # columns: the bank's classes
         title = f"{row['head']} on {row['tap']}"
         result, plots = _section(title, proba, y, names, images)
         plots["sweep"] = _sweep_png([(p, a) for p, a in row["tried"]], row["params"],

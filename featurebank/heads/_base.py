@@ -132,17 +132,30 @@ class LinearPredictMixin:
         return self.classes_[idx]
 
 
+def proba_from_scores(scores: np.ndarray) -> np.ndarray:
+    """Probabilities from ``decision_function`` scores: a sigmoid for one binary score, a
+    softmax otherwise (scikit-learn's LogisticRegression does the same)."""
+    if scores.ndim == 1:
+        p1 = 1.0 / (1.0 + np.exp(-scores))
+        return np.column_stack([1.0 - p1, p1])
+    return softmax(scores.copy())
+
+
+def class_probabilities(estimator, X) -> np.ndarray:
+    """``predict_proba``, or for classifiers without one (LinearSVC, RidgeClassifier) the
+    probabilities of their scores; columns in ``classes_`` order."""
+    if hasattr(estimator, "predict_proba"):
+        return estimator.predict_proba(X)
+    return proba_from_scores(estimator.decision_function(X))
+
+
 class ProbaMixin:
-    """``predict_proba`` / ``predict_log_proba`` from ``decision_function``: a sigmoid for one
-    binary score, a softmax otherwise (scikit-learn's LogisticRegression does the same)."""
+    """``predict_proba`` / ``predict_log_proba`` from ``decision_function``
+    (:func:`proba_from_scores`)."""
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
-        scores = self.decision_function(X)
-        if scores.ndim == 1:
-            p1 = 1.0 / (1.0 + np.exp(-scores))
-            return np.column_stack([1.0 - p1, p1])
-        return softmax(scores.copy())
+        return proba_from_scores(self.decision_function(X))
 
     def predict_log_proba(self, X) -> np.ndarray:
         """Logarithm of :meth:`predict_proba`."""

@@ -267,7 +267,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         computed already (a grid shares one)."""
         sizes = self._check_params()
         dev = resolve_device(self.device)
-        rows, y = self._rows(X, y, dev, projection)
+        rows, y, projection = self._rows(X, y, dev, projection)
         classes, y_idx = check_classes(y, type(self).__name__)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         train, val = self._holdout(y_idx, len(classes), seed)
@@ -280,15 +280,15 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
             net = self._network(rows.n_features, sizes, k).to(dev)
             self._train(net, rows, yt, train, val, mean, scale, k, seed)
         self._export(net, mean, scale)
-        if self.n_components is not None:
-            self._unproject(*self.projection_)
-            del self.projection_
+        if projection is not None:
+            self._unproject(*projection)
         self.classes_ = classes
         return self
 
     def _rows(self, X, y, dev: torch.device, projection):
         """The training rows as the network sees them: streamed from HDF5, in memory, or
-        projected onto principal directions (in memory: they are small)."""
+        projected onto principal directions (in memory: they are small); and the projection
+        ``(mean, scale, components)``, or None."""
         if isinstance(X, (h5py.Dataset, StreamedRows)):
             if len(X.shape) != 2:
                 raise ValueError(f"X must be a 2-D dataset, got shape {X.shape}.")
@@ -300,13 +300,13 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
                 raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels.")
             self.n_features_in_ = X.shape[1]
             if self.n_components is None:
-                return _StreamedRows(X, dev, self.batch_size), y
+                return _StreamedRows(X, dev, self.batch_size), y, None
         else:
             X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
             if self.n_components is None:
-                return _MemoryRows(X, dev), y
-        self.projection_ = projection or self._projection(X)
-        return _MemoryRows(_project(X, *self.projection_), dev), y
+                return _MemoryRows(X, dev), y, None
+        projection = projection or self._projection(X)
+        return _MemoryRows(_project(X, *projection), dev), y, projection
 
     def _projection(self, X, standardization_=None) -> tuple[np.ndarray, np.ndarray,
                                                               np.ndarray]:
