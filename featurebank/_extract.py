@@ -24,10 +24,11 @@ import torch
 from ._distributed import Rank, barrier, current_rank, process_group, shard_path
 from ._io import (IMAGE_SIZE, NON_NEGATIVE_INT, POSITIVE_INT, OutputLock, amp_dtype,
                   check_choice, resolve_device)
+from ._decode import DECODERS, FILES, Decoding, jpeg_decoder
 from .backbones import get_backbone
 from .bank import BankWriter, FeatureBank, bank_fingerprint, write_virtual_bank
 from .data import ImageBatch, ImageSource, open_source
-from .exceptions import BankError, FeatureBankError
+from .exceptions import BankError, FeatureBankError, ParameterError
 
 __all__ = ["extract"]
 
@@ -50,7 +51,7 @@ def _prefetch(it: Iterator[ImageBatch], pin: bool, depth: int = 3) -> Iterator[I
     def fill() -> None:
         try:
             for b in it:
-                if pin:
+                if pin and not b.images.is_cuda:  # the gpu decoder's are there already
                     b.images = b.images.pin_memory()
                 while not stop.is_set():
                     try:
@@ -96,8 +97,8 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
             taps: str | list[str] | None = None, image_size: int = 224,
             batch_size: int | None = None, device: str = "auto", dtype: str = "float16",
             out: str | os.PathLike | None = None, resume: bool = True, overwrite: bool = False,
-            skip_bad: bool = False, num_workers: int | None = None, token_pool: str = "cls",
-            progress: bool = True) -> FeatureBank:
+            skip_bad: bool = False, num_workers: int | None = None, decode: str = "pil",
+            token_pool: str = "cls", progress: bool = True) -> FeatureBank:
     """Run a frozen backbone once over an image dataset and write a feature bank.
 
     Parameters
@@ -134,6 +135,13 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
         failing on the first one.
     num_workers : int, optional
         DataLoader workers that decode image files; default ``min(8, cpu_count)``.
+    decode : {"pil", "tensor", "gpu"}, default="pil"
+        How image files are decoded and resized: PIL in the workers; JPEGs decoded to tensors
+        (TorchCodec, or torchvision.io without it) and resized by torch in the workers (about
+        twice PIL's rate on large JPEGs); or JPEGs decoded in batches on the CUDA device
+        (nvJPEG) and resized there, other formats and JPEGs it refuses on the CPU. Pixels agree
+        with PIL's to within 2 levels; the bank records the decoder. Only for image files
+        (CIFAR and npz hold decoded images).
     token_pool : {"cls", "mean"}, default="cls"
         How a tap that gives transformer tokens ``(N, T, D)`` (a vision transformer's blocks)
         becomes one vector: the class token, or the mean over tokens.
@@ -151,6 +159,12 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
         batch_size = 256 if dev.type == "cuda" else 64
     batch_size = POSITIVE_INT.check("batch_size", batch_size)
     check_choice("dtype", dtype, DTYPES)
+    check_choice("decode", decode, DECODERS)
+    if decode == "gpu" and dev.type != "cuda":
+        raise ParameterError(
+            f"the 'decode' parameter is 'gpu' (--decode gpu: JPEGs decoded on a CUDA device), "
+            f"but this extraction runs on {dev}; use 'tensor' (the same decoding on the "
+            f"CPU) or 'pil'.")
     workers = (min(8, os.cpu_count() or 1) if num_workers is None
                else NON_NEGATIVE_INT.check("num_workers", num_workers))
     if isinstance(dataset, ImageSource) and out is None:
@@ -163,7 +177,7 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
     kw = dict(data_root=data_root, download=download, model=model, weights=weights, taps=taps,
               image_size=image_size, batch_size=batch_size, dev=dev, dtype=dtype,
               workers=workers, skip_bad=skip_bad, resume=resume, token_pool=token_pool,
-              progress=progress)
+              decode=decode, progress=progress)
     rank = current_rank()
     if rank is not None:  # launched by torchrun: this process writes its shard
         return _extract_distributed(dataset, out, rank, overwrite=overwrite, **kw)
@@ -173,18 +187,24 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
 
 
 def _prepare(dataset, *, data_root, download, model, weights, taps, image_size, dev, dtype,
-             token_pool, **_):
+             token_pool, decode, **_):
     """The source, the backbone on its device, and the spec of the bank they make."""
     source = (dataset if isinstance(dataset, ImageSource)
               else open_source(dataset, data_root=data_root, download=download))
+    if source.resize != FILES and decode != "pil":
+        raise ParameterError(
+            f"the 'decode' parameter (--decode) applies to image files, and {source.name!r} "
+            f"holds decoded images (arrays); leave it at 'pil', got {decode!r}.")
+    if decode != "pil":  # a missing JPEG decoder fails here, on this rank's device
+        jpeg_decoder(dev.type if decode == "gpu" else "cpu")
     backbone = get_backbone(model, weights=weights, taps=taps, token_pool=token_pool)
     backbone.requires_grad_(False).to(dev).to(memory_format=torch.channels_last)
     tap_info = backbone.probe(image_size, dev)
-    return source, backbone, _spec(backbone, tap_info, source, image_size, dtype)
+    return source, backbone, _spec(backbone, tap_info, source, image_size, dtype, decode)
 
 
 def _write(out: Path, source: ImageSource, backbone, spec: dict[str, Any],
-           dataset: dict[str, Any], *, resume, dev, image_size, batch_size, dtype, workers,
+           dataset: dict[str, Any], *, resume, dev, batch_size, dtype, workers,
            skip_bad, progress, **_) -> FeatureBank:
     """Run the source through the backbone into the bank ``out`` (resumed when asked)."""
     writer = BankWriter(out, spec=spec, dataset=dataset,
@@ -192,8 +212,9 @@ def _write(out: Path, source: ImageSource, backbone, spec: dict[str, Any],
                         tap_dims={t: v["dim"] for t, v in spec["tap_layers"].items()},
                         resume=resume)
     try:
-        _run(backbone, source, writer, dev=dev, image_size=image_size, batch_size=batch_size,
-             dtype=dtype, workers=workers, skip_bad=skip_bad, progress=progress)
+        _run(backbone, source, writer, dev=dev, decoding=Decoding.from_spec(spec),
+             batch_size=batch_size, dtype=dtype, workers=workers, skip_bad=skip_bad,
+             progress=progress)
         writer.commit(_skipped(source, writer))
     finally:
         writer.close()
@@ -244,8 +265,8 @@ def _complete_shard(shard: Path, spec, dataset, overwrite: bool) -> bool:
     return False
 
 
-def _spec(backbone, tap_info: dict, source: ImageSource, image_size: int,
-          dtype: str) -> dict[str, Any]:
+def _spec(backbone, tap_info: dict, source: ImageSource, image_size: int, dtype: str,
+          decode: str) -> dict[str, Any]:
     """The bank's ``spec``: everything about the network and preprocessing its rows depend on."""
     prep = backbone.preprocessing
     return {
@@ -255,6 +276,7 @@ def _spec(backbone, tap_info: dict, source: ImageSource, image_size: int,
         "interpolation": prep.interpolation, "antialias": prep.interpolation != "nearest",
         "mean": list(prep.mean), "std": list(prep.std),
         "preprocessing_source": prep.source, "dtype": dtype,
+        "decode": decode if source.resize == FILES else None,  # arrays are decoded already
     }
 
 
@@ -268,7 +290,7 @@ def _skipped(source: ImageSource, writer: BankWriter) -> dict[str, list[str]]:
 
 
 @_same_cudnn_algorithms()
-def _run(backbone, source, writer, *, dev, image_size, batch_size, dtype, workers, skip_bad,
+def _run(backbone, source, writer, *, dev, decoding, batch_size, dtype, workers, skip_bad,
          progress) -> None:
     from tqdm.auto import tqdm
 
@@ -303,8 +325,7 @@ def _run(backbone, source, writer, *, dev, image_size, batch_size, dtype, worker
         for name, split in source.splits.items():
             bar.set_description(f"extract {name}")
             start = writer.progress(name)[1]
-            batches = split.batches(start, batch_size, image_size=image_size,
-                                    interpolation=backbone.preprocessing.interpolation,
+            batches = split.batches(start, batch_size, decoding=decoding, device=dev,
                                     num_workers=workers, skip_bad=skip_bad)
             for batch in _prefetch(batches, pin=cuda):
                 for path in batch.skipped:  # logged even when quiet: the bank lacks these
@@ -315,7 +336,7 @@ def _run(backbone, source, writer, *, dev, image_size, batch_size, dtype, worker
                     with torch.inference_mode(), torch.autocast(dev.type, dtype=amp,
                                                                 enabled=amp is not None):
                         x = backbone.preprocess(batch.images.to(dev, non_blocking=True),
-                                                image_size)
+                                                decoding.image_size)
                         out = backbone(x)
                     feats = {t: v.to(store).to("cpu", non_blocking=True) for t, v in out.items()}
                     if cuda:

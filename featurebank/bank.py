@@ -293,7 +293,7 @@ class FeatureBank:
             f"model         {s['model']}  weights {s['weights']}"
             + (f"  ({s['weights_path']})" if s.get("weights_path") else ""),
             f"preprocessing {s['image_size']} px, resize {s['resize']} ({s['interpolation']}, "
-            f"antialias), mean {list(s['mean'])}, std {list(s['std'])} "
+            f"antialias{', decode ' + s['decode'] if s.get('decode') else ''}), mean {list(s['mean'])}, std {list(s['std'])} "
             f"[from {s['preprocessing_source']}]",
             f"dataset       {d['name']}  {d['source']}  ({len(self.classes)} classes, "
             f"fingerprint {d['fingerprint'][:16]})",

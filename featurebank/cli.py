@@ -36,6 +36,7 @@ def _heads(value: str) -> list[str]:
 
 
 def _extract_parser(e: argparse.ArgumentParser) -> None:
+    from ._decode import DECODERS
     from .data import list_datasets
 
     e.description = ("Run a frozen backbone once over an image dataset and write an HDF5 "
@@ -67,6 +68,11 @@ def _extract_parser(e: argparse.ArgumentParser) -> None:
                    metavar="N", dest="num_workers",
                    help="processes decoding image files (folder datasets), a bounded few "
                         "batches ahead (default: min(8, cores))")
+    e.add_argument("--decode", default="pil", choices=DECODERS,
+                   help="how image files are decoded and resized: PIL in the workers; "
+                        "JPEGs to tensors and torch's resize in the workers (faster on large "
+                        "JPEGs); or JPEGs in batches on the CUDA device (nvJPEG) "
+                        "(default: pil)")
     e.add_argument("--out", default=None, metavar="BANK.h5", help="output bank file")
     e.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue an unfinished extraction of the same arguments (default: on)")
@@ -254,8 +260,8 @@ def _run_extract(args: argparse.Namespace) -> None:
                    image_size=args.image_size, batch_size=args.batch_size, device=args.device,
                    dtype=args.dtype, out=args.out, resume=args.resume,
                    overwrite=args.overwrite, skip_bad=args.skip_bad,
-                   num_workers=args.num_workers, token_pool=args.token_pool,
-                   progress=not args.quiet)
+                   num_workers=args.num_workers, decode=args.decode,
+                   token_pool=args.token_pool, progress=not args.quiet)
     from ._distributed import current_rank
 
     rank = current_rank()

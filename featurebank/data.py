@@ -2,9 +2,10 @@
 
 Every source becomes an :class:`ImageSource`: class names, and named splits that yield uint8
 ``(B, H, W, 3)`` batches with their labels and source positions. Fixed-size sources (CIFAR, npz)
-are held as one array and resized on the device by the extraction engine; image files are decoded
-in DataLoader workers and brought to a square ``image_size`` there (shorter side resized, centre
-crop), because differently sized images cannot share a batch otherwise.
+are held as one array and resized on the device by the extraction engine; image files are read
+in DataLoader workers and brought to a square ``image_size`` (shorter side resized, centre crop)
+by a :class:`~featurebank._decode.Decoding` - in the workers, or on the GPU for the ``gpu``
+decoder - because differently sized images cannot share a batch otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._decode import FILES, Decoding, check_images
 from .exceptions import DataError
 
 __all__ = ["ImageSource", "ImageBatch", "from_arrays", "list_datasets", "open_source",
@@ -76,77 +78,12 @@ class _ArraySplit:
                              np.arange(s, e, dtype=np.int64), self.labels[s:e])
 
 
-def _to_rgb(im):
-    """An opened PIL image as 8-bit RGB, scaling 16-bit pixels rather than clipping them.
-
-    ``convert("RGB")`` clips every value above 255, so a 16-bit greyscale PNG (mode ``I;16``)
-    would come out nearly white: those are scaled to 8 bits (``v * 255 / 65535``). 32-bit
-    integer and float pixels have no standard 8-bit scale and are refused (ValueError), unless
-    they already lie in 0..255.
-    """
-    from PIL import Image
-
-    if im.mode.startswith("I;16"):
-        a = np.asarray(im).astype(np.uint32)
-        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
-    if im.mode in ("I", "F"):
-        a = np.asarray(im)
-        if a.size and (a.min() < 0 or a.max() > 255 or (im.mode == "F" and (a % 1).any())):
-            raise ValueError(
-                f"{'32-bit integer' if im.mode == 'I' else 'floating-point'} pixels (mode "
-                f"{im.mode!r}) with values from {a.min():g} to {a.max():g} have no standard "
-                f"8-bit scale; save the image as 8- or 16-bit")
-    return im.convert("RGB")
-
-
-def _fit(im, image_size: int, interpolation: Any) -> np.ndarray:
-    """Shorter side resized to ``image_size`` (antialiased), then centre-cropped square."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as F
-
-    im = F.resize(im, image_size, interpolation=InterpolationMode(interpolation), antialias=True)
-    return np.asarray(F.center_crop(im, [image_size, image_size]), dtype=np.uint8)
-
-
-def load_image(image: Any, *, image_size: int, interpolation: Any,
-               resize: str = "shorter_side_center_crop") -> tuple[np.ndarray | None, str | None]:
-    """One image (a file path, a PIL image or a uint8 array) as uint8 ``(H, W, 3)``, brought
-    to the bank's size the way its extraction did (``resize``): ``shorter_side_center_crop``
-    resizes the shorter side to ``image_size`` and crops the centre square here; ``device``
-    leaves the size as it is (the whole image is resized on the device, as for CIFAR).
-
-    Returns ``(array, None)``, or ``(None, the decoder's error)`` for an unreadable file.
-    """
-    from PIL import Image
-
-    try:
-        if isinstance(image, (str, os.PathLike)):
-            with Image.open(image) as im:
-                rgb = _to_rgb(im)  # a full decode: truncated files fail here
-        elif isinstance(image, Image.Image):
-            rgb = _to_rgb(image)
-        else:
-            array = check_images(np.asarray(image)[None], "image")[0]
-            if resize == "device":
-                return array, None
-            rgb = Image.fromarray(array)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return None, f"{type(e).__name__}: {e}"
-    if resize == "device":
-        return np.asarray(rgb, dtype=np.uint8), None
-    return _fit(rgb, image_size, interpolation), None
-
-
-def _load(path: str, image_size: int, interpolation: Any) -> tuple[np.ndarray | None, str | None]:
-    """The image file at ``path`` as uint8 ``(S, S, 3)`` (shorter side resized to ``S``,
-    centre-cropped), or ``(None, the decoder's error)``."""
-    return load_image(path, image_size=image_size, interpolation=interpolation)
-
-
 class _FileDataset(torch.utils.data.Dataset):
-    def __init__(self, samples, first, stop, image_size, interpolation):
-        self.samples, self.first, self.stop = samples, first, stop
-        self.image_size, self.interpolation = image_size, interpolation
+    """Source positions ``[first, stop)`` of a file split, each read by ``decoding`` in a
+    worker: bad files are reported by path in the main process, not raised here."""
+
+    def __init__(self, samples, first: int, stop: int, decoding: Decoding):
+        self.samples, self.first, self.stop, self.decoding = samples, first, stop, decoding
 
     def __len__(self) -> int:
         return self.stop - self.first
@@ -154,8 +91,8 @@ class _FileDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         pos = self.first + i
         path, label = self.samples[pos]
-        img, err = _load(path, self.image_size, self.interpolation)  # bad files are reported
-        return pos, label, path, img, err  # by path in the main process
+        part, err = self.decoding.read(path)
+        return pos, label, path, part, err
 
 
 def _collate(items):
@@ -185,41 +122,40 @@ class _FileSplit:
     def positions(self) -> range:
         return range(len(self))
 
-    def take(self, positions: np.ndarray, *, image_size: int, interpolation: Any,
-             **_: Any) -> np.ndarray:
-        """Decode the files at these source positions (in this process)."""
-        out = np.empty((len(positions), image_size, image_size, 3), np.uint8)
+    def take(self, positions: np.ndarray, *, decoding: Decoding, **_: Any) -> np.ndarray:
+        """Decode the files at these source positions (in this process, on the CPU)."""
+        out = np.empty((len(positions), decoding.image_size, decoding.image_size, 3), np.uint8)
         for j, pos in enumerate(positions):
-            img, err = _load(self.samples[pos][0], image_size, interpolation)
+            img, err = decoding.load(self.samples[pos][0])
             if img is None:
                 raise DataError(f"cannot read image {self.samples[pos][0]!r} ({err}).")
             out[j] = img
         return out
 
-    def batches(self, start: int, batch_size: int, *, image_size: int, interpolation: Any,
+    def batches(self, start: int, batch_size: int, *, decoding: Decoding,
                 stop: int | None = None, num_workers: int = 0, skip_bad: bool = False,
-                **_: Any) -> Iterator[ImageBatch]:
+                device: torch.device | None = None, **_: Any) -> Iterator[ImageBatch]:
+        """Batches from source position ``start``: files read in ``num_workers`` processes,
+        finished by ``decoding`` here (on ``device`` for the ``gpu`` decoder)."""
         stop = len(self) if stop is None else stop
-        ds = _FileDataset(self.samples, start, stop, image_size, interpolation)
         loader = torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-            collate_fn=_collate, persistent_workers=False,
-            prefetch_factor=4 if num_workers else None)
+            _FileDataset(self.samples, start, stop, decoding), batch_size=batch_size,
+            shuffle=False, num_workers=num_workers, collate_fn=_collate,
+            persistent_workers=False, prefetch_factor=4 if num_workers else None)
         s = start
         for items in loader:
-            bad = [(path, err) for _, _, path, img, err in items if img is None]
+            read = [it for it in items if it[4] is None]
+            images, errors = decoding.assemble([it[3] for it in read], device)
+            good = [it for it, err in zip(read, errors) if err is None]
+            bad = [(it[2], it[4]) for it in items if it[4] is not None] + [
+                (it[2], err) for it, err in zip(read, errors) if err is not None]
             if bad and not skip_bad:
                 path, err = bad[0]
                 raise DataError(
                     f"cannot read image {path!r} ({err}). Fix or remove the file, or pass "
                     f"skip_bad=True (--skip-bad) to leave unreadable images out of the bank "
                     f"(each skipped path is logged and recorded in the bank).")
-            good = [it for it in items if it[3] is not None]
             e = s + len(items)
-            if good:
-                images = torch.from_numpy(np.stack([it[3] for it in good]))
-            else:
-                images = torch.empty((0, image_size, image_size, 3), dtype=torch.uint8)
             yield ImageBatch(s, e, images,
                              np.array([it[0] for it in good], dtype=np.int64),
                              np.array([it[1] for it in good], dtype=np.int64),
@@ -364,19 +300,6 @@ def _cifar_error(cls, pretty: str, root: Path, folder: str) -> DataError:
         f"again from a good copy, or delete the folder and pass download=True (--download).")
 
 
-def check_images(images: Any, what: str) -> np.ndarray:
-    """``images`` as uint8 ``(N, H, W, 3)`` (greyscale repeated), or DataError naming
-    ``what``."""
-    images = np.asarray(images)
-    if images.ndim == 4 and images.shape[-1] == 1 or images.ndim == 3:
-        images = np.repeat(images.reshape(images.shape[:3] + (1,)), 3, axis=-1)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise DataError(
-            f"{what} has shape {images.shape} and dtype {images.dtype}; expected uint8 images "
-            f"of shape (N, H, W, 3) (or (N, H, W) greyscale).")
-    return images
-
-
 def from_arrays(images: Any, labels: Any = None, *, classes: list[str] | None = None,
                 name: str = "arrays") -> ImageSource:
     """An in-memory image source with one ``train`` split.
@@ -479,7 +402,7 @@ def _open_folder(root: Path) -> ImageSource:
         except FileNotFoundError as e:
             raise DataError(f"image folder {str(path)!r}: {e} (extensions {IMG_EXTENSIONS}).")
         splits[split] = _FileSplit(samples, path)
-    return ImageSource("folder", str(root), classes, splits, "shorter_side_center_crop")
+    return ImageSource("folder", str(root), classes, splits, FILES)
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._decode import Decoding
 from ._io import POSITIVE_INT, amp_dtype, atomic_write, resolve_device
 from .backbones import Preprocessing, TapNetwork, WeightsId, get_backbone, skeleton
 from .bank import FeatureBank
-from .data import load_image
 from .exceptions import DataError, FeatureBankError
 from .heads import class_probabilities
 
@@ -100,6 +100,7 @@ class Predictor:
         self.classes_ = np.asarray(classes)
         self.batch_size = batch_size or (256 if self.device.type == "cuda" else 64)
         self.image_size = int(spec["image_size"])
+        self.decoding = Decoding.from_spec(spec)
         self.network = (_Network(self.backbone, self.head) if self.head is not None else None)
 
     def __repr__(self) -> str:
@@ -120,9 +121,7 @@ class Predictor:
         for s in range(0, len(items), self.batch_size):
             names, arrays, bad = [], [], []
             for name, image in items[s:s + self.batch_size]:
-                array, err = load_image(image, image_size=self.image_size,
-                                        interpolation=self.spec["interpolation"],
-                                        resize=self.spec["resize"])
+                array, err = self.decoding.load(image)
                 if array is None and not skip_bad:
                     raise DataError(f"cannot read image {name!r} ({err}). Fix or remove it, or "
                                     f"pass skip_bad=True (--skip-bad) to leave it out.")

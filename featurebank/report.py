@@ -150,10 +150,10 @@ class _Images:
     def take(self, rows: np.ndarray) -> np.ndarray | None:
         if self.source is None:
             return None
-        spec = self.bank.spec
+        from ._decode import Decoding
+
         return self.source.splits["test"].take(self.bank.index("test")[rows],
-                                                image_size=int(spec["image_size"]),
-                                                interpolation=spec["interpolation"])
+                                                decoding=Decoding.from_spec(self.bank.spec))
 
 
 def _section(name: str, proba: np.ndarray, target: np.ndarray, names: list[str],

@@ -31,8 +31,9 @@ import torch
 import featurebank
 from featurebank.backbones import get_backbone
 from featurebank.bank import BankWriter
-from featurebank.data import open_source
+from featurebank._decode import DECODERS, Decoding
 from featurebank._extract import _run
+from featurebank.data import open_source
 from featurebank._io import amp_dtype, resolve_device
 
 
@@ -58,7 +59,7 @@ def bench_bare(backbone, dev, n, batch, size) -> float:
     return steps * batch / (time.perf_counter() - t)
 
 
-def bench_featurebank(backbone, source, dev, size, batch, workers, tmp: Path):
+def bench_featurebank(backbone, source, dev, size, batch, workers, decode, tmp: Path):
     tap_info = backbone.probe(size, dev)
     spec = {"model": backbone.name, "taps": backbone.taps, "image_size": size, "dtype": "float16",
             "weights": str(backbone.weights), "bench": True}
@@ -68,8 +69,9 @@ def bench_featurebank(backbone, source, dev, size, batch, workers, tmp: Path):
     n = sum(len(s) for s in source.splits.values())
     _sync(dev)
     t = time.perf_counter()
-    _run(backbone, source, writer, dev=dev, image_size=size, batch_size=batch, dtype="float16",
-         workers=workers, skip_bad=False, progress=False)
+    decoding = Decoding(size, backbone.preprocessing.interpolation, source.resize, decode)
+    _run(backbone, source, writer, dev=dev, decoding=decoding, batch_size=batch,
+         dtype="float16", workers=workers, skip_bad=False, progress=False)
     _sync(dev)
     seconds = time.perf_counter() - t
     writer.close()
@@ -121,7 +123,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="DataLoader workers of the tutorial pipeline")
+                   help="DataLoader workers (featurebank's and the tutorial pipeline's)")
+    p.add_argument("--decode", default="pil", choices=DECODERS,
+                   help="featurebank's decoder for image folders (gpu: nvjpeg on CUDA)")
     p.add_argument("--skip-tutorial", action="store_true")
     args = p.parse_args()
 
@@ -146,10 +150,11 @@ def main() -> None:
               f"{torch.get_num_threads()} torch threads, device {dev}"
               + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
         print(f"model {args.model} taps {backbone.taps} weights {args.weights}, "
-              f"{n} images ({dataset}), image size {args.image_size}, batch {args.batch_size}")
+              f"{n} images ({dataset}), image size {args.image_size}, batch {args.batch_size}, "
+              f"{args.workers} workers, decode {args.decode}")
         a1 = bench_bare(backbone, dev, n, args.batch_size, args.image_size)
         b, secs = bench_featurebank(backbone, source, dev, args.image_size, args.batch_size,
-                                    args.workers, tmp)
+                                    args.workers, args.decode, tmp)
         a2 = bench_bare(backbone, dev, n, args.batch_size, args.image_size)
         a = max(a1, a2)  # timed before and after (b); the faster one is the bar
         print(f"(a) bare forward      {a:10.1f} img/s   (runs before/after (b): {a1:.1f}, "
@@ -159,7 +164,8 @@ def main() -> None:
         featurebank.extract(dataset, data_root=args.data_root, model=args.model,
                             weights=args.weights, taps=args.taps, image_size=args.image_size,
                             batch_size=args.batch_size, device=str(dev), out=tmp / "e2e.h5",
-                            progress=False)
+                            num_workers=args.workers, progress=False,
+                            decode=args.decode if source.resize != "device" else "pil")
         print(f"    extract() call    {time.perf_counter() - t:10.2f} s end to end "
               f"(model build, fingerprint and file commit included)")
         print(f"b/a = {b / a:.3f}")

@@ -1,9 +1,10 @@
 """Benchmark image decoding: images/s per CPU core, and the workers a GPU needs.
 
-Decodes generated JPEG files in one process (one core), the way featurebank's folder pipeline
-does (decode to RGB, shorter side resized to 224 with antialiasing, centre crop), with PIL
-and with torchvision.io (libjpeg-turbo through torch), and with nvjpeg on a GPU when one is
-present (``torchvision.io.decode_jpeg(device="cuda")``, a batch at a time; resize on the GPU).
+Decodes generated JPEG files in one process (one core) through featurebank's own decoders, as
+a folder extraction does (read, decode to RGB, shorter side resized to 224 with antialiasing,
+centre crop): ``--decode pil``, ``--decode tensor`` (libjpeg-turbo through TorchCodec or
+torchvision.io, torch's resize) and, when a GPU is present, ``--decode gpu`` (nvJPEG a batch
+of 256 at a time, resized on the GPU; the workers' file reads counted in the same thread).
 Two image sets: CIFAR-sized 32 x 32 and ImageNet-sized 400 x 350 JPEGs. From the per-core
 rates it prints how many decoding workers a GPU extracting at a given rate needs. Example::
 
@@ -16,17 +17,21 @@ import argparse
 import io
 import os
 import platform
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from featurebank._decode import Decoding
 
-def jpegs(n: int, width: int, height: int) -> list[bytes]:
+
+def jpegs(n: int, width: int, height: int, seed: int = 0) -> list[bytes]:
     """Smooth random photos-like images, JPEG-encoded at quality 90."""
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         low = rng.integers(0, 256, (3, 8, 8)).astype(np.float32)
@@ -40,46 +45,23 @@ def jpegs(n: int, width: int, height: int) -> list[bytes]:
     return out
 
 
-def pil_rate(data: list[bytes], size: int) -> float:
-    from PIL import Image
-
-    from featurebank.data import _fit
-
-    t = time.perf_counter()
-    for b in data:
-        with Image.open(io.BytesIO(b)) as im:
-            _fit(im.convert("RGB"), size, "bilinear")
-    return len(data) / (time.perf_counter() - t)
-
-
-def _resize_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    from torchvision.transforms.v2 import functional as F
-
-    return F.center_crop(F.resize(x, size, antialias=True), [size, size])
-
-
-def torchvision_rate(data: list[bytes], size: int) -> float:
-    from torchvision.io import decode_jpeg
-
-    raw = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in data]
-    t = time.perf_counter()
-    for r in raw:
-        _resize_crop(decode_jpeg(r), size)
-    return len(data) / (time.perf_counter() - t)
-
-
-def nvjpeg_rate(data: list[bytes], size: int, batch: int = 256) -> float:
-    from torchvision.io import decode_jpeg
-
-    raw = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in data]
-    decode_jpeg(raw[:8], device="cuda")  # warm-up: the decoder's context
+def rate(decode: str, paths: list[Path], size: int, batch: int = 256) -> float:
+    """Images/s through featurebank's own decoding (``Decoding``): files read, decoded,
+    shorter side resized to ``size``, centre-cropped; ``gpu`` a batch at a time on CUDA."""
+    d = Decoding(size, "bilinear", decoder=decode)
+    if decode != "gpu":
+        t = time.perf_counter()
+        for p in paths:
+            d.load(p)
+        return len(paths) / (time.perf_counter() - t)
+    dev = torch.device("cuda")
+    d.assemble([d.read(str(p))[0] for p in paths[:8]], dev)  # warm-up: the decoder's context
     torch.cuda.synchronize()
     t = time.perf_counter()
-    for s in range(0, len(raw), batch):
-        for x in decode_jpeg(raw[s:s + batch], device="cuda"):
-            _resize_crop(x, size)
+    for s in range(0, len(paths), batch):
+        d.assemble([d.read(str(p))[0] for p in paths[s:s + batch]], dev)
     torch.cuda.synchronize()
-    return len(data) / (time.perf_counter() - t)
+    return len(paths) / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -95,16 +77,20 @@ def main() -> None:
           f"shorter side resized to {args.size} (antialiased) and centre-cropped")
     for name, (w, h) in {"CIFAR-sized 32x32": (32, 32), "ImageNet-sized 400x350": (400, 350)}.items():
         data = jpegs(args.n, w, h)
-        rates = {"PIL": pil_rate(data, args.size),
-                 "torchvision.io (CPU)": torchvision_rate(data, args.size)}
-        if torch.cuda.is_available():
-            rates["nvjpeg (GPU)"] = nvjpeg_rate(data, args.size)
+        with tempfile.TemporaryDirectory() as tmp:  # files: reads are part of the work
+            paths = [Path(tmp) / f"{i:05d}.jpg" for i in range(len(data))]
+            for p, b in zip(paths, data):
+                p.write_bytes(b)
+            rates = {"--decode pil": rate("pil", paths, args.size),
+                     "--decode tensor (CPU)": rate("tensor", paths, args.size)}
+            if torch.cuda.is_available():
+                rates["--decode gpu (GPU)"] = rate("gpu", paths, args.size)
         print(f"{name} ({np.mean([len(b) for b in data]) / 1024:.1f} KiB each):")
-        for decoder, rate in rates.items():
-            need = ", ".join(f"{g:g}/s: {g / rate:.1f}" for g in args.gpu_rates)
+        for decoder, r in rates.items():
+            need = ", ".join(f"{g:g}/s: {g / r:.1f}" for g in args.gpu_rates)
             unit = "per GPU" if "GPU" in decoder else "per core"
-            print(f"  {decoder:<22} {rate:9.1f} img/s {unit}   workers for {need}"
-                  if "GPU" not in decoder else f"  {decoder:<22} {rate:9.1f} img/s {unit}")
+            print(f"  {decoder:<22} {r:9.1f} img/s {unit}   workers for {need}"
+                  if "GPU" not in decoder else f"  {decoder:<22} {r:9.1f} img/s {unit}")
 
 
 if __name__ == "__main__":

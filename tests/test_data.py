@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
-from torchvision.transforms import InterpolationMode
 
 from conftest import CIFAR10_CLASSES, write_cifar100, write_folder, write_npz
 from featurebank import DataError, list_datasets, open_source
+from featurebank._decode import Decoding
 
 
 def _all_rows(split, **kw):
-    batches = list(split.batches(0, 7, image_size=24, interpolation=InterpolationMode.BILINEAR,
-                                 **kw))
+    batches = list(split.batches(0, 7, decoding=Decoding(24, "bilinear"), **kw))
     return (np.concatenate([b.images.numpy() for b in batches]),
             np.concatenate([b.labels for b in batches]),
             np.concatenate([b.positions for b in batches]), batches)
@@ -99,7 +98,7 @@ def test_folder_image_is_resized_on_shorter_side_then_center_cropped(tmp_path):
     img[:, 6:34] = 255  # white beyond the centre 20x20 square, black at the far sides
     Image.fromarray(img).save(tmp_path / "f" / "a" / "x.png")
     split = open_source(f"folder:{tmp_path / 'f'}").splits["train"]
-    (batch,) = split.batches(0, 4, image_size=10, interpolation=InterpolationMode.BILINEAR)
+    (batch,) = split.batches(0, 4, decoding=Decoding(10, "bilinear"))
     assert batch.images.shape == (1, 10, 10, 3)
     assert batch.images.numpy().min() == 255  # only the white centre survives the crop
 
@@ -186,7 +185,7 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     Image.fromarray(ramp).save(tmp_path / "f" / "a" / "ramp16.png")
     assert Image.open(tmp_path / "f" / "a" / "ramp16.png").mode.startswith("I;16")
     split = open_source(f"folder:{tmp_path / 'f'}").splits["train"]
-    x = split.take(np.array([0]), image_size=16, interpolation="nearest")[0]
+    x = split.take(np.array([0]), decoding=Decoding(16, "nearest"))[0]
     expected = np.round(ramp / 257).astype(np.uint8)
     np.testing.assert_array_equal(x, np.repeat(expected[:, :, None], 3, axis=2))
 

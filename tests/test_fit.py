@@ -73,7 +73,7 @@ def test_chosen_setting_never_saw_the_validation_rows(tmp_path, bank):
 def test_split_is_seeded(tmp_path, bank):
     a = fit_heads(bank, heads=["ridge"], out=tmp_path / "a", verbose=False, random_state=3)
     b = fit_heads(bank, heads=["ridge"], out=tmp_path / "b", verbose=False, random_state=3)
-    c = fit_heads(bank, heads=["ridge"], out=tmp_path / "c", verbose=False, random_state=4)
+    fit_heads(bank, heads=["ridge"], out=tmp_path / "c", verbose=False, random_state=4)
     va, vb, vc = (np.load(tmp_path / k / "split.npz")["val_rows"] for k in "abc")
     np.testing.assert_array_equal(va, vb)
     assert not np.array_equal(va, vc)

@@ -285,6 +285,28 @@ def test_mlp_head_learns_and_is_deterministic(data):
     assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_mlp_holds_a_float16_banks_rows_in_float16_on_the_device(data, monkeypatch):
+    # what CUDA does (compact storage), forced on the CPU: the same batches, the same head
+    import featurebank.heads.mlp as mlp
+
+    X16 = data[0].astype(np.float16).astype(np.float32)  # rows as a float16 bank gives them
+    kw = dict(hidden_layer_sizes=(16,), random_state=0, max_iter=5)
+    ref = MLPHead(**kw).fit(X16, data[1])
+    stored = []
+    real = mlp._MemoryRows.__init__
+
+    def compact(self, X, device, compact=None):
+        real(self, X, device, compact=True)
+        stored.append(self.X.dtype)
+
+    monkeypatch.setattr(mlp._MemoryRows, "__init__", compact)
+    half = MLPHead(**kw).fit(X16, data[1])
+    np.testing.assert_array_equal(half.coefs_[0], ref.coefs_[0])
+    MLPHead(**kw).fit(data[0], data[1])  # float32 values float16 would round: kept float32
+    assert stored == [torch.float16, torch.float32]
+
+
 def test_mlp_early_stopping_restores_the_best_epoch(data):
     X, y, _, _ = data
     head = MLPHead(hidden_layer_sizes=(256, 256), learning_rate=3e-3, weight_decay=0,

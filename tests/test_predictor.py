@@ -9,6 +9,7 @@ import torch
 from conftest import colour_images, run_cli, write_folder
 from featurebank import (Callback, DataError, extract, finetune, fit_heads, load_head,
                          load_model)
+from featurebank.heads import class_probabilities
 
 
 @pytest.mark.parametrize("head", ["logreg", "mlp", "knn"])
@@ -26,10 +27,12 @@ def test_a_loaded_head_predicts_as_the_head_does_on_the_bank(trained, head):
     assert proba.shape == (7, 3) and np.allclose(proba.sum(1), 1)
 
 
-def test_a_folder_bank_predicts_from_files_of_any_size(tmp_path):
+@pytest.mark.parametrize("decode", ["pil", "tensor"])
+def test_a_folder_bank_predicts_from_files_of_any_size(tmp_path, decode):
     write_folder(tmp_path / "imgs", n_per_class=4)  # JPEG and PNG of mixed sizes
     bank = extract(f"folder:{tmp_path / 'imgs'}", model="resnet18", weights="none",
-                   image_size=32, out=tmp_path / "b.h5", progress=False)
+                   image_size=32, out=tmp_path / "b.h5", progress=False, dtype="float32",
+                   decode=decode)
     fit_heads(bank, heads=["ridge"], out=tmp_path / "runs", verbose=False, val_fraction=0.25)
     model = load_model(tmp_path / "runs" / "ridge.joblib")
     est = load_head(tmp_path / "runs" / "ridge.joblib")
@@ -40,6 +43,9 @@ def test_a_folder_bank_predicts_from_files_of_any_size(tmp_path):
         X, _ = bank.load(split)
         expected = np.array(bank.classes)[est.predict(X)]
         np.testing.assert_array_equal(model.predict(files), expected)
+        # the bank's own decoder prepares the files: the same features, so the same scores
+        np.testing.assert_allclose(model.predict_proba(files), class_probabilities(est, X),
+                                   atol=1e-5)
         np.testing.assert_array_equal(model.predict(tmp_path / "imgs" / split), expected)
     from PIL import Image  # PIL images of different sizes in one call
 

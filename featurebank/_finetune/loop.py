@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._decode import Decoding
 from .._io import amp_dtype
 from ..bank import FeatureBank
 from ..data import ImageSource
@@ -47,8 +48,8 @@ class BankImages:
                  preprocess: Callable[[torch.Tensor, int], torch.Tensor], device: torch.device):
         self.source, self.preprocess, self.device = source, preprocess, device
         self.index = {split: bank.index(split) for split in bank.splits}
-        self.size = int(bank.spec["image_size"])
-        self.interpolation = bank.spec["interpolation"]
+        self.decoding = Decoding.from_spec(bank.spec)
+        self.size = self.decoding.image_size
 
     def __call__(self, rows: np.ndarray, split: str = "train",
                  gen: torch.Generator | None = None) -> torch.Tensor:
@@ -56,8 +57,7 @@ class BankImages:
 
     def uint8(self, rows: np.ndarray, split: str = "train") -> np.ndarray:
         """The images behind bank rows ``rows``: uint8 ``(N, S, S, 3)`` on the CPU."""
-        return self.source.splits[split].take(self.index[split][rows], image_size=self.size,
-                                              interpolation=self.interpolation)
+        return self.source.splits[split].take(self.index[split][rows], decoding=self.decoding)
 
     def prepare(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """A uint8 batch to normalised network input on the device (augmented with ``gen``)."""

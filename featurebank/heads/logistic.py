@@ -35,7 +35,8 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from .._io import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, resolve_device
 from ._base import (LinearPredictMixin, ProbaMixin, affine_to_torch, blockwise_mean_scale,
-                    check_classes, fold_standardization, principal_directions, standardization)
+                    check_classes, fold_standardization, on_device, principal_directions,
+                    standardization)
 from ._lbfgs import lbfgs_many
 
 __all__ = ["LogisticHead", "logistic_path"]
@@ -142,14 +143,6 @@ def _scores_grad_torch(X, Wr, br, y, k, binary, block=1 << 16):
             G.sum(0).double().cpu().numpy())
 
 
-def _on_device(X: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The features on the device, moved once, in float16 when that loses nothing (a float16
-    bank's rows: half the memory and transfer), else float32."""
-    half = X.astype(np.float16)
-    lossless = np.isfinite(half).all() and np.array_equal(half.astype(np.float32), X)
-    return torch.from_numpy(half if lossless else X).to(device)
-
-
 class _Preconditioner:
     """``P = I + V diag(s) V^T`` (symmetric): weights ``W = Z P`` for L-BFGS variables ``Z``.
 
@@ -201,7 +194,7 @@ class _Problem:
         self.n, self.d = X.shape
         self.k = 1 if n_classes == 2 else n_classes
         self.fit_intercept = fit_intercept
-        self.X = _on_device(X, device) if self.use_torch else X
+        self.X = on_device(X, device) if self.use_torch else X
         self.y = torch.from_numpy(y_idx).to(device) if self.use_torch else y_idx
         # statistics a caller already has (fit's shared ones) are not computed again
         self.mean, self.scale = (

@@ -39,6 +39,7 @@ from ._base import (
     blockwise_mean_scale,
     check_classes,
     fold_standardization,
+    on_device,
     principal_directions,
     standardization,
 )
@@ -75,14 +76,18 @@ def _project(X, mean: np.ndarray, scale: np.ndarray, V: np.ndarray) -> np.ndarra
 
 
 class _MemoryRows:
-    """Feature rows held as one float32 tensor on the device."""
+    """Feature rows held as one tensor on the device: on CUDA (or with ``compact``) in
+    float16 when that is lossless (a float16 bank's rows: half the device memory), else
+    float32; batches are float32 either way."""
 
-    def __init__(self, X: np.ndarray, device: torch.device):
-        self.X = torch.as_tensor(X, dtype=torch.float32).to(device)
+    def __init__(self, X: np.ndarray, device: torch.device, compact: bool | None = None):
+        compact = device.type == "cuda" if compact is None else compact
+        self.X = (on_device(X, device) if compact
+                  else torch.as_tensor(X, dtype=torch.float32).to(device))
         self.n_features = self.X.shape[1]
 
     def take(self, idx: np.ndarray) -> torch.Tensor:
-        return self.X[torch.as_tensor(idx, device=self.X.device)]
+        return self.X[torch.as_tensor(idx, device=self.X.device)].float()
 
     def standardization(self, train: np.ndarray, standardize: bool):
         # the training rows only; on the CPU as numpy arrays, which the shared helper reduces
