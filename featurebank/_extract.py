@@ -269,15 +269,17 @@ def _spec(backbone, tap_info: dict, source: ImageSource, image_size: int, dtype:
           decode: str) -> dict[str, Any]:
     """The bank's ``spec``: everything about the network and preprocessing its rows depend on."""
     prep = backbone.preprocessing
-    return {
+    spec = {
         "model": backbone.name, "weights": str(backbone.weights),
         "weights_path": backbone.weights_path, "taps": backbone.taps,
         "tap_layers": tap_info, "image_size": image_size, "resize": source.resize,
         "interpolation": prep.interpolation, "antialias": prep.interpolation != "nearest",
         "mean": list(prep.mean), "std": list(prep.std),
         "preprocessing_source": prep.source, "dtype": dtype,
-        "decode": decode if source.resize == FILES else None,  # arrays are decoded already
     }
+    if decode != "pil":  # absent means PIL, as in every bank before the field existed: their
+        spec["decode"] = decode  # fingerprints (and the heads that record them) stay valid
+    return spec
 
 
 def _skipped(source: ImageSource, writer: BankWriter) -> dict[str, list[str]]:
