@@ -22,9 +22,11 @@ Decoders (``spec.decode``, ``--decode``):
     device (the same ``decode_jpeg``: nvJPEG) and resized there. A JPEG the GPU decoder refuses
     is decoded on the CPU instead (libjpeg-turbo, then PIL), as is every other format.
 
-All three agree with PIL to within 2 levels per pixel (tested); the decoder is recorded so a
-resumed extraction, the fine-tune and the predictor use the same one (``gpu`` banks are read back
-on the CPU with the same resize: only nvjpeg's rounding can differ from libjpeg-turbo's).
+With bilinear and bicubic resizing all three agree with PIL to within 2 levels per pixel
+(tested; with nearest, a row or column can come from its neighbour at some scales). The decoder
+is recorded so a resumed extraction, the fine-tune, the predictor and the report use the same
+one (``gpu`` banks are read back on the CPU with the same resize: only the JPEG decoder itself,
+nvJPEG against libjpeg-turbo, can differ).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._io import check_choice
 from .exceptions import DataError
 
 __all__ = ["DECODERS", "FILES", "Decoding", "check_images", "jpeg_decoder"]
@@ -185,7 +188,8 @@ def _shorter_side(h: int, w: int, size: int) -> tuple[int, int]:
 def _mode(interpolation: str):
     from torchvision.transforms import InterpolationMode
 
-    # torch's "nearest" picks other pixels than PIL's; "nearest-exact" picks PIL's.
+    # torch's "nearest" picks other pixels than PIL's; "nearest-exact" picks PIL's but for
+    # an occasional row or column
     return InterpolationMode.NEAREST_EXACT if interpolation == "nearest" else InterpolationMode(
         interpolation)
 
@@ -232,6 +236,9 @@ class Decoding:
     interpolation: str
     resize: str = FILES
     decoder: str = "pil"
+
+    def __post_init__(self) -> None:
+        check_choice("decode", self.decoder, DECODERS)  # e.g. a bank of a later version
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Decoding:

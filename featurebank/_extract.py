@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
+from ._decode import DECODERS, FILES, Decoding, jpeg_decoder
 from ._distributed import Rank, barrier, current_rank, process_group, shard_path
 from ._io import (IMAGE_SIZE, NON_NEGATIVE_INT, POSITIVE_INT, OutputLock, amp_dtype,
                   check_choice, resolve_device)
-from ._decode import DECODERS, FILES, Decoding, jpeg_decoder
 from .backbones import get_backbone
 from .bank import BankWriter, FeatureBank, bank_fingerprint, write_virtual_bank
 from .data import ImageBatch, ImageSource, open_source
@@ -140,7 +140,7 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
         (TorchCodec, or torchvision.io without it) and resized by torch in the workers (about
         twice PIL's rate on large JPEGs); or JPEGs decoded in batches on the CUDA device
         (nvJPEG) and resized there, other formats and JPEGs it refuses on the CPU. Pixels agree
-        with PIL's to within 2 levels; the bank records the decoder. Only for image files
+        with PIL's to within 2 levels (bilinear, bicubic); the bank records the decoder. Only for image files
         (CIFAR and npz hold decoded images).
     token_pool : {"cls", "mean"}, default="cls"
         How a tap that gives transformer tokens ``(N, T, D)`` (a vision transformer's blocks)
