@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._decode import FILES, Decoding
 from ._io import atomic_write, check_choice, sha256_file, versions, write_json
 from .exceptions import FeatureBankError
 
@@ -68,6 +69,7 @@ def export(predictor: Predictor, path: Path, *, format: str = "onnx") -> Path:
 
 def _sidecar(predictor: Predictor, path: Path, format: str) -> dict[str, Any]:
     spec = predictor.spec
+    decoding = Decoding.from_spec(spec)
     return {
         "format": format, "file": path.name, "sha256": sha256_file(path),
         "input": {"name": "images", "dtype": "float32",
@@ -80,6 +82,7 @@ def _sidecar(predictor: Predictor, path: Path, format: str) -> dict[str, Any]:
                       "x = pixels / 255", "x = (x - mean) / std per channel"],
             "image_size": predictor.image_size, "resize": spec["resize"],
             "interpolation": spec["interpolation"], "antialias": spec.get("antialias", True),
+            "decode": decoding.decoder if decoding.resize == FILES else None,  # files only
             "mean": list(spec["mean"]), "std": list(spec["std"])},
         "classes": [str(c) for c in predictor.classes_],
         "model": spec["model"], "weights": spec["weights"], "source": predictor.source,

@@ -30,6 +30,7 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_logits(trained, tmp_path,
     spec = predictor.spec
     assert meta["preprocessing"]["mean"] == spec["mean"] and meta["preprocessing"]["std"] == \
         spec["std"] and meta["preprocessing"]["resize"] == "device"
+    assert meta["preprocessing"]["decode"] is None  # arrays: nothing to decode
 
 
 def test_torchscript_export_via_the_cli(trained, tmp_path):
