@@ -285,6 +285,20 @@ def test_mlp_head_learns_and_is_deterministic(data):
     assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
 
 
+@pytest.mark.parametrize("values, dtype", [([0.5, 1.0, 0.0], torch.float16),
+                                           ([0.1, 1.0, 0.0], torch.float32),  # rounds
+                                           ([1e5, 1.0, 0.0], torch.float32)])  # overflows
+def test_features_go_to_the_device_in_float16_only_when_lossless(values, dtype):
+    from featurebank.heads._base import on_device
+
+    X = np.array([values] * 3, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = on_device(X, torch.device("cpu"))
+    assert t.dtype == dtype
+    np.testing.assert_array_equal(t.float().numpy(), X)
+
+
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_mlp_holds_a_float16_banks_rows_in_float16_on_the_device(data, monkeypatch):
     # what CUDA does (compact storage), forced on the CPU: the same batches, the same head
