@@ -244,6 +244,30 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
+# -- arrays ------------------------------------------------------------------------------------
+
+
+def as_float32(array: Any, out: Any = None) -> Any:
+    """``array`` as float32 numpy (into ``out`` when given). float16 goes through torch's
+    vectorised cast: numpy converts half floats one scalar at a time, 6x slower (0.15 s
+    against 0.02 s for a 16,384 x 4,096 chunk of a bank)."""
+    import numpy as np
+
+    array = np.asarray(array)
+    if array.dtype != np.float16 or not array.flags.writeable or min(array.strides,
+                                                                     default=0) < 0:
+        if out is None:
+            return array.astype(np.float32, copy=False)
+        out[...] = array
+        return out
+    import torch
+
+    if out is None:
+        out = np.empty(array.shape, np.float32)
+    torch.from_numpy(out).copy_(torch.from_numpy(array))
+    return out
+
+
 # -- the lock of an output file ----------------------------------------------------------------
 
 

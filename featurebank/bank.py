@@ -31,7 +31,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ._io import DISK_FULL, POSITIVE_INT, os_error_message, replace_durably, versions
+from ._io import (DISK_FULL, POSITIVE_INT, as_float32, os_error_message, replace_durably,
+                  versions)
 from .exceptions import BankError
 
 __all__ = ["FeatureBank", "FORMAT_VERSION", "merge_bank", "write_virtual_bank"]
@@ -55,6 +56,13 @@ def _human_size(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     raise AssertionError
+
+
+def _as_dtype(X: np.ndarray, dtype: Any) -> np.ndarray:
+    """Features in ``dtype`` (``None``: as stored); float32 through :func:`_io.as_float32`."""
+    if dtype is None:
+        return X
+    return as_float32(X) if np.dtype(dtype) == np.float32 else X.astype(dtype, copy=False)
 
 
 class FeatureBank:
@@ -213,7 +221,7 @@ class FeatureBank:
         uniq, inverse = np.unique(rows, return_inverse=True)  # h5py reads increasing rows
         parts = [d[uniq] for d in self._datasets(split, tap)]
         X = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-        return X[inverse].astype(dtype, copy=False)
+        return _as_dtype(X[inverse], dtype)
 
     def labels(self, split: str) -> np.ndarray:
         """``(N,)`` int64 labels of ``split``; ``classes[label]`` is the class name."""
@@ -254,7 +262,11 @@ class FeatureBank:
         col = 0
         for ds in datasets:  # a concatenated tap: each part into its columns
             for start, block in self._blocks(ds, _CHUNK_BYTES * 64):
-                X[start:start + len(block), col:col + ds.shape[1]] = block
+                part = X[start:start + len(block), col:col + ds.shape[1]]
+                if X.dtype == np.float32:
+                    as_float32(block, out=part)  # a float16 bank: torch's vectorised cast
+                else:
+                    part[...] = block
             col += ds.shape[1]
         return X, self.labels(split)
 
@@ -270,7 +282,7 @@ class FeatureBank:
             stop = min(start + batch_size, n)
             parts = [ds[start:stop] for ds in datasets]
             X = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-            yield (X if dtype is None else X.astype(dtype, copy=False)), y[start:stop]
+            yield _as_dtype(X, dtype), y[start:stop]
 
     @staticmethod
     def _blocks(ds: h5py.Dataset, nbytes: int) -> Iterator[tuple[int, np.ndarray]]:

@@ -10,6 +10,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from .._io import as_float32
+
 
 def check_classes(y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     """``classes_`` and integer targets; refuses a single class with a clear message."""
@@ -92,7 +94,7 @@ def on_device(X: np.ndarray, device: torch.device) -> torch.Tensor:
     (``.float()`` per block or batch)."""
     with np.errstate(over="ignore"):  # an overflow (inf) compares unequal below, as NaN does
         half = X.astype(np.float16)
-    lossless = all(np.array_equal(half[s:s + 65536].astype(np.float32), X[s:s + 65536])
+    lossless = all(np.array_equal(as_float32(half[s:s + 65536]), X[s:s + 65536])
                    for s in range(0, len(X), 65536))  # no full-size float32 temporary
     return torch.from_numpy(half if lossless else np.asarray(X, np.float32)).to(device)
 

@@ -33,7 +33,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from .._io import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, resolve_device
+from .._io import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT,
+                   as_float32, resolve_device)
 from ._base import (LinearPredictMixin, ProbaMixin, affine_to_torch, blockwise_mean_scale,
                     check_classes, fold_standardization, on_device, principal_directions,
                     standardization)
@@ -101,14 +102,13 @@ class StreamedRows:
         """``(first row, float32 array)`` over the selected rows, in order."""
         if self.rows is None:
             for s in range(0, self.ds.shape[0], self.chunk):
-                yield s, np.asarray(self.ds[s:s + self.chunk], dtype=np.float32)
+                yield s, as_float32(self.ds[s:s + self.chunk])
             return
         done = 0
         for s in range(0, self.ds.shape[0], self.chunk):
             lo, hi = np.searchsorted(self.rows, [s, s + self.chunk])
             if hi > lo:  # one contiguous read, then the selected rows of it
-                block = np.asarray(self.ds[s:min(s + self.chunk, self.ds.shape[0])],
-                                   dtype=np.float32)
+                block = as_float32(self.ds[s:min(s + self.chunk, self.ds.shape[0])])
                 yield done, block[self.rows[lo:hi] - s]
                 done += hi - lo
 
@@ -120,7 +120,7 @@ class StreamedRows:
     def take(self, idx: np.ndarray) -> np.ndarray:
         """float32 rows at the sorted positions ``idx`` of the selection."""
         source = idx if self.rows is None else self.rows[idx]
-        return np.asarray(self.ds[np.sort(source)], dtype=np.float32)
+        return as_float32(self.ds[np.sort(source)])
 
 
 def _scores_grad_torch(X, Wr, br, y, k, binary, block=1 << 16):

@@ -29,6 +29,7 @@ from .._io import (
     NON_NEGATIVE_FLOAT,
     POSITIVE_INT,
     Interval,
+    as_float32,
     check_choice,
     resolve_device,
 )
@@ -61,7 +62,7 @@ def _chunks(X):
     """``(first row, float32 rows)`` of an array, an HDF5 dataset or StreamedRows."""
     if isinstance(X, StreamedRows):
         return X.chunks()
-    return ((s, np.asarray(X[s:s + 8192], dtype=np.float32)) for s in range(0, X.shape[0], 8192))
+    return ((s, as_float32(X[s:s + 8192])) for s in range(0, X.shape[0], 8192))
 
 
 def _project(X, mean: np.ndarray, scale: np.ndarray, V: np.ndarray) -> np.ndarray:
@@ -113,7 +114,7 @@ class _StreamedRows:
         self.block = max(batch_size * 32, 4096)  # rows per read: large, sequential reads
 
     def _read(self, start: int, stop: int) -> np.ndarray:
-        x = np.asarray(self.ds[start:stop], dtype=np.float32)
+        x = as_float32(self.ds[start:stop])
         if not np.isfinite(x).all():
             bad = start + int(np.flatnonzero(~np.isfinite(x).all(1))[0])
             raise ValueError(f"Input X contains NaN or infinity (row {bad} of {self.ds.name}).")
@@ -326,8 +327,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         if not isinstance(X, np.ndarray):  # on disk: read the sketch's sample rows only
             picked = np.sort(rng.choice(X.shape[0], min(X.shape[0], 4096), replace=False))
-            X = X.take(picked) if isinstance(X, StreamedRows) else np.asarray(
-                X[picked], dtype=np.float32)
+            X = X.take(picked) if isinstance(X, StreamedRows) else as_float32(X[picked])
         V, ev, _ = principal_directions(X, mean, scale, rank, rng)
         # directions the sample cannot tell from noise (fewer rows than components, dead
         # features) would be standardised up to unit variance: drop them
