@@ -4,7 +4,7 @@ Writes (once, then reuses) a synthetic float16 bank of ``--rows`` x ``--dim`` ra
 features (ImageNet-1k's 1.28 M x 4,096 by default: ~10.5 GB), then fits each head in a fresh
 process, streaming the train split from the bank (``StreamedRows``: one chunk in memory at a
 time), and prints its fit time, passes over the data, test accuracy and peak resident memory
-(``resource.getrusage``), with the conditions. Examples::
+(``VmHWM``, else ``resource.getrusage``), with the conditions. Examples::
 
     python scripts/bench_scale.py                      # 1.28 M rows (writes ~10.5 GB)
     python scripts/bench_scale.py --rows 256000        # a smaller run
@@ -29,6 +29,18 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory: ``VmHWM`` where /proc has it. ``ru_maxrss`` is
+    kept across ``execve`` on Linux, so a child started by a parent that had just written the
+    bank would report the parent's peak (it did: 2.79 GiB at any bank size)."""
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 2**20
+
+
 def child(bank_path: str, head: str, C: float) -> None:
     """One fit, streamed, in this fresh process; prints a JSON line."""
     import featurebank.heads.logistic as logistic
@@ -51,7 +63,7 @@ def child(bank_path: str, head: str, C: float) -> None:
     test = StreamedRows(bank.features("test"))
     yt = bank.labels("test")
     correct = sum(int((est.predict(c) == yt[s:s + len(c)]).sum()) for s, c in test.chunks())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    peak = peak_rss_gib()
     print(json.dumps({"head": head, "seconds": secs, "passes": len(passes) or None,
                       "iterations": int(np.ravel(est.n_iter_)[0]),
                       "test_accuracy": correct / len(yt), "peak_rss_gib": peak}))
