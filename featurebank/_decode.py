@@ -257,28 +257,33 @@ class Decoding:
         try:
             if isinstance(image, (str, os.PathLike)) and self.decoder != "pil":
                 with open(image, "rb") as f:
-                    array = _decode_cpu(f.read())
+                    picture = _decode_cpu(f.read())
             elif isinstance(image, (str, os.PathLike, Image.Image)):
-                array = np.asarray(_pil_rgb(image), dtype=np.uint8)
+                picture = _pil_rgb(image)  # kept a PIL image for PIL's own resize
             else:
-                array = check_images(np.asarray(image)[None], "image")[0]
-            return self.fit(array), None
+                picture = check_images(np.asarray(image)[None], "image")[0]
+            return self.fit(picture), None
         except _unreadable() as e:
             return None, f"{type(e).__name__}: {e}"
 
-    def fit(self, array: np.ndarray) -> np.ndarray:
-        """A decoded uint8 ``(H, W, 3)`` image brought to size by this decoder's resize."""
+    def fit(self, picture: Any) -> np.ndarray:
+        """A decoded image (uint8 ``(H, W, 3)`` array or RGB PIL image) brought to size by
+        this decoder's resize, as a uint8 array."""
+        from PIL import Image
+
         if self.resize == "device":
-            return array
+            return np.asarray(picture, dtype=np.uint8)
         if self.decoder == "pil":
-            from PIL import Image
             from torchvision.transforms import InterpolationMode
             from torchvision.transforms import functional as F
 
-            im = F.resize(Image.fromarray(array), self.image_size, antialias=True,
+            if not isinstance(picture, Image.Image):
+                picture = Image.fromarray(picture)
+            im = F.resize(picture, self.image_size, antialias=True,
                           interpolation=InterpolationMode(self.interpolation))
             return np.asarray(F.center_crop(im, [self.image_size] * 2), dtype=np.uint8)
         resize = _resize_uint8 if self.decoder == "tensor" else _resize_float
+        array = np.asarray(picture, dtype=np.uint8)
         return resize(_chw(array), self.image_size, self.interpolation).permute(1, 2, 0).numpy()
 
     def read(self, path: str) -> tuple[Any, str | None]:
@@ -314,9 +319,9 @@ def _decode_jpegs(data: list[torch.Tensor], device: torch.device
     """JPEG bytes as ``(3, H, W)`` uint8 on ``device``, a batch in one call; if the batch
     fails, image by image, each falling back to the CPU (then PIL); an error string for an
     image nothing decodes."""
-    decode = jpeg_decoder(device.type)
     if not data:
         return []
+    decode = jpeg_decoder(device.type)
     try:
         return list(decode(data, device))
     except (RuntimeError, TypeError):

@@ -136,12 +136,10 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
     num_workers : int, optional
         DataLoader workers that decode image files; default ``min(8, cpu_count)``.
     decode : {"pil", "tensor", "gpu"}, default="pil"
-        How image files are decoded and resized: PIL in the workers; JPEGs decoded to tensors
-        (TorchCodec, or torchvision.io without it) and resized by torch in the workers (about
-        twice PIL's rate on large JPEGs); or JPEGs decoded in batches on the CUDA device
-        (nvJPEG) and resized there, other formats and JPEGs it refuses on the CPU. Pixels agree
-        with PIL's to within 2 levels (bilinear, bicubic); the bank records the decoder. Only for image files
-        (CIFAR and npz hold decoded images).
+        How image files (not CIFAR or npz arrays) are decoded and resized: PIL in the workers;
+        JPEGs to tensors and torch's resize in the workers (about twice PIL's rate on large
+        JPEGs); or JPEGs in batches on the CUDA device (nvJPEG), resized there. Pixels agree
+        with PIL's to within 2 levels (bilinear, bicubic); the bank records the decoder.
     token_pool : {"cls", "mean"}, default="cls"
         How a tap that gives transformer tokens ``(N, T, D)`` (a vision transformer's blocks)
         becomes one vector: the class token, or the mean over tokens.
@@ -155,25 +153,13 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
     """
     image_size = IMAGE_SIZE.check("image_size", image_size)
     dev = resolve_device(device)
-    if batch_size is None:
-        batch_size = 256 if dev.type == "cuda" else 64
-    batch_size = POSITIVE_INT.check("batch_size", batch_size)
+    batch_size = POSITIVE_INT.check("batch_size", batch_size if batch_size is not None
+                                    else 256 if dev.type == "cuda" else 64)
     check_choice("dtype", dtype, DTYPES)
-    check_choice("decode", decode, DECODERS)
-    if decode == "gpu" and dev.type != "cuda":
-        raise ParameterError(
-            f"the 'decode' parameter is 'gpu' (--decode gpu: JPEGs decoded on a CUDA device), "
-            f"but this extraction runs on {dev}; use 'tensor' (the same decoding on the "
-            f"CPU) or 'pil'.")
+    _check_decode(decode, dev)
     workers = (min(8, os.cpu_count() or 1) if num_workers is None
                else NON_NEGATIVE_INT.check("num_workers", num_workers))
-    if isinstance(dataset, ImageSource) and out is None:
-        raise FeatureBankError("out= is required when dataset is an ImageSource.")
-    out = Path(out) if out is not None else _default_out(dataset, model, weights, image_size)
-    if out.exists() and not overwrite:
-        raise BankError(f"feature bank {str(out)!r} exists already; pass overwrite=True "
-                        f"(--overwrite) to replace it, or choose another out= path.")
-
+    out = _output_path(dataset, out, overwrite, model, weights, image_size)
     kw = dict(data_root=data_root, download=download, model=model, weights=weights, taps=taps,
               image_size=image_size, batch_size=batch_size, dev=dev, dtype=dtype,
               workers=workers, skip_bad=skip_bad, resume=resume, token_pool=token_pool,
@@ -184,6 +170,27 @@ def extract(dataset: str | ImageSource = "cifar10", *, data_root: str | os.PathL
     with OutputLock(out):  # before any slow work, so a second writer fails fast
         source, backbone, spec = _prepare(dataset, **kw)
         return _write(out, source, backbone, spec, source.describe(), **kw)
+
+
+def _check_decode(decode: str, dev: torch.device) -> None:
+    check_choice("decode", decode, DECODERS)
+    if decode == "gpu" and dev.type != "cuda":
+        raise ParameterError(
+            f"the 'decode' parameter is 'gpu' (--decode gpu: JPEGs decoded on a CUDA device), "
+            f"but this extraction runs on {dev}; use 'tensor' (the same decoding on the "
+            f"CPU) or 'pil'.")
+
+
+def _output_path(dataset, out, overwrite: bool, model: str, weights: Any,
+                 image_size: int) -> Path:
+    """The bank's path (``out``, or the default name); an existing bank needs ``overwrite``."""
+    if isinstance(dataset, ImageSource) and out is None:
+        raise FeatureBankError("out= is required when dataset is an ImageSource.")
+    out = Path(out) if out is not None else _default_out(dataset, model, weights, image_size)
+    if out.exists() and not overwrite:
+        raise BankError(f"feature bank {str(out)!r} exists already; pass overwrite=True "
+                        f"(--overwrite) to replace it, or choose another out= path.")
+    return out
 
 
 def _prepare(dataset, *, data_root, download, model, weights, taps, image_size, dev, dtype,

@@ -305,8 +305,8 @@ class FeatureBank:
             f"model         {s['model']}  weights {s['weights']}"
             + (f"  ({s['weights_path']})" if s.get("weights_path") else ""),
             f"preprocessing {s['image_size']} px, resize {s['resize']} ({s['interpolation']}, "
-            f"antialias{', decode ' + s['decode'] if s.get('decode') else ''}), mean {list(s['mean'])}, std {list(s['std'])} "
-            f"[from {s['preprocessing_source']}]",
+            f"antialias{', decode ' + s['decode'] if s.get('decode') else ''}), "
+            f"mean {list(s['mean'])}, std {list(s['std'])} [from {s['preprocessing_source']}]",
             f"dataset       {d['name']}  {d['source']}  ({len(self.classes)} classes, "
             f"fingerprint {d['fingerprint'][:16]})",
             "taps:",

@@ -75,7 +75,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; one process, one thread; {args.n} JPEGs per set, decoded, "
           f"shorter side resized to {args.size} (antialiased) and centre-cropped")
-    for name, (w, h) in {"CIFAR-sized 32x32": (32, 32), "ImageNet-sized 400x350": (400, 350)}.items():
+    sets = {"CIFAR-sized 32x32": (32, 32), "ImageNet-sized 400x350": (400, 350)}
+    for name, (w, h) in sets.items():
         data = jpegs(args.n, w, h)
         with tempfile.TemporaryDirectory() as tmp:  # files: reads are part of the work
             paths = [Path(tmp) / f"{i:05d}.jpg" for i in range(len(data))]

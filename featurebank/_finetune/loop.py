@@ -49,7 +49,6 @@ class BankImages:
         self.source, self.preprocess, self.device = source, preprocess, device
         self.index = {split: bank.index(split) for split in bank.splits}
         self.decoding = Decoding.from_spec(bank.spec)
-        self.size = self.decoding.image_size
 
     def __call__(self, rows: np.ndarray, split: str = "train",
                  gen: torch.Generator | None = None) -> torch.Tensor:
@@ -62,7 +61,8 @@ class BankImages:
     def prepare(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """A uint8 batch to normalised network input on the device (augmented with ``gen``)."""
         x = x.to(self.device, non_blocking=True)
-        return self.preprocess(random_crop_flip(x, gen) if gen is not None else x, self.size)
+        return self.preprocess(random_crop_flip(x, gen) if gen is not None else x,
+                               self.decoding.image_size)
 
     def stream(self, batches: list[np.ndarray], split: str, workers: int):
         """The uint8 images of each batch of rows, in order. Image files are decoded in
