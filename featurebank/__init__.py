@@ -27,9 +27,11 @@ _EXPORTS = {
     "BackboneError": "exceptions", "BankError": "exceptions", "BankLockedError": "exceptions",
     "DataError": "exceptions", "FeatureBankError": "exceptions", "FinetuneError": "exceptions",
     "HeadError": "exceptions", "ParameterError": "exceptions",
-    "extract": "_extract",
-    "Callback": "_finetune", "FinetuneConfig": "_finetune", "GraftedNetwork": "_finetune",
-    "Trainer": "_finetune", "finetune": "_finetune",
+    "ExtractConfig": "extraction", "extract": "extraction",
+    "BankSpec": "records", "DatasetInfo": "records", "TapLayer": "records",
+    "TapSelection": "records",
+    "Callback": "finetuning", "FinetuneConfig": "finetuning", "GraftedNetwork": "network",
+    "Trainer": "finetuning", "finetune": "finetuning",
     "fit_heads": "fit",
     "LogisticHead": "heads", "MLPHead": "heads", "load_head": "heads", "save_head": "heads",
     "to_torch": "heads",
@@ -41,6 +43,7 @@ _EXPORTS = {
 __all__ = [
     "__version__",
     "FORMAT_VERSION", "Backbone", "BackboneError", "BackboneTransformer", "BankError",
+    "BankSpec", "DatasetInfo", "ExtractConfig", "TapLayer", "TapSelection",
     "BankLockedError", "Callback", "DataError", "FeatureBank", "FeatureBankError",
     "FinetuneConfig", "FinetuneError", "GraftedNetwork", "HeadError", "ImageSource",
     "LogisticHead", "MLPHead", "ParameterError", "Predictor", "Preprocessing", "TapNetwork",
@@ -66,8 +69,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from ._extract import extract
-    from ._finetune import Callback, FinetuneConfig, GraftedNetwork, Trainer, finetune
+    from .extraction import ExtractConfig, extract
+    from .finetuning import Callback, FinetuneConfig, Trainer, finetune
+    from .network import GraftedNetwork
     from .backbones import (Backbone, Preprocessing, TapNetwork, WeightsId, get_backbone,
                             list_backbones, list_taps)
     from .bank import FORMAT_VERSION, FeatureBank
@@ -77,5 +81,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .fit import fit_heads
     from .heads import LogisticHead, MLPHead, load_head, save_head, to_torch
     from .predictor import Predictor, load_model
+    from .records import BankSpec, DatasetInfo, TapLayer, TapSelection
     from .report import build_report
     from .transformer import BackboneTransformer

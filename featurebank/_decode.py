@@ -44,11 +44,11 @@ import torch
 
 from ._io import check_choice
 from .exceptions import DataError
+from .records import Resize
 
-__all__ = ["DECODERS", "FILES", "Decoding", "check_images", "jpeg_decoder"]
+__all__ = ["DECODERS", "Decoding", "check_images", "jpeg_decoder"]
 
 DECODERS = ("pil", "tensor", "gpu")
-FILES = "shorter_side_center_crop"  # spec.resize of image files; "device" for arrays
 
 
 def _unreadable() -> tuple[type[Exception], ...]:
@@ -234,17 +234,12 @@ class Decoding:
 
     image_size: int
     interpolation: str
-    resize: str = FILES
+    resize: Resize = Resize.FILES
     decoder: str = "pil"
 
     def __post_init__(self) -> None:
         check_choice("decode", self.decoder, DECODERS)  # e.g. a bank of a later version
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> Decoding:
-        """The decoding a bank's rows saw (banks before ``spec.decode`` were decoded by PIL)."""
-        return cls(int(spec["image_size"]), spec["interpolation"], spec["resize"],
-                   spec.get("decode") or "pil")
+        object.__setattr__(self, "resize", Resize(self.resize))
 
     def load(self, image: Any) -> tuple[np.ndarray | None, str | None]:
         """One image (a file path, a PIL image or a uint8 array) as uint8 ``(H, W, 3)`` on the
@@ -271,7 +266,7 @@ class Decoding:
         this decoder's resize, as a uint8 array."""
         from PIL import Image
 
-        if self.resize == "device":
+        if self.resize == Resize.DEVICE:
             return np.asarray(picture, dtype=np.uint8)
         if self.decoder == "pil":
             from torchvision.transforms import InterpolationMode

@@ -1,22 +1,21 @@
-"""Export a predictor's network to ONNX or TorchScript, with its preprocessing beside it."""
+"""Export a network to ONNX or TorchScript, with its preprocessing beside it (a model card)."""
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ._decode import FILES, Decoding
-from ._io import atomic_write, check_choice, sha256_file, versions, write_json
+from ._io import atomic_write, check_choice, check_output, sha256_file, versions, write_json
 from .exceptions import FeatureBankError
+from .records import BankSpec, Resize
 
-if TYPE_CHECKING:
-    from .predictor import Predictor
-
-__all__ = ["EXPORT_FORMATS", "export"]
+__all__ = ["EXPORT_FORMATS", "ModelCard", "export"]
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 
@@ -47,52 +46,67 @@ def _torchscript_bytes(net: torch.nn.Module, x: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def export(predictor: Predictor, path: Path, *, format: str = "onnx") -> Path:
-    """Write ``predictor.network`` (normalised images -> logits) to ``path`` in ``format``,
-    and ``<path>.json`` with the input it expects, its preprocessing and its classes."""
+@dataclass(frozen=True)
+class ModelCard:
+    """What the file beside an exported network records: the bank's spec (input size,
+    preprocessing, backbone, weights), the class names in output order, and where the model
+    came from."""
+
+    spec: BankSpec
+    classes: tuple[str, ...]
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        spec, size = self.spec, self.spec.image_size
+        return {
+            "input": {"name": "images", "dtype": "float32", "shape": ["batch", 3, size, size],
+                      "layout": "NCHW, RGB"},
+            "output": {"name": "logits", "shape": ["batch", len(self.classes)],
+                       "softmax": "probabilities in 'classes' order"},
+            "preprocessing": {
+                "steps": ["decode to RGB uint8", _resize_step(spec),
+                          "x = pixels / 255", "x = (x - mean) / std per channel"],
+                "image_size": size, "resize": spec.resize.value,
+                "interpolation": spec.interpolation, "antialias": spec.antialias,
+                "decode": spec.decode if spec.resize == Resize.FILES else None,  # files only
+                "mean": list(spec.mean), "std": list(spec.std)},
+            "classes": list(self.classes),
+            "model": spec.model, "weights": str(spec.weights), "source": self.source,
+            "versions": versions(),
+        }
+
+
+def export(network: torch.nn.Module, path: str | os.PathLike, *, format: str = "onnx",
+           card: ModelCard) -> Path:
+    """Write ``network`` (normalised images -> logits) to ``path`` in ``format``, and
+    ``<path>.json`` with the input it expects, its preprocessing and its classes (``card``).
+
+    The output location is checked before the export runs; the network is traced on the CPU
+    in float32 and put back on its device afterwards."""
     check_choice("format", format, EXPORT_FORMATS)
-    net = predictor.network.to("cpu").eval().float()
-    size = predictor.image_size
-    x = torch.zeros(2, 3, size, size)
+    path = check_output(path)
+    param = next(network.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    size = card.spec.image_size
+    net = network.to("cpu").eval().float()
     try:
         with torch.no_grad():
-            data = (_onnx_bytes if format == "onnx" else _torchscript_bytes)(net, x)
+            data = (_onnx_bytes if format == "onnx" else _torchscript_bytes)(
+                net, torch.zeros(2, 3, size, size))
     except Exception as e:
-        raise FeatureBankError(f"exporting {predictor.source!r} to {format} failed "
+        raise FeatureBankError(f"exporting {card.source!r} to {format} failed "
                                f"({type(e).__name__}: {str(e).splitlines()[0]}).") from None
     finally:
-        predictor.network.to(predictor.device)
+        network.to(device)
     atomic_write(path, lambda f: f.write(data))
-    write_json(Path(f"{path}.json"), _sidecar(predictor, path, format))
+    write_json(Path(f"{path}.json"), {"format": format, "file": path.name,
+                                      "sha256": sha256_file(path), **card.to_json()})
     return path
 
 
-def _sidecar(predictor: Predictor, path: Path, format: str) -> dict[str, Any]:
-    spec = predictor.spec
-    decoding = Decoding.from_spec(spec)
-    return {
-        "format": format, "file": path.name, "sha256": sha256_file(path),
-        "input": {"name": "images", "dtype": "float32",
-                  "shape": ["batch", 3, predictor.image_size, predictor.image_size],
-                  "layout": "NCHW, RGB"},
-        "output": {"name": "logits", "shape": ["batch", len(predictor.classes_)],
-                   "softmax": "probabilities in 'classes' order"},
-        "preprocessing": {
-            "steps": ["decode to RGB uint8", _resize_step(spec),
-                      "x = pixels / 255", "x = (x - mean) / std per channel"],
-            "image_size": predictor.image_size, "resize": spec["resize"],
-            "interpolation": spec["interpolation"], "antialias": spec.get("antialias", True),
-            "decode": decoding.decoder if decoding.resize == FILES else None,  # files only
-            "mean": list(spec["mean"]), "std": list(spec["std"])},
-        "classes": [str(c) for c in predictor.classes_],
-        "model": spec["model"], "weights": spec["weights"], "source": predictor.source,
-        "versions": versions(),
-    }
-
-
-def _resize_step(spec: dict[str, Any]) -> str:
-    size = spec["image_size"]
-    if spec["resize"] == "device":
-        return f"resize the whole image to {size} x {size} ({spec['interpolation']})"
-    return (f"resize the shorter side to {size} ({spec['interpolation']}), then crop the centre "
+def _resize_step(spec: BankSpec) -> str:
+    size = spec.image_size
+    if spec.resize == Resize.DEVICE:
+        return f"resize the whole image to {size} x {size} ({spec.interpolation})"
+    return (f"resize the shorter side to {size} ({spec.interpolation}), then crop the centre "
             f"{size} x {size}")

@@ -8,6 +8,7 @@ start without it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -15,7 +16,7 @@ import json
 import numbers
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -133,21 +134,73 @@ def replace_durably(src: Path, dst: Path) -> None:
     fsync_dir(dst.parent)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write ``path`` all or nothing: ``write(f)`` fills a temporary file beside it, which is
-    flushed, fsynced and renamed over ``path`` (then the folder is fsynced). A reader sees the
-    old file or the new one, never a part; a crash leaves at most a ``.tmp`` file behind."""
+def unwritable(target: str | os.PathLike, e: OSError, option: str = "out") -> FeatureBankError:
+    """The one message for an output that the file system refuses (read-only, no permission,
+    full, a folder in the way): which file, why, and what to pass instead."""
+    _, reason = os_error_message(e)
+    flag = "--" + option.replace("_", "-")
+    return FeatureBankError(
+        f"cannot write to the folder of {str(target)!r} ({reason}: "
+        f"{getattr(e, 'filename', None) or target}); choose a writable {option}= path "
+        f"({flag}), or make the folder writable.")
+
+
+def check_output(path: str | os.PathLike, *, folder: bool = False,
+                 option: str = "out") -> Path:
+    """``path`` if it can be written, checked before any work and creating nothing: not a
+    folder where a file goes (or a file where a folder goes), and the nearest folder that
+    exists on the way to it writable (a probe file is made there and removed, which also
+    catches a read-only file system, even for root)."""
+    import tempfile
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    flag = "--" + option.replace("_", "-")
+    if not folder and path.is_dir():
+        raise FeatureBankError(f"{str(path)!r} is a folder; pass the path of the file to write "
+                               f"as {option}= ({flag} FILE).")
+    existing = path if folder else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FeatureBankError(f"{str(existing)!r} is a file, so {str(path)!r} cannot be "
+                               f"written; pass another {option}= ({flag}).")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".featurebank-probe-"):
+            pass
+    except OSError as e:
+        raise unwritable(path, e, option) from None
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to build a file at (an HDF5 file, bytes): on success it
+    is fsynced and renamed over ``path`` (then the folder is fsynced); on an error it is
+    removed, and a file-system error is the clear :func:`unwritable` one. A reader sees the old
+    file or the new one, never a part."""
+    path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        replace_durably(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and e.errno is not None:
+            raise unwritable(path, e) from None
+        raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write ``path`` all or nothing: ``write(f)`` fills a temporary file beside it (see
+    :func:`atomic_file`); a crash leaves at most a ``.tmp`` file behind."""
+    with atomic_file(path) as tmp:
         with open(tmp, "wb") as f:
             write(f)
-        replace_durably(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -244,6 +297,30 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
+def autocast(device: torch.device):
+    """The mixed-precision context of every forward pass on ``device``: :func:`amp_dtype`'s
+    dtype on CUDA, off (float32) on the CPU."""
+    import torch
+
+    amp = amp_dtype(device)
+    return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+def progress_bar(*, total: int, desc: str, unit: str = "img", enabled: bool = True,
+                 initial: int = 0, leave: bool = True):
+    """The progress bar of every long job: tqdm on stderr (rate, ETA), a context manager that
+    closes the bar on errors and Ctrl-C too; ``enabled=False`` shows nothing."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, leave=leave,
+                disable=not enabled, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
 # -- arrays ------------------------------------------------------------------------------------
 
 
@@ -296,11 +373,9 @@ class OutputLock:
                 f"{str(self.target)!r} (lock {str(self.path)!r}); wait for it to finish, or "
                 f"write to another out= path (--out).") from None
         except OSError as e:
-            _, reason = os_error_message(e)
-            raise FeatureBankError(
-                f"cannot write to the folder of {str(self.target)!r} ({reason}: "
-                f"{getattr(e, 'filename', None) or self.path}); choose a writable out= path "
-                f"(--out), or make the folder writable.") from None
+            if getattr(e, "filename", None) is None:
+                e.filename = str(self.path)
+            raise unwritable(self.target, e) from None
         with open(self.path, "r+b") as f:  # the lock is on the file; its content is a note
             f.truncate(0)
             f.write(str(os.getpid()).encode())

@@ -19,7 +19,6 @@ written under ``<name>.partial`` and renamed to its final name once ``complete``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -31,23 +30,17 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ._io import (DISK_FULL, POSITIVE_INT, as_float32, os_error_message, replace_durably,
-                  versions)
+from ._io import (DISK_FULL, POSITIVE_INT, as_float32, atomic_file, os_error_message,
+                  replace_durably, sha256_file, versions)
 from .exceptions import BankError
+from .records import BankSpec, DatasetInfo, TapSelection
+from .records import fingerprint as bank_fingerprint
+from .rows import raw_blocks
 
 __all__ = ["FeatureBank", "FORMAT_VERSION", "merge_bank", "write_virtual_bank"]
 
 FORMAT_VERSION = 1
 _CHUNK_BYTES = 1 << 20
-# Keys that say where things are, not what they are: moving data or weights keeps the fingerprint.
-_LOCATION_KEYS = {"spec": ("weights_path",), "dataset": ("source",)}
-
-
-def bank_fingerprint(spec: dict[str, Any], dataset: dict[str, Any]) -> str:
-    """SHA-256 of the spec and dataset provenance, less their location keys."""
-    content = {part: {k: v for k, v in d.items() if k not in _LOCATION_KEYS[part]}
-               for part, d in (("spec", spec), ("dataset", dataset))}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _human_size(n: float) -> str:
@@ -79,10 +72,10 @@ class FeatureBank:
     Attributes
     ----------
     path : pathlib.Path
-    spec : dict
+    spec : BankSpec
         Backbone, weights, taps (with module, pooling and dimension), image size, resize,
         interpolation, mean, std and feature dtype.
-    dataset : dict
+    dataset : DatasetInfo
         Source name and location, class names, split sizes and the source's fingerprint.
     fingerprint : str
         SHA-256 of spec and dataset; heads and fine-tunes refer to it.
@@ -105,10 +98,8 @@ class FeatureBank:
                 attrs = dict(f.attrs)
                 self.classes = [c.decode() if isinstance(c, bytes) else str(c)
                                 for c in f["classes"][()]] if "classes" in f else []
-                self.splits = [k for k in json.loads(attrs.get("dataset", "{}")).get("splits", {})
-                               if k in f]
-                self._skipped = {s: json.loads(f[s].attrs.get("skipped", "[]"))
-                                 for s in self.splits}
+                skipped = {k: json.loads(g.attrs.get("skipped", "[]")) for k, g in f.items()
+                           if isinstance(g, h5py.Group)}
         except OSError as e:
             raise BankError(f"{str(self.path)!r} is not a readable HDF5 file ({e}).") from None
         fmt = attrs.get("featurebank_format")
@@ -123,12 +114,14 @@ class FeatureBank:
         if not bool(attrs.get("complete", False)):
             raise BankError(f"feature bank {str(self.path)!r} is incomplete (its extraction did "
                             f"not finish); rerun the extraction.")
-        self.spec: dict[str, Any] = json.loads(attrs["spec"])
-        self.dataset: dict[str, Any] = json.loads(attrs["dataset"])
+        self.spec = BankSpec.from_json(json.loads(attrs["spec"]))
+        self.dataset = DatasetInfo.from_json(json.loads(attrs["dataset"]))
         self.fingerprint: str = str(attrs["fingerprint"])
         self.created: str = str(attrs["created"])
         self.versions = {k: str(attrs[k]) for k in versions() if k in attrs}
-        self.taps: list[str] = list(self.spec["taps"])
+        self.taps: list[str] = list(self.spec.taps)
+        self.splits: list[str] = [k for k in self.dataset.splits if k in skipped]
+        self._skipped = {k: skipped[k] for k in self.splits}
         self.shards: list[dict[str, Any]] = json.loads(attrs.get("shards", "[]"))
         self._check_shards()
 
@@ -148,6 +141,28 @@ class FeatureBank:
                     f"{len(self.shards)} shard files, and {str(path)!r} {problem}. Put the "
                     f"shards back as they were, or rerun the extraction; `featurebank merge` "
                     f"turns a bank and its shards into one self-contained file.")
+
+    def verify(self) -> list[str]:
+        """Check every shard's content against the SHA-256 recorded when the bank was written
+        (the check at open compares sizes and times only, which a changed file can keep).
+
+        Returns the shards' names (none for a self-contained bank); BankError names a shard
+        whose bytes changed, or says when the bank (made by an older featurebank) recorded no
+        checksums."""
+        for shard in self.shards:
+            path = self.path.parent / shard["file"]
+            if "sha256" not in shard:
+                raise BankError(
+                    f"feature bank {str(self.path)!r} recorded no checksums of its shards (an "
+                    f"older featurebank wrote it), so their content cannot be verified; rerun "
+                    f"the extraction to get a bank that records them.")
+            if sha256_file(path) != shard["sha256"]:
+                raise BankError(
+                    f"shard {str(path)!r} of feature bank {str(self.path)!r} changed since the "
+                    f"bank was written (its SHA-256 differs, although its size and time are "
+                    f"the recorded ones): its rows are not the extracted ones. Rerun the "
+                    f"extraction (--overwrite) to write it again.")
+        return [s["file"] for s in self.shards]
 
     # -- lazy, per-process file handle ---------------------------------------------------------
     @property
@@ -173,26 +188,24 @@ class FeatureBank:
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={self.num_rows(s)}" for s in self.splits)
-        return (f"FeatureBank({str(self.path)!r}, model={self.spec['model']!r}, "
+        return (f"FeatureBank({str(self.path)!r}, model={self.spec.model!r}, "
                 f"taps={self.taps}, {sizes})")
 
     # -- access --------------------------------------------------------------------------------
-    def _check(self, split: str, tap: str | None = None) -> str:
+    def _check(self, split: str, tap: str | TapSelection | None = None) -> TapSelection:
         if split not in self.splits:
             raise BankError(f"feature bank {str(self.path)!r} has no split {split!r}; its splits "
                             f"are {self.splits}.")
-        if tap is None:
-            return self.taps[0]
-        for part in tap.split("+"):
+        selection = TapSelection.parse(self.taps[0] if tap is None else tap)
+        for part in selection:
             if part not in self.taps:
                 raise BankError(f"feature bank {str(self.path)!r} has no tap {part!r}; its taps "
                                 f"are {self.taps}.")
-        return tap
+        return selection
 
-    def _datasets(self, split: str, tap: str | None) -> list[h5py.Dataset]:
+    def _datasets(self, split: str, tap: str | TapSelection | None) -> list[h5py.Dataset]:
         """The HDF5 datasets of a tap, or of each part of a concatenated ``"fc6+fc7"``."""
-        tap = self._check(split, tap)
-        return [self._h5[split]["features"][t] for t in tap.split("+")]
+        return [self._h5[split]["features"][t] for t in self._check(split, tap)]
 
     def num_rows(self, split: str) -> int:
         """Number of rows (images) in ``split``."""
@@ -261,7 +274,7 @@ class FeatureBank:
         X = np.empty((n, d), dtype=datasets[0].dtype if dtype is None else dtype)
         col = 0
         for ds in datasets:  # a concatenated tap: each part into its columns
-            for start, block in self._blocks(ds, _CHUNK_BYTES * 64):
+            for start, block in raw_blocks(ds, _CHUNK_BYTES * 64):
                 part = X[start:start + len(block), col:col + ds.shape[1]]
                 if X.dtype == np.float32:
                     as_float32(block, out=part)  # a float16 bank: torch's vectorised cast
@@ -284,12 +297,6 @@ class FeatureBank:
             X = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
             yield _as_dtype(X, dtype), y[start:stop]
 
-    @staticmethod
-    def _blocks(ds: h5py.Dataset, nbytes: int) -> Iterator[tuple[int, np.ndarray]]:
-        rows = max(1, nbytes // max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize))
-        for start in range(0, ds.shape[0], rows):
-            yield start, ds[start:start + rows]
-
     def info(self) -> str:
         """A human-readable summary: provenance, splits, taps, shapes, dtypes, size on disk."""
         s, d = self.spec, self.dataset
@@ -302,20 +309,19 @@ class FeatureBank:
             "versions      " + ", ".join(f"{k.removesuffix('_version')} {v}"
                                            for k, v in self.versions.items()),
             f"fingerprint   {self.fingerprint}",
-            f"model         {s['model']}  weights {s['weights']}"
-            + (f"  ({s['weights_path']})" if s.get("weights_path") else ""),
-            f"preprocessing {s['image_size']} px, resize {s['resize']} ({s['interpolation']}, "
-            f"antialias{', decode ' + s['decode'] if s.get('decode') else ''}), "
-            f"mean {list(s['mean'])}, std {list(s['std'])} [from {s['preprocessing_source']}]",
-            f"dataset       {d['name']}  {d['source']}  ({len(self.classes)} classes, "
-            f"fingerprint {d['fingerprint'][:16]})",
+            f"model         {s.model}  weights {s.weights}"
+            + (f"  ({s.weights_path})" if s.weights_path else ""),
+            f"preprocessing {s.image_size} px, resize {s.resize} ({s.interpolation}, "
+            f"antialias{', decode ' + s.decode if s.decode != 'pil' else ''}), "
+            f"mean {list(s.mean)}, std {list(s.std)} [from {s.preprocessing_source}]",
+            f"dataset       {d.name}  {d.source}  ({len(self.classes)} classes, "
+            f"fingerprint {d.fingerprint[:16]})",
             "taps:",
         ]
         for tap in self.taps:
-            t = s["tap_layers"][tap]
-            lines.append(f"  {tap:<12} {t['where']} of {t['module']}, activation "
-                         f"{tuple(t['activation_shape'])}, pool {t['pool']} -> {t['dim']} "
-                         f"{s['dtype']}")
+            t = s.tap_layers[tap]
+            lines.append(f"  {tap:<12} {t.where} of {t.module}, activation "
+                         f"{tuple(t.activation_shape)}, pool {t.pool} -> {t.dim} {s.dtype}")
         lines.append("splits:")
         for split in self.splits:
             skipped = self._skipped.get(split, [])
@@ -324,36 +330,37 @@ class FeatureBank:
         return "\n".join(lines)
 
 
-def _copy_structure(dst: h5py.File, spec: dict[str, Any], dataset: dict[str, Any],
+def _copy_structure(dst: h5py.File, spec: BankSpec, dataset: DatasetInfo,
                     fingerprint: str, extra: dict[str, Any]) -> None:
     dst.attrs.update({"featurebank_format": FORMAT_VERSION, **versions(),
                       "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "spec": json.dumps(spec), "dataset": json.dumps(dataset),
+                      "spec": json.dumps(spec.to_json()),
+                      "dataset": json.dumps(dataset.to_json()),
                       "fingerprint": fingerprint, "complete": False, **extra})
-    dst.create_dataset("classes", data=np.array(dataset["classes"], dtype=object),
+    dst.create_dataset("classes", data=np.array(dataset.classes, dtype=object),
                        dtype=h5py.string_dtype())
 
 
-def _arrays(spec: dict[str, Any]) -> list[str]:
-    return [*(f"features/{t}" for t in spec["taps"]), "labels", "index"]
+def _arrays(spec: BankSpec) -> list[str]:
+    return [*(f"features/{t}" for t in spec.taps), "labels", "index"]
 
 
-def write_virtual_bank(path: Path, shards: list[Path], *, spec: dict[str, Any],
-                       dataset: dict[str, Any]) -> None:
+def write_virtual_bank(path: Path, shards: list[Path], *, spec: BankSpec,
+                       dataset: DatasetInfo) -> None:
     """Write ``path``: one bank whose datasets are HDF5 virtual datasets over the complete
     shard banks ``shards``, in their order, with the provenance a single process would have
-    written (same fingerprint) and each shard's name, rows, size and time for the checks at
-    open. Stock h5py reads it as one file; the shards must stay beside it."""
+    written (same fingerprint) and each shard's name, rows, size, time and SHA-256 for the
+    checks at open (size and time) and :meth:`FeatureBank.verify` (content). Stock h5py reads
+    it as one file; the shards must stay beside it."""
     banks = [FeatureBank(p) for p in shards]
-    tmp = Path(f"{path}.tmp")
-    with h5py.File(tmp, "w") as f:
-        records = [{"file": os.path.relpath(p, path.parent),
-                    "rows": {s: b.num_rows(s) for s in b.splits},
-                    "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-                   for p, b in zip(shards, banks)]
+    records = [{"file": os.path.relpath(p, path.parent),
+                "rows": {s: b.num_rows(s) for s in b.splits},
+                "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
+                "sha256": sha256_file(p)} for p, b in zip(shards, banks)]
+    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
         _copy_structure(f, spec, dataset, bank_fingerprint(spec, dataset),
                         {"shards": json.dumps(records)})
-        for split in dataset["splits"]:
+        for split in dataset.splits:
             g = f.create_group(split)
             for name in _arrays(spec):
                 _virtual(g, name, [(os.path.relpath(p, path.parent), b._h5[split][name])
@@ -363,9 +370,8 @@ def write_virtual_bank(path: Path, shards: list[Path], *, spec: dict[str, Any],
                 sum(int(b._h5[split].attrs["sources_done"]) for b in banks)),
                 "skipped": json.dumps([x for b in banks for x in b.skipped(split)])})
         f.attrs.modify("complete", True)
-    for b in banks:
-        b.close()
-    replace_durably(tmp, path)
+        for b in banks:
+            b.close()
 
 
 def _virtual(group: h5py.Group, name: str, sources: list[tuple[str, h5py.Dataset]]) -> None:
@@ -386,14 +392,21 @@ def _virtual(group: h5py.Group, name: str, sources: list[tuple[str, h5py.Dataset
 
 def merge_bank(path: str | os.PathLike, out: str | os.PathLike | None = None) -> FeatureBank:
     """Copy a bank over shards into one self-contained file (``out``, default: in place of
-    ``path``, atomically); its content and fingerprint are the same."""
+    ``path``, atomically); its content and fingerprint are the same. The shards' content is
+    verified first (:meth:`FeatureBank.verify`; a bank that recorded no checksums is copied
+    with a warning)."""
     bank = FeatureBank(path)
     if not bank.shards:
         raise BankError(f"feature bank {str(bank.path)!r} is self-contained already.")
+    if all("sha256" in s for s in bank.shards):
+        bank.verify()
+    else:
+        warnings.warn(f"feature bank {str(bank.path)!r} recorded no checksums of its shards (an "
+                      f"older featurebank wrote it): their content is copied unverified.",
+                      stacklevel=2)
     out = Path(out) if out is not None else bank.path
-    tmp = Path(f"{out}.tmp")
     src = bank._h5
-    with h5py.File(tmp, "w") as f:
+    with atomic_file(out) as tmp, h5py.File(tmp, "w") as f:
         _copy_structure(f, bank.spec, bank.dataset, bank.fingerprint, {})
         f.attrs["created"] = src.attrs["created"]
         for split in bank.splits:
@@ -405,31 +418,29 @@ def merge_bank(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
                     np.prod(ds.shape[1:]))))) if ds.shape[0] else None
                 dst = g.create_dataset(name, shape=ds.shape, dtype=ds.dtype,
                                        chunks=(rows, *ds.shape[1:]) if rows else None)
-                for start, block in FeatureBank._blocks(ds, _CHUNK_BYTES * 64):
+                for start, block in raw_blocks(ds, _CHUNK_BYTES * 64):
                     dst[start:start + len(block)] = block
         f.attrs.modify("complete", True)
-    bank.close()
-    replace_durably(tmp, out)
+        bank.close()
     return FeatureBank(out)
 
 
 class BankWriter:
     """Writes a bank under ``<path>.partial``; :meth:`commit` renames it to ``path``.
 
-    Parameters are the bank's provenance and shape: ``split_sizes`` (source rows per split) and
-    ``tap_dims`` (feature size per tap). With ``resume=True`` a ``.partial`` file of the same
-    fingerprint is continued from each split's ``sources_done``.
+    Its provenance gives its shape: ``dataset.splits`` (source rows per split) and
+    ``spec.tap_layers`` (feature size per tap). With ``resume=True`` a ``.partial`` file of the
+    same fingerprint is continued from each split's ``sources_done``.
     """
 
-    def __init__(self, path: Path, *, spec: dict[str, Any], dataset: dict[str, Any],
-                 split_sizes: dict[str, int], tap_dims: dict[str, int], resume: bool):
-        self.path = path
+    def __init__(self, path: Path, *, spec: BankSpec, dataset: DatasetInfo, resume: bool):
+        self.path = Path(path)
         self.partial = Path(f"{path}.partial")
         self.fingerprint = bank_fingerprint(spec, dataset)
         self.resumed = False
         f = self._open_partial() if resume and self.partial.exists() else None
         if f is None:
-            f = self._create(spec, dataset, split_sizes, tap_dims)
+            f = self._create(spec, dataset)
         self.f = f
 
     def _open_partial(self) -> h5py.File | None:
@@ -450,24 +461,23 @@ class BankWriter:
         self.resumed = True
         return f
 
-    def _create(self, spec, dataset, split_sizes, tap_dims) -> h5py.File:
-        self.partial.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{self.partial}.tmp")
-        # Default (earliest) file format: no "open for writing" flag in the superblock, so a
-        # file whose writer was killed reopens without h5clear.
-        f = h5py.File(tmp, "w")
-        _copy_structure(f, spec, dataset, self.fingerprint, {})
-        dtype = np.dtype(spec["dtype"])
-        for split, n in split_sizes.items():
-            g = f.create_group(split)
-            g.attrs.update({"rows_done": np.int64(0), "sources_done": np.int64(0)})
-            for tap, dim in tap_dims.items():
-                rows = int(max(1, min(n, _CHUNK_BYTES // (dim * dtype.itemsize))))
-                self._allocate(g, f"features/{tap}", (n, dim), dtype, (rows, dim))
-            for name in ("labels", "index"):
-                self._allocate(g, name, (n,), np.dtype(np.int64), (max(1, min(n, 1 << 16)),))
-        f.close()
-        os.replace(tmp, self.partial)  # a .partial file always has its full structure
+    def _create(self, spec: BankSpec, dataset: DatasetInfo) -> h5py.File:
+        dtype = np.dtype(spec.dtype)
+        # A .partial file always has its full structure (built aside, then renamed). Default
+        # (earliest) file format: no "open for writing" flag in the superblock, so a file
+        # whose writer was killed reopens without h5clear.
+        with atomic_file(self.partial) as tmp, h5py.File(tmp, "w") as f:
+            _copy_structure(f, spec, dataset, self.fingerprint, {})
+            for split, n in dataset.splits.items():
+                g = f.create_group(split)
+                g.attrs.update({"rows_done": np.int64(0), "sources_done": np.int64(0)})
+                for tap in spec.taps:
+                    dim = spec.tap_layers[tap].dim
+                    rows = int(max(1, min(n, _CHUNK_BYTES // (dim * dtype.itemsize))))
+                    self._allocate(g, f"features/{tap}", (n, dim), dtype, (rows, dim))
+                for name in ("labels", "index"):
+                    self._allocate(g, name, (n,), np.dtype(np.int64),
+                                   (max(1, min(n, 1 << 16)),))
         return self._open(self.partial)
 
     @staticmethod

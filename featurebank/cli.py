@@ -1,29 +1,31 @@
-"""The ``featurebank`` command: parse, call the library, print. No logic of its own."""
+"""The ``featurebank`` command: parse, call the library, print. No logic of its own.
+
+Each command is one :class:`Command` record: its help line, the function that adds its
+arguments (called only for the command being run, so ``featurebank --help`` imports no torch),
+the function that runs it, and what an interrupted run leaves behind.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._io import FRACTION, IMAGE_SIZE, NON_NEGATIVE_INT, POSITIVE_INT
 from .exceptions import FeatureBankError
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "Command", "main"]
 
 _DEVICES = ["auto", "cpu", "cuda"]
 
 
 def _model(name: str) -> str:
-    from .backbones import list_backbones
+    from .extraction import _parse_model
 
-    if name.startswith("timm:") or name in list_backbones():
-        return name
-    raise argparse.ArgumentTypeError(
-        f"unknown model {name!r}; choose a torchvision classification model "
-        f"({', '.join(list_backbones())}) or timm:NAME")
+    return _parse_model(name)
 
 
 def _heads(value: str) -> list[str]:
@@ -36,8 +38,8 @@ def _heads(value: str) -> list[str]:
 
 
 def _extract_parser(e: argparse.ArgumentParser) -> None:
-    from ._decode import DECODERS
     from .data import list_datasets
+    from .extraction import ExtractConfig
 
     e.description = ("Run a frozen backbone once over an image dataset and write an HDF5 "
                      "feature bank. Rerunning an interrupted extraction with the same arguments "
@@ -48,40 +50,15 @@ def _extract_parser(e: argparse.ArgumentParser) -> None:
                    help="folder holding cifar-10-batches-py / cifar-100-python (default: data)")
     e.add_argument("--download", action="store_true",
                    help="download CIFAR into --data-root when missing (needs a network)")
-    e.add_argument("--model", default="vgg19", type=_model,
-                   help="torchvision model name or timm:NAME (default: vgg19)")
-    e.add_argument("--weights", default="DEFAULT", metavar="DEFAULT|none|NAME|PATH",
-                   help="pretrained weights, random init, a weights name, or a local "
-                        "state_dict file (default: DEFAULT)")
-    e.add_argument("--taps", default=None, metavar="TAP[,TAP...]",
-                   help="taps to store: fc6, fc7, pool5 (VGG), penultimate, or any module "
-                        "name (default: fc7 for VGG, else penultimate)")
-    e.add_argument("--image-size", type=IMAGE_SIZE.parse, default=224, metavar="PX",
-                   help="square input size in pixels (default: 224)")
-    e.add_argument("--batch-size", type=POSITIVE_INT.parse, default=None, metavar="N",
-                   help="images per forward pass (default: 256 on CUDA, 64 on CPU)")
+    ExtractConfig.add_arguments(e)
     e.add_argument("--device", default="auto", choices=_DEVICES,
                    help="auto = CUDA when present (default: auto)")
-    e.add_argument("--dtype", default="float16", choices=["float16", "float32"],
-                   help="storage dtype of the features (default: float16)")
-    e.add_argument("--workers", "--num-workers", type=NON_NEGATIVE_INT.parse, default=None,
-                   metavar="N", dest="num_workers",
-                   help="processes decoding image files (folder datasets), a bounded few "
-                        "batches ahead (default: min(8, cores))")
-    e.add_argument("--decode", default="pil", choices=DECODERS,
-                   help="how image files are decoded and resized: PIL in the workers; "
-                        "JPEGs to tensors and torch's resize in the workers (faster on large "
-                        "JPEGs); or JPEGs in batches on the CUDA device (nvJPEG) "
-                        "(default: pil)")
-    e.add_argument("--out", default=None, metavar="BANK.h5", help="output bank file")
+    e.add_argument("--out", default=None, metavar="BANK.h5",
+                   help="output bank file (default: DATASET_MODEL_WEIGHTS_SIZEpx.h5 in the "
+                        "working folder)")
     e.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue an unfinished extraction of the same arguments (default: on)")
+                   help="continue an unfinished extraction of the same arguments")
     e.add_argument("--overwrite", action="store_true", help="replace an existing bank")
-    e.add_argument("--skip-bad", action="store_true",
-                   help="leave unreadable images out (logged and recorded) instead of failing")
-    e.add_argument("--pool", default="cls", choices=["cls", "mean"], dest="token_pool",
-                   help="how transformer token outputs (N, T, D) become one vector: the class "
-                        "token or the mean (default: cls)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -118,9 +95,8 @@ def _fit_parser(f: argparse.ArgumentParser) -> None:
 
 
 def _finetune_parser(t: argparse.ArgumentParser) -> None:
-    from ._finetune.config import FinetuneConfig
+    from .finetuning.config import FinetuneConfig
 
-    t.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     t.description = ("Rebuild the bank's backbone up to the head's tap, attach the head, check "
                      "the hand-off, and train end to end with early stopping and resumable "
                      "checkpoints.")
@@ -132,14 +108,22 @@ def _finetune_parser(t: argparse.ArgumentParser) -> None:
     t.add_argument("--data-root", default=None, metavar="DIR",
                    help="where the images are now, if they moved since the extraction")
     FinetuneConfig.add_arguments(t)
-    t.add_argument("--device", default="auto", choices=_DEVICES)
-    t.add_argument("--out", default="finetune", metavar="DIR", help="output folder")
+    t.add_argument("--device", default="auto", choices=_DEVICES,
+                   help="auto = CUDA when present (default: auto)")
+    t.add_argument("--out", default="finetune", metavar="DIR",
+                   help="output folder (default: finetune)")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
 
 
 def _info_parser(i: argparse.ArgumentParser) -> None:
+    i.description = ("Print a bank's provenance, splits, taps and shapes. A bank written by "
+                     "several processes is checked at open by its shards' sizes and times; "
+                     "--verify also checks their content against the SHA-256 recorded when "
+                     "the bank was written (it reads every shard).")
     i.add_argument("bank", metavar="BANK.h5")
+    i.add_argument("--verify", action="store_true",
+                   help="check every shard's content (SHA-256) against the bank's record")
 
 
 def _model_argument(p: argparse.ArgumentParser) -> None:
@@ -218,52 +202,14 @@ def _taps_parser(p: argparse.ArgumentParser) -> None:
                    help="pooling of transformer tokens (default: cls)")
 
 
-# command -> (one-line help, the function that adds its arguments): a parser is filled in only
-# for the command being run, so `featurebank --help` imports no torch
-_SUBCOMMANDS = {
-    "extract": ("run a frozen backbone over a dataset into a feature bank", _extract_parser),
-    "info": ("print a bank's provenance, splits, taps and shapes", _info_parser),
-    "fit": ("fit heads on a bank, select on a validation split, rank", _fit_parser),
-    "finetune": ("graft the best head onto the backbone and fine-tune", _finetune_parser),
-    "predict": ("classify images with a fine-tuned model or a saved head", _predict_parser),
-    "export": ("write a model as ONNX or TorchScript with its preprocessing", _export_parser),
-    "report": ("write an evaluation report (metrics, plots, HTML) of a fit and a fine-tune",
-               _report_parser),
-    "taps": ("list a model's taps with their shapes and feature sizes", _taps_parser),
-    "merge": ("copy a bank written by several processes into one self-contained file",
-              _merge_parser),
-}
-
-
-def _parser(argv: Sequence[str] = (), *, full: bool = False) -> argparse.ArgumentParser:
-    """The parser; only the command named in ``argv`` gets its arguments (all: ``full``)."""
-    from . import __version__
-
-    command = next((a for a in argv if not a.startswith("-")), None)
-    p = argparse.ArgumentParser(
-        prog="featurebank",
-        description="Cache frozen-backbone features once; train heads on them in seconds.")
-    p.add_argument("--version", action="version", version=f"featurebank {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help, fill) in _SUBCOMMANDS.items():
-        sp = sub.add_parser(name, help=help, description=help)
-        if full or name == command:
-            fill(sp)
-    return p
-
-
 def _run_extract(args: argparse.Namespace) -> None:
-    from ._extract import extract
-
-    bank = extract(args.dataset, data_root=args.data_root, download=args.download,
-                   model=args.model, weights=args.weights, taps=args.taps,
-                   image_size=args.image_size, batch_size=args.batch_size, device=args.device,
-                   dtype=args.dtype, out=args.out, resume=args.resume,
-                   overwrite=args.overwrite, skip_bad=args.skip_bad,
-                   num_workers=args.num_workers, decode=args.decode,
-                   token_pool=args.token_pool, progress=not args.quiet)
     from ._distributed import current_rank
+    from .extraction import ExtractConfig, extract
 
+    bank = extract(args.dataset, out=args.out, data_root=args.data_root,
+                   download=args.download, device=args.device, resume=args.resume,
+                   overwrite=args.overwrite, progress=not args.quiet,
+                   config=ExtractConfig.from_namespace(args))
     rank = current_rank()
     if rank is not None and rank.rank != 0:
         return  # rank 0 reports the bank
@@ -275,7 +221,12 @@ def _run_extract(args: argparse.Namespace) -> None:
 def _run_info(args: argparse.Namespace) -> None:
     from .bank import FeatureBank
 
-    print(FeatureBank(args.bank).info())
+    bank = FeatureBank(args.bank)
+    print(bank.info())
+    if args.verify:
+        shards = bank.verify()
+        print(f"verified: {len(shards)} shards, each as written (SHA-256)" if shards else
+              "verified: a self-contained bank (no shards to check)")
 
 
 def _run_fit(args: argparse.Namespace) -> None:
@@ -286,7 +237,7 @@ def _run_fit(args: argparse.Namespace) -> None:
     board = fit_heads(args.bank, tap=args.tap, heads=args.heads, val_fraction=args.val_fraction,
                       out=args.out, random_state=args.seed, device=args.device,
                       refit=args.refit, overwrite=args.overwrite, stream=args.stream,
-                      verbose=not args.quiet)
+                      progress=not args.quiet)
     print(f"\n{'taps' if len(board['taps']) > 1 else 'tap'} {', '.join(board['taps'])}: "
           f"{board['n_train']} train rows, {board['n_val']} validation rows, "
           f"{board['n_test']} test rows")
@@ -298,7 +249,7 @@ def _run_fit(args: argparse.Namespace) -> None:
 
 
 def _run_finetune(args: argparse.Namespace) -> None:
-    from ._finetune import FinetuneConfig, finetune
+    from .finetuning import FinetuneConfig, finetune
 
     summary = finetune(args.bank, head=args.head, runs=args.runs, data_root=args.data_root,
                        device=args.device, out=args.out, resume=args.resume,
@@ -313,8 +264,11 @@ def _run_finetune(args: argparse.Namespace) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
+    from ._io import check_output
     from .predictor import load_model
 
+    if args.out:  # before the model is loaded or any image read
+        check_output(args.out)
     model = load_model(args.model, bank=args.bank, device=args.device,
                        batch_size=args.batch_size)
     summary = model.predict_to_csv(args.images, args.out or sys.stdout, top_k=args.top_k,
@@ -328,8 +282,10 @@ def _run_predict(args: argparse.Namespace) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> None:
+    from ._io import check_output
     from .predictor import load_model
 
+    check_output(args.out)  # before the model is loaded
     path = load_model(args.model, bank=args.bank, device=args.device).export(
         args.out, format=args.format)
     print(f"wrote {path} and {path}.json (input, preprocessing, classes)")
@@ -365,24 +321,65 @@ def _run_merge(args: argparse.Namespace) -> None:
           f"needed by it")
 
 
-_COMMANDS = {"merge": _run_merge, "extract": _run_extract, "info": _run_info, "fit": _run_fit,
-             "finetune": _run_finetune, "predict": _run_predict, "export": _run_export,
-             "report": _run_report, "taps": _run_taps}
+@dataclass(frozen=True)
+class Command:
+    """One ``featurebank`` command."""
 
-_AFTER_INTERRUPT = {  # what an interrupted command leaves behind, and how to go on
-    "extract": lambda a: "rows written so far are kept, rerun the same command to resume.",
-    "info": lambda a: "nothing was changed.",
-    "fit": lambda a: (f"heads finished so far are saved in {a.out}/, the leaderboard is written "
-                      f"when every head is done: rerun the command."),
-    "finetune": lambda a: (f"rerun with --resume to continue from the last checkpoint "
-                           f"({a.out}/checkpoint.pt, written at each epoch's end and every "
-                           f"--checkpoint-every steps)."),
-    "predict": lambda a: "no CSV was written; rerun the command.",
-    "export": lambda a: "nothing was written; rerun the command.",
-    "taps": lambda a: "nothing was changed.",
-    "report": lambda a: "the report may be incomplete; rerun the command.",
-    "merge": lambda a: "the bank is as it was; rerun the command.",
-}
+    name: str
+    help: str  # its line in ``featurebank --help``
+    arguments: Callable[[argparse.ArgumentParser], None]  # adds its arguments
+    run: Callable[[argparse.Namespace], None]  # calls the library, prints
+    after_interrupt: Callable[[argparse.Namespace], str]  # what Ctrl-C leaves, how to go on
+
+
+def _unchanged(args: argparse.Namespace) -> str:
+    return "nothing was changed."
+
+
+COMMANDS = {c.name: c for c in [
+    Command("extract", "run a frozen backbone over a dataset into a feature bank",
+            _extract_parser, _run_extract,
+            lambda a: "rows written so far are kept, rerun the same command to resume."),
+    Command("info", "print a bank's provenance, splits, taps and shapes", _info_parser,
+            _run_info, _unchanged),
+    Command("fit", "fit heads on a bank, select on a validation split, rank", _fit_parser,
+            _run_fit, lambda a: (f"heads finished so far are saved in {a.out}/, the "
+                                 f"leaderboard is written when every head is done: rerun the "
+                                 f"command.")),
+    Command("finetune", "graft the best head onto the backbone and fine-tune",
+            _finetune_parser, _run_finetune,
+            lambda a: (f"rerun with --resume to continue from the last checkpoint "
+                       f"({a.out}/checkpoint.pt, written at each epoch's end and every "
+                       f"--checkpoint-every steps).")),
+    Command("predict", "classify images with a fine-tuned model or a saved head",
+            _predict_parser, _run_predict, lambda a: "no CSV was written; rerun the command."),
+    Command("export", "write a model as ONNX or TorchScript with its preprocessing",
+            _export_parser, _run_export, lambda a: "nothing was written; rerun the command."),
+    Command("report", "write an evaluation report (metrics, plots, HTML) of a fit and a "
+                      "fine-tune", _report_parser, _run_report,
+            lambda a: "the report may be incomplete; rerun the command."),
+    Command("taps", "list a model's taps with their shapes and feature sizes", _taps_parser,
+            _run_taps, _unchanged),
+    Command("merge", "copy a bank written by several processes into one self-contained file",
+            _merge_parser, _run_merge, lambda a: "the bank is as it was; rerun the command."),
+]}
+
+
+def _parser(argv: Sequence[str] = (), *, full: bool = False) -> argparse.ArgumentParser:
+    """The parser; only the command named in ``argv`` gets its arguments (all: ``full``)."""
+    from . import __version__
+
+    command = next((a for a in argv if not a.startswith("-")), None)
+    p = argparse.ArgumentParser(
+        prog="featurebank",
+        description="Cache frozen-backbone features once; train heads on them in seconds.")
+    p.add_argument("--version", action="version", version=f"featurebank {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for c in COMMANDS.values():
+        sp = sub.add_parser(c.name, help=c.help, description=c.help)
+        if full or c.name == command:
+            c.arguments(sp)
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -390,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser(argv).parse_args(argv)
     try:
-        _COMMANDS[args.command](args)
+        COMMANDS[args.command].run(args)
     except FeatureBankError as e:
         from ._distributed import current_rank
 
@@ -399,8 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nfeaturebank {args.command}: interrupted; {_AFTER_INTERRUPT[args.command](args)}",
-              file=sys.stderr)
+        print(f"\nfeaturebank {args.command}: interrupted; "
+              f"{COMMANDS[args.command].after_interrupt(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` or `less`, which stopped reading: the
         # work is done; send the rest of stdout (and the flush at exit) nowhere, quietly

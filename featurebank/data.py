@@ -15,13 +15,14 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from ._decode import FILES, Decoding, check_images
+from ._decode import Decoding, check_images
 from .exceptions import DataError
+from .records import DatasetInfo, Resize
 
 __all__ = ["ImageSource", "ImageBatch", "from_arrays", "list_datasets", "open_source",
            "reopen_source"]
@@ -30,6 +31,38 @@ _CIFAR = {
     "cifar10": ("CIFAR10", "CIFAR-10", "cifar-10-batches-py"),
     "cifar100": ("CIFAR100", "CIFAR-100", "cifar-100-python"),
 }
+
+
+class Split(Protocol):
+    """What the extraction, the fine-tune and the report need of one split of a source.
+
+    Rows are addressed by their source position (``positions()``: ``range(len)`` for a whole
+    split, a range inside it for a rank's :class:`_Shard`).
+    """
+
+    #: Whether ``take`` / ``batches`` decode image files (worth doing in DataLoader workers);
+    #: False for splits held in memory as decoded arrays.
+    decodes_files: bool
+
+    def __len__(self) -> int: ...
+
+    def fingerprint(self, h: Any) -> None:
+        """Feed the split's images (or file list) and labels to the hash ``h``."""
+
+    def describe_row(self, position: int) -> str:
+        """How a row is named in messages and in the bank's ``skipped`` list (a path)."""
+
+    def positions(self) -> range:
+        """The source positions this split covers."""
+
+    def take(self, positions: np.ndarray, *, decoding: Decoding) -> np.ndarray:
+        """uint8 ``(len(positions), H, W, 3)`` images at these source positions (this process,
+        on the CPU)."""
+
+    def batches(self, start: int, batch_size: int, *, decoding: Decoding,
+                stop: int | None = None, num_workers: int = 0, skip_bad: bool = False,
+                device: torch.device | None = None) -> Iterator[ImageBatch]:
+        """Batches from row ``start`` (of this split) to ``stop``."""
 
 
 @dataclass
@@ -46,6 +79,8 @@ class ImageBatch:
 
 class _ArraySplit:
     """A split held in memory as uint8 NHWC images (CIFAR, npz)."""
+
+    decodes_files = False
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.images = np.ascontiguousarray(images)
@@ -101,6 +136,8 @@ def _collate(items):
 
 class _FileSplit:
     """A split of image files with labels, decoded lazily in DataLoader workers."""
+
+    decodes_files = True
 
     def __init__(self, samples: list[tuple[str, int]], root: Path):
         self.samples = samples
@@ -170,11 +207,16 @@ class _Shard:
     0; ``positions`` and ``describe_row`` stay those of the whole split.
     """
 
-    def __init__(self, split: Any, start: int, stop: int):
+    def __init__(self, split: Split, start: int, stop: int):
         self.split, self.start, self.stop = split, start, stop
+        self.decodes_files = split.decodes_files
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+    def fingerprint(self, h: Any) -> None:
+        self.split.fingerprint(h)
+        h.update(f"\0rows:{self.start}:{self.stop}\0".encode())
 
     def describe_row(self, position: int) -> str:
         return self.split.describe_row(position)
@@ -222,8 +264,8 @@ class ImageSource:
     name: str
     location: str
     classes: list[str]
-    splits: dict[str, Any]
-    resize: str
+    splits: dict[str, Split]
+    resize: Resize
 
     def fingerprint(self) -> str:
         """SHA-256 over the class names and every split's images (or file list) and labels."""
@@ -241,16 +283,11 @@ class ImageSource:
                   for name, split in self.splits.items()}
         return ImageSource(self.name, self.location, self.classes, splits, self.resize)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> DatasetInfo:
         """Provenance of this source, stored as the bank's ``dataset`` attribute."""
-        return {
-            "name": self.name,
-            "source": self.location,
-            "classes": list(self.classes),
-            "splits": {k: len(v) for k, v in self.splits.items()},
-            "resize": self.resize,
-            "fingerprint": self.fingerprint(),
-        }
+        return DatasetInfo(name=self.name, source=self.location, classes=tuple(self.classes),
+                           splits={k: len(v) for k, v in self.splits.items()},
+                           resize=Resize(self.resize), fingerprint=self.fingerprint())
 
 
 def _open_cifar(name: str, root: Path, download: bool) -> ImageSource:
@@ -274,7 +311,7 @@ def _open_cifar(name: str, root: Path, download: bool) -> ImageSource:
             ) from None
         splits[split] = _ArraySplit(ds.data, np.asarray(ds.targets))
         classes = list(ds.classes)
-    return ImageSource(name, str(root), classes, splits, "device")
+    return ImageSource(name, str(root), classes, splits, Resize.DEVICE)
 
 
 def _cifar_error(cls, pretty: str, root: Path, folder: str) -> DataError:
@@ -300,6 +337,18 @@ def _cifar_error(cls, pretty: str, root: Path, folder: str) -> DataError:
         f"again from a good copy, or delete the folder and pass download=True (--download).")
 
 
+def _check_labels(labels: Any, n: int, what: str) -> np.ndarray:
+    """``labels`` as ``n`` int64 class indices >= 0, or DataError naming ``what``."""
+    labels = np.asarray(labels)
+    integer = np.issubdtype(labels.dtype, np.integer)
+    negative = integer and labels.size > 0 and labels.min() < 0
+    if labels.shape != (n,) or not integer or negative:
+        raise DataError(f"{what} has shape {labels.shape} and dtype {labels.dtype}"
+                        f"{' with negative values' if negative else ''}; expected {n} integer "
+                        f"labels >= 0, one per image.")
+    return labels.astype(np.int64)
+
+
 def from_arrays(images: Any, labels: Any = None, *, classes: list[str] | None = None,
                 name: str = "arrays") -> ImageSource:
     """An in-memory image source with one ``train`` split.
@@ -318,15 +367,13 @@ def from_arrays(images: Any, labels: Any = None, *, classes: list[str] | None = 
     ImageSource
     """
     images = check_images(images, "images")
-    labels = np.zeros(len(images), np.int64) if labels is None else np.asarray(labels)
-    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or (
-            len(labels) and labels.min() < 0):
-        raise DataError(f"labels have shape {labels.shape} and dtype {labels.dtype}; expected "
-                        f"{len(images)} integer labels >= 0, one per image.")
+    labels = _check_labels(np.zeros(len(images), np.int64) if labels is None else labels,
+                           len(images), "labels")
     n_classes = int(labels.max()) + 1 if len(labels) else 1
     classes = [str(c) for c in classes] if classes is not None else [str(i) for i in
                                                                       range(n_classes)]
-    return ImageSource(name, "memory", classes, {"train": _ArraySplit(images, labels)}, "device")
+    return ImageSource(name, "memory", classes, {"train": _ArraySplit(images, labels)},
+                       Resize.DEVICE)
 
 
 def _open_npz(path: Path) -> ImageSource:
@@ -353,14 +400,7 @@ def _open_npz(path: Path) -> ImageSource:
         if lk not in arrays:
             raise DataError(f"npz file {str(path)!r} has {ik!r} but no {lk!r} array.")
         images = check_images(arrays[ik], f"npz array {ik!r} in {str(path)!r}")
-        labels = arrays[lk]
-        if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype,
-                                                                               np.integer):
-            raise DataError(
-                f"npz array {lk!r} in {str(path)!r} has shape {labels.shape} and dtype "
-                f"{labels.dtype}; expected {len(images)} integer labels, one per image.")
-        if len(labels) and labels.min() < 0:
-            raise DataError(f"npz array {lk!r} in {str(path)!r} has negative labels.")
+        labels = _check_labels(arrays[lk], len(images), f"npz array {lk!r} in {str(path)!r}")
         splits[split] = _ArraySplit(images, labels)
     n_classes = max(int(s.labels.max()) + 1 for s in splits.values() if len(s))
     if "classes" in arrays:
@@ -371,7 +411,7 @@ def _open_npz(path: Path) -> ImageSource:
                 f"go up to {n_classes - 1}.")
     else:
         classes = [str(i) for i in range(n_classes)]
-    return ImageSource("npz", str(path), classes, splits, "device")
+    return ImageSource("npz", str(path), classes, splits, Resize.DEVICE)
 
 
 def _open_folder(root: Path) -> ImageSource:
@@ -402,7 +442,7 @@ def _open_folder(root: Path) -> ImageSource:
         except FileNotFoundError as e:
             raise DataError(f"image folder {str(path)!r}: {e} (extensions {IMG_EXTENSIONS}).")
         splits[split] = _FileSplit(samples, path)
-    return ImageSource("folder", str(root), classes, splits, FILES)
+    return ImageSource("folder", str(root), classes, splits, Resize.FILES)
 
 
 @dataclass(frozen=True)
@@ -460,13 +500,13 @@ def open_source(dataset: str, *, data_root: str | os.PathLike = "data",
     return kind.open(Path(arg if arg else data_root).expanduser(), download)
 
 
-def reopen_source(provenance: dict[str, Any], *,
+def reopen_source(provenance: DatasetInfo, *,
                   data_root: str | os.PathLike | None = None) -> ImageSource:
     """Open the images a bank was extracted from, from its ``dataset`` provenance.
 
     Parameters
     ----------
-    provenance : dict
+    provenance : DatasetInfo
         ``FeatureBank.dataset``: the source's kind (``name``), location (``source``) and
         fingerprint.
     data_root : path-like, optional
@@ -478,12 +518,13 @@ def reopen_source(provenance: dict[str, Any], *,
     ImageSource
         The same images: its fingerprint must equal the recorded one.
     """
-    kind = _SOURCES.get(provenance["name"])
+    provenance = DatasetInfo.from_json(provenance)
+    kind = _SOURCES.get(provenance.name)
     if kind is None:
         raise DataError(
-            f"the bank's images came from {provenance['name']!r} (in memory), which cannot be "
+            f"the bank's images came from {provenance.name!r} (in memory), which cannot be "
             f"reopened; extract from a dataset on disk (--dataset {list_datasets()}).")
-    location = Path(data_root if data_root is not None else provenance["source"]).expanduser()
+    location = Path(data_root if data_root is not None else provenance.source).expanduser()
     if not location.exists():
         what = (f"the folder that holds {_CIFAR[kind.name][2]!r}" if kind.name in _CIFAR
                 else f"the {'npz file' if kind.name == 'npz' else 'image folder'}")
@@ -492,7 +533,7 @@ def reopen_source(provenance: dict[str, Any], *,
             f"exist any more. If they moved, pass --data-root NEW_PATH (data_root=NEW_PATH) "
             f"pointing at {what} where it is now.")
     source = kind.open(location, False)
-    if source.fingerprint() != provenance["fingerprint"]:
+    if source.fingerprint() != provenance.fingerprint:
         raise DataError(
             f"the images at {str(location)!r} differ from those the bank was extracted from "
             f"(source fingerprint changed); pass --data-root PATH (data_root=PATH) pointing at "

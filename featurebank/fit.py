@@ -24,14 +24,15 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from tqdm.auto import tqdm
 
-from ._io import FRACTION, atomic_write, write_csv, write_json
+from ._io import FRACTION, POSITIVE_INT, atomic_write, progress_bar, write_csv, write_json
+from .artefacts import LEADERBOARD_CSV, LEADERBOARD_JSON, SPLIT, head_file, read_leaderboard
 from .bank import FeatureBank
 from .exceptions import BankError, FeatureBankError
-from .heads.logistic import StreamedRows
 from .heads.persist import save_head
 from .heads.registry import check_head_names, get_head_spec
+from .records import TapSelection, tap_selections
+from .rows import CHUNK_ROWS, StreamedRows, chunks, select
 
 __all__ = ["fit_heads"]
 
@@ -39,8 +40,8 @@ MIN_VAL_PER_CLASS = 20  # below this, a few rows decide the selection
 
 
 def _check_features(X, bank: FeatureBank, split: str, tap: str) -> None:
-    chunks = X.chunks() if isinstance(X, StreamedRows) else [(0, X)]
-    rows = np.concatenate([s + np.flatnonzero(~np.isfinite(c).all(axis=1)) for s, c in chunks])
+    rows = np.concatenate([s + np.flatnonzero(~np.isfinite(c).all(axis=1))
+                           for s, c in chunks(X)])
     if len(rows):
         raise BankError(
             f"feature bank {str(bank.path)!r}, split {split!r}, tap {tap!r} has {len(rows)} rows "
@@ -99,26 +100,25 @@ def _refit(name: str, params: dict[str, Any], X, y, *, device, random_state):
 def _taps(bank: FeatureBank, tap: str | list[str] | None) -> list[str]:
     """``None``: the first tap; ``"all"``: every tap; ``"fc6,fc7"``: each; ``"fc6+fc7"``:
     the two side by side as one."""
-    if tap is None:
-        return [bank.taps[0]]
-    taps = [t.strip() for t in tap.split(",")] if isinstance(tap, str) else list(tap)
-    taps = bank.taps if taps == ["all"] else [t for t in taps if t]
-    for t in taps:
+    selections = tap_selections(tap, bank.taps)
+    for t in selections:
         bank.shape(bank.splits[0], t)  # an unknown tap: BankError naming the bank's taps
-    return taps
+    return [str(t) for t in selections]
 
 
 def _check_out(out: Path | None, overwrite: bool) -> list[str]:
     """The files of an earlier fit in ``out`` (to remove once the new one is written), or an
     error when there is one and ``overwrite`` is off."""
-    board = out / "leaderboard.json" if out is not None else None
-    if board is None or not board.is_file():
+    if out is None or not (out / LEADERBOARD_JSON).is_file():
         return []
     if not overwrite:
         raise FeatureBankError(
-            f"{str(out)!r} holds the results of an earlier fit ({board.name}); pass "
+            f"{str(out)!r} holds the results of an earlier fit ({LEADERBOARD_JSON}); pass "
             f"overwrite=True (--overwrite) to replace them, or choose another out= (--out).")
-    return [r["file"] for r in json.loads(board.read_text()).get("rows", []) if r.get("file")]
+    try:
+        return read_leaderboard(out).files()
+    except FeatureBankError:  # a damaged leaderboard: its heads are simply written anew
+        return []
 
 
 def _selection_notes(y_val: np.ndarray, classes: list[str]) -> list[str]:
@@ -137,7 +137,9 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
               heads: list[str] | tuple[str, ...] = ("logreg", "mlp"), val_fraction: float = 0.1,
               out: str | os.PathLike | None = "runs", random_state: int = 0,
               device: str = "auto", refit: bool = False, overwrite: bool = False,
-              stream: bool | None = None, verbose: bool = True) -> dict[str, Any]:
+              stream: bool | None = None, chunk_rows: int | None = None,
+              progress: bool = True,
+              verbose: bool | None = None) -> dict[str, Any]:
     """Fit, select and rank heads on a feature bank.
 
     Parameters
@@ -166,8 +168,12 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
         Read the features from the bank chunk by chunk on every pass instead of loading them
         (banks larger than memory; ``logreg`` and ``mlp`` only). Default: when a tap's train
         features, as float32, would take over a quarter of this machine's memory.
-    verbose : bool, default=True
+    chunk_rows : int, optional
+        Rows per read when streaming (default 16,384: 128 MiB of 4,096 float16 features).
+    progress : bool, default=True
         A progress bar, each head's line as it finishes, and the selection notes.
+    verbose : bool, optional
+        Deprecated spelling of ``progress``.
 
     Returns
     -------
@@ -176,6 +182,11 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
         size ``n_val``), ``best_head`` (the best graftable head's name, or None), ``notes``
         (why a selection may not mean much), the bank fingerprint, taps and split sizes.
     """
+    if verbose is not None:
+        warnings.warn("fit_heads(verbose=) is deprecated; use progress=, as the other "
+                      "functions do.", DeprecationWarning, stacklevel=2)
+        progress = verbose
+    chunk_rows = POSITIVE_INT.check("chunk_rows", chunk_rows or CHUNK_ROWS)
     bank = bank if isinstance(bank, FeatureBank) else FeatureBank(bank)
     taps, heads = _taps(bank, tap), check_head_names(heads)
     stream = _needs_streaming(bank, taps) if stream is None else stream
@@ -185,16 +196,16 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     old_files = _check_out(out, overwrite)
     rows, notes, sizes = [], [], {}
     n_settings = sum(len(get_head_spec(h).candidates()) for h in heads) * len(taps)
-    with tqdm(total=n_settings, unit="fit", leave=False, disable=not verbose, file=sys.stderr,
-              dynamic_ncols=True) as bar:
+    with progress_bar(total=n_settings, unit="fit", desc="fit", leave=False,
+                      enabled=progress) as bar:
         for t in taps:
-            X, y, test = _load(bank, t, stream)
+            X, y, test = _load(bank, t, stream and chunk_rows)
             train, val = _validation_split(y, val_fraction, random_state)
             sizes = {"n_train": int(len(train)), "n_val": int(len(val)),
                      "n_test": 0 if test is None else int(len(test[1]))}
             # read, split and standardised once for all heads of this tap
-            data = {"X": X, "y": y, "X_train": _rows(X, train), "y_train": y[train],
-                    "X_val": _rows(X, val), "y_val": y[val], "test": test, "shared": {}}
+            data = {"X": X, "y": y, "X_train": select(X, train), "y_train": y[train],
+                    "X_val": select(X, val), "y_val": y[val], "test": test, "shared": {}}
             for name in heads:
                 bar.set_description(f"fit {name} on {t}")
                 row, est = _fit_head(name, t, data, device=device, random_state=random_state,
@@ -202,22 +213,17 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
                 rows.append(row)
                 if out is not None:
                     _save(row, est, out, bank=bank, val=val, several_taps=len(taps) > 1)
-                if verbose:
+                if progress:
                     bar.write(_row_line(row), file=sys.stdout)
         notes += _selection_notes(y[val], bank.classes)
     board = _board(bank, rows, taps, notes, val_fraction=val_fraction,
                    random_state=random_state, refit=refit, **sizes)
     if out is not None:
         _write(out, board, train, val, old_files)
-    if verbose:
+    if progress:
         for note in board["notes"]:
             print(f"note: {note}", file=sys.stderr)
     return board
-
-
-def _rows(X, rows: np.ndarray):
-    """Rows of the features, in memory or (streamed) as a selection read from the bank."""
-    return StreamedRows(X.ds, rows) if isinstance(X, StreamedRows) else X[rows]
 
 
 def _check_streamable(heads: list[str]) -> None:
@@ -267,20 +273,20 @@ def _board(bank: FeatureBank, rows: list[dict[str, Any]], taps: list[str], notes
             "best_file": best.get("file") if best else None, "notes": notes, "rows": rows}
 
 
-def _features(bank: FeatureBank, split: str, tap: str, stream: bool):
-    """A split's features and labels: in memory, or streamed from the bank."""
+def _features(bank: FeatureBank, split: str, tap: str, stream: int | bool):
+    """A split's features and labels: in memory, or streamed from the bank (``stream``
+    rows per read)."""
     if not stream:
         return bank.load(split, tap)
-    if "+" in tap:
+    if TapSelection.parse(tap).concatenated:
         raise FeatureBankError(f"concatenated taps ({tap!r}) are read into memory; fit them "
                                f"on a bank that fits, or one tap at a time (stream=True).")
-    return StreamedRows(bank.features(split, tap)), bank.labels(split)
+    return StreamedRows(bank.features(split, tap), chunk=int(stream)), bank.labels(split)
 
 
 def _accuracy(est, X, y: np.ndarray) -> float:
     """Accuracy of ``est`` on features in memory or streamed, chunk by chunk."""
-    chunks = X.chunks() if isinstance(X, StreamedRows) else [(0, X)]
-    return float(sum(int((est.predict(c) == y[s:s + len(c)]).sum()) for s, c in chunks)
+    return float(sum(int((est.predict(c) == y[s:s + len(c)]).sum()) for s, c in chunks(X))
                  / len(y))
 
 
@@ -295,7 +301,7 @@ def _needs_streaming(bank: FeatureBank, taps: list[str]) -> bool:
     return n * d * 4 > memory / 4
 
 
-def _load(bank: FeatureBank, tap: str, stream: bool = False):
+def _load(bank: FeatureBank, tap: str, stream: int | bool = False):
     """The train features and labels of ``tap``, and the test split's when it has rows;
     refuses what no head can fit (no rows, one class, NaN or inf)."""
     if "train" not in bank.splits:
@@ -317,7 +323,7 @@ def _load(bank: FeatureBank, tap: str, stream: bool = False):
 
 def _save(row: dict[str, Any], est, out: Path, *, bank: FeatureBank, val: np.ndarray,
           several_taps: bool) -> None:
-    row["file"] = f"{row['head']}@{row['tap']}.joblib" if several_taps else f"{row['head']}.joblib"
+    row["file"] = head_file(row["head"], row["tap"], several_taps)
     save_head(est, out / row["file"], bank=bank, tap=row["tap"], name=row["head"],
               params=row["params"], val_rows=val, refit=row["refit"],
               metrics={k: row[k] for k in ("val_accuracy", "n_val", "test_accuracy",
@@ -337,9 +343,9 @@ _CSV_COLUMNS = ["head", "tap", "val_accuracy", "n_val", "test_accuracy", "fit_se
 
 def _write(out: Path, board: dict[str, Any], train: np.ndarray, val: np.ndarray,
            old_files: list[str]) -> None:
-    atomic_write(out / "split.npz", lambda f: np.savez(f, train_rows=train, val_rows=val))
-    write_json(out / "leaderboard.json", {**board, "split": "split.npz"})
-    write_csv(out / "leaderboard.csv", [{**r, "params": json.dumps(r["params"])}
+    atomic_write(out / SPLIT, lambda f: np.savez(f, train_rows=train, val_rows=val))
+    write_json(out / LEADERBOARD_JSON, {**board, "split": SPLIT})
+    write_csv(out / LEADERBOARD_CSV, [{**r, "params": json.dumps(r["params"])}
                                         for r in board["rows"]], _CSV_COLUMNS)
     for name in set(old_files) - {r.get("file") for r in board["rows"]}:
         (out / name).unlink(missing_ok=True)  # heads of the replaced fit that this one lacks

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -21,14 +20,15 @@ from typing import IO, Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ._decode import Decoding
-from ._io import POSITIVE_INT, amp_dtype, atomic_write, resolve_device
-from .backbones import Preprocessing, TapNetwork, WeightsId, get_backbone, skeleton
+from ._io import POSITIVE_INT, atomic_write, autocast, check_output, progress_bar, resolve_device
+from .artefacts import read_best_model
+from .backbones import TapNetwork
 from .bank import FeatureBank
 from .exceptions import DataError, FeatureBankError
 from .heads import class_probabilities
+from .network import GraftedNetwork, load_finetuned
+from .records import BankSpec
 
 __all__ = ["Predictor", "load_model"]
 
@@ -79,32 +79,34 @@ class Predictor:
     ----------
     classes_ : ndarray
         Class names, in the column order of :meth:`predict_proba`.
-    network : torch.nn.Module or None
+    network : GraftedNetwork or None
         The plain module from normalised ``(N, 3, S, S)`` images to logits (fine-tuned models
         and graftable heads; None for a k-NN head); :meth:`export` writes it.
     backbone : TapNetwork
         Normalised images -> tap features.
-    spec : dict
+    spec : BankSpec
         The bank's spec: model, weights, taps, image size, resize policy, mean, std.
     source : str
         What was loaded.
     """
 
-    def __init__(self, backbone: TapNetwork, *, classes: np.ndarray, spec: dict[str, Any],
-                 head: nn.Module | None = None, estimator: Any = None, source: str = "",
-                 device: str = "auto", batch_size: int | None = None):
+    def __init__(self, backbone: TapNetwork, *, classes: np.ndarray, spec: BankSpec,
+                 tap: str, head: nn.Module | None = None, estimator: Any = None,
+                 source: str = "", device: str = "auto", batch_size: int | None = None):
         self.device = resolve_device(device)
-        self.backbone = backbone.to(self.device).eval()
-        self.head = head.to(self.device).eval() if head is not None else None
-        self.estimator, self.spec, self.source = estimator, spec, source
+        self.spec, self.estimator, self.source = BankSpec.from_json(spec), estimator, source
         self.classes_ = np.asarray(classes)
-        self.batch_size = batch_size or (256 if self.device.type == "cuda" else 64)
-        self.image_size = int(spec["image_size"])
-        self.decoding = Decoding.from_spec(spec)
-        self.network = (_Network(self.backbone, self.head) if self.head is not None else None)
+        self.batch_size = POSITIVE_INT.check("batch_size", batch_size or (
+            256 if self.device.type == "cuda" else 64))
+        self.image_size = self.spec.image_size
+        self.decoding = self.spec.decoding
+        self.network = (GraftedNetwork(backbone, head, tap).to(self.device).eval()
+                        if head is not None else None)
+        self.backbone = backbone.to(self.device).eval()
+        self.head = self.network.head if self.network is not None else None
 
     def __repr__(self) -> str:
-        return (f"Predictor({self.source!r}, model={self.spec['model']!r}, "
+        return (f"Predictor({self.source!r}, model={self.spec.model!r}, "
                 f"classes={len(self.classes_)}, device={self.device})")
 
     # -- prediction ---------------------------------------------------------------------------
@@ -139,11 +141,10 @@ class Predictor:
     @torch.inference_mode()
     def _classify(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         x = self._input(arrays)
-        amp = amp_dtype(self.device)
-        with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+        with autocast(self.device):
             feats = self.backbone(x).float()
         if self.estimator is not None:  # a saved head: features as the bank stored them
-            X = feats.cpu().numpy().astype(self.spec["dtype"]).astype(np.float32)
+            X = feats.cpu().numpy().astype(self.spec.dtype).astype(np.float32)
             est = self.estimator
             proba = class_probabilities(est, X)
             return self.classes_[np.searchsorted(est.classes_, est.predict(X))], proba
@@ -174,6 +175,8 @@ class Predictor:
         open text file. Returns a summary: images classified, unreadable ones left out
         (``skip_bad``), and the count of each predicted class, most frequent first."""
         k = min(POSITIVE_INT.check("top_k", top_k), len(self.classes_))
+        if not hasattr(out, "write"):  # before any image is read: nothing is lost
+            check_output(out)
         columns = ["path", "prediction", "probability",
                    *(f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob"))]
         summary: dict[str, Any] = {"images": 0, "skipped": [], "counts": {}}
@@ -182,8 +185,7 @@ class Predictor:
         def write(f: IO[str]) -> None:
             w = csv.writer(f)
             w.writerow(columns)
-            with tqdm(total=len(items), unit="img", desc="predict", disable=not progress,
-                      file=sys.stderr, dynamic_ncols=True) as bar:
+            with progress_bar(total=len(items), desc="predict", enabled=progress) as bar:
                 for names, labels, proba, bad in self._iter_items(items, skip_bad):
                     for name, label, p in zip(names, labels, proba):
                         top = np.argsort(-p, kind="stable")[:k]
@@ -207,13 +209,14 @@ class Predictor:
     def export(self, path: str | os.PathLike, *, format: str = "onnx") -> Path:
         """Write :attr:`network` as ``onnx`` or ``torchscript``, with a JSON file beside it
         (``<path>.json``) recording its input, preprocessing and classes."""
-        from ._export import export
+        from ._export import ModelCard, export
 
         if self.network is None:
             raise FeatureBankError(f"{self.source!r} is not a network (a k-NN head has no "
                                    f"torch form); export a linear or MLP head, or a fine-tuned "
                                    f"model.")
-        return export(self, Path(path), format=format)
+        card = ModelCard(self.spec, tuple(str(c) for c in self.classes_), self.source)
+        return export(self.network, Path(path), format=format, card=card)
 
 
 def _as_text(f: IO[bytes], write) -> None:
@@ -222,17 +225,6 @@ def _as_text(f: IO[bytes], write) -> None:
     write(text)
     text.flush()
     text.detach()
-
-
-class _Network(nn.Module):
-    """Normalised images -> logits: the backbone up to its tap, then the head."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module):
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x).float())
 
 
 def load_model(path: str | os.PathLike, *, bank: FeatureBank | str | os.PathLike | None = None,
@@ -266,40 +258,11 @@ def load_model(path: str | os.PathLike, *, bank: FeatureBank | str | os.PathLike
 
 
 def _load_finetuned(folder: Path, **kw: Any) -> Predictor:
-    from ._finetune.graft import head_from_description
-
-    meta_path, weights = folder / "best_model.json", folder / "best_model.pt"
-    if not (meta_path.is_file() and weights.is_file()):
-        raise FeatureBankError(f"{str(folder)!r} is not a fine-tune output folder: "
-                               f"best_model.json and best_model.pt are expected in it.")
-    meta = json.loads(meta_path.read_text())
-    if "head_module" not in meta:
-        raise FeatureBankError(f"{str(meta_path)!r} was written by an older featurebank that "
-                               f"did not record the head's layers; fine-tune again to use it.")
-    spec, tap = meta["spec"], meta["tap"]
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    backbone = _tap_network(spec, tap, state)
-    head = head_from_description(meta["head_module"])
-    head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
-    classes = np.asarray(meta["classes"])[np.asarray(meta["head_classes"])]
-    return Predictor(backbone, classes=classes, spec=spec, head=head, **kw)
-
-
-def _tap_network(spec: dict[str, Any], tap: str, state: dict[str, torch.Tensor]) -> TapNetwork:
-    """The fine-tuned backbone: its architecture without an init, then the saved weights."""
-    prefix = "backbone.model."
-    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    kw = {"name": spec["model"], "taps": tap.split("+"), "tap_layers": spec["tap_layers"],
-          "preprocessing": Preprocessing.from_spec(spec)}
-    net = TapNetwork(skeleton(spec["model"]), **kw)
-    net.model.load_state_dict(own, strict=True, assign=True)
-    if any(t.is_meta for t in [*net.parameters(), *net.buffers()]):
-        # a tensor the state_dict does not hold (a non-persistent buffer) has no value on
-        # the meta device: build the network for real
-        model = get_backbone(spec["model"], weights="none", taps=kw["taps"]).model
-        net = TapNetwork(model, **kw)
-        net.model.load_state_dict(own, strict=True)
-    return net
+    best = read_best_model(folder)
+    net = load_finetuned(best)
+    classes = np.asarray(best.classes)[np.asarray(best.head_classes)]
+    return Predictor(net.backbone, classes=classes, spec=best.spec, tap=best.tap, head=net.head,
+                     **kw)
 
 
 def _load_head(path: Path, bank, **kw: Any) -> Predictor:
@@ -312,12 +275,10 @@ def _load_head(path: Path, bank, **kw: Any) -> Predictor:
     if spec is None:  # saved before heads recorded their bank's spec
         bank = FeatureBank(bank if bank is not None else info["bank_path"])
         spec, classes = bank.spec, bank.classes
-    weights = WeightsId.parse(spec["weights"]).rebuild_argument(spec.get("weights_path"))
-    bb = get_backbone(spec["model"], weights=weights, taps=info["tap"].split("+"))
+    spec = BankSpec.from_json(spec)
     names = np.asarray(est.classes_)
     if np.issubdtype(names.dtype, np.integer):
         names = np.asarray(classes)[names]
     head = to_torch(est) if is_graftable(est) else None
-    return Predictor(bb.tap_network(spec["tap_layers"]), classes=names, spec=spec, head=head,
-                     estimator=est, **kw)
-
+    return Predictor(spec.rebuild_backbone(info["tap"]), classes=names, spec=spec,
+                     tap=info["tap"], head=head, estimator=est, **kw)

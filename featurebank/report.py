@@ -13,14 +13,15 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write, write_json
+from ._io import atomic_write, check_output, write_json
+from .artefacts import (METRICS_JSON, REPORT_HTML, TEST_PREDICTIONS, Leaderboard, read_best_model,
+                        read_json, read_leaderboard)
 from .bank import FeatureBank
 from .exceptions import DataError, FeatureBankError
 
@@ -150,10 +151,8 @@ class _Images:
     def take(self, rows: np.ndarray) -> np.ndarray | None:
         if self.source is None:
             return None
-        from ._decode import Decoding
-
         return self.source.splits["test"].take(self.bank.index("test")[rows],
-                                                decoding=Decoding.from_spec(self.bank.spec))
+                                                decoding=self.bank.spec.decoding)
 
 
 def _section(name: str, proba: np.ndarray, target: np.ndarray, names: list[str],
@@ -172,14 +171,14 @@ def _section(name: str, proba: np.ndarray, target: np.ndarray, names: list[str],
     return result, plots
 
 
-def _head_sections(runs: Path, board: dict[str, Any], bank: FeatureBank, images: _Images):
+def _head_sections(board: Leaderboard, bank: FeatureBank, images: _Images):
     from .heads import class_probabilities
     from .heads.persist import load_head
 
     names = list(bank.classes)
     tests: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for row in board["rows"]:
-        est = load_head(runs / row["file"], bank=bank)
+    for row in board.rows:
+        est = load_head(board.folder / row["file"], bank=bank)
         if row["tap"] not in tests:
             tests[row["tap"]] = bank.load("test", row["tap"])
         X, y = tests[row["tap"]]
@@ -194,16 +193,17 @@ def _head_sections(runs: Path, board: dict[str, Any], bank: FeatureBank, images:
 
 
 def _finetune_section(ft: Path, bank: FeatureBank, images: _Images):
-    history = json.loads((ft / "metrics.json").read_text())
-    meta = json.loads((ft / "best_model.json").read_text())
+    best = read_best_model(ft)
+    history = read_json(ft / METRICS_JSON, "a fine-tune's per-epoch metrics",
+                        f"rerun the fine-tune (featurebank finetune --out {ft})")
     names = list(bank.classes)
     plots = {"curves": _curves_png(history)}
-    result: dict[str, Any] = {"best_epoch": meta["best_epoch"]}
-    preds = ft / "test_predictions.npz"
+    result: dict[str, Any] = {"best_epoch": best.best_epoch}
+    preds = ft / TEST_PREDICTIONS
     if preds.is_file():
         z = np.load(preds)
         proba = np.zeros((len(z["labels"]), len(names)))
-        proba[:, np.asarray(meta["head_classes"])] = z["proba"]
+        proba[:, np.asarray(best.head_classes)] = z["proba"]
         section, more = _section("fine-tuned", proba, z["labels"], names, images)
         result.update(section)
         plots.update(more)
@@ -235,18 +235,14 @@ def build_report(runs: str | os.PathLike, finetune: str | os.PathLike | None = N
         The HTML page.
     """
     runs = Path(runs)
-    board_path = runs / "leaderboard.json"
-    if not board_path.is_file():
-        raise FeatureBankError(f"{str(board_path)!r} does not exist; pass the --out folder of a "
-                               f"featurebank fit.")
-    board = json.loads(board_path.read_text())
-    bank = FeatureBank(bank if bank is not None else board["bank"])
+    _figure(1, 1)  # matplotlib missing: say so before any work
+    out = check_output(out if out is not None else runs / "report", folder=True)
+    board = read_leaderboard(runs)
+    bank = FeatureBank(bank if bank is not None else board.bank)
     if "test" not in bank.splits or not bank.num_rows("test"):
         raise FeatureBankError(f"bank {str(bank.path)!r} has no test split to report on.")
-    out = Path(out) if out is not None else runs / "report"
     images = _Images(bank, data_root)
-    _figure(1, 1)  # matplotlib missing: say so before any work
-    sections = list(_head_sections(runs, board, bank, images))
+    sections = list(_head_sections(board, bank, images))
     if finetune is not None:
         result, plots = _finetune_section(Path(finetune), bank, images)
         sections.append(("fine-tuned model", result, plots))
@@ -257,16 +253,16 @@ def _slug(title: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in title).strip("_")
 
 
-def _write(out: Path, sections, board, bank: FeatureBank, note: str, finetune) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+def _write(out: Path, sections, board: Leaderboard, bank: FeatureBank, note: str,
+           finetune) -> Path:
     metrics = {}
     for title, result, plots in sections:
         metrics[title] = {k: v for k, v in result.items()}
         for kind, data in plots.items():
             atomic_write(out / f"{kind}_{_slug(title)}.png", lambda f, d=data: f.write(d))
-    write_json(out / "metrics.json", metrics)
+    write_json(out / METRICS_JSON, metrics)
     page = _html(sections, board, bank, note, finetune).encode()
-    return atomic_write(out / "report.html", lambda f: f.write(page))
+    return atomic_write(out / REPORT_HTML, lambda f: f.write(page))
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:
@@ -276,10 +272,10 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _html(sections, board, bank: FeatureBank, note: str, finetune) -> str:
+def _html(sections, board: Leaderboard, bank: FeatureBank, note: str, finetune) -> str:
     parts = [f"<h1>featurebank report</h1><p>bank <code>{html.escape(str(bank.path))}</code> "
-             f"({html.escape(bank.spec['model'])}, {len(bank.classes)} classes); test split "
-             f"{bank.num_rows('test')} images; validation {board['n_val']} rows"
+             f"({html.escape(bank.spec.model)}, {len(bank.classes)} classes); test split "
+             f"{bank.num_rows('test')} images; validation {board.n_val} rows"
              + (f"; fine-tune <code>{html.escape(str(finetune))}</code>" if finetune else "")
              + "</p>"]
     if note:

@@ -91,7 +91,7 @@ class BackboneTransformer(TransformerMixin, BaseEstimator):
 
     def transform(self, X) -> np.ndarray:
         """Features ``(N, D)`` float32 of the images, from the cache when they were seen."""
-        from ._extract import extract
+        from .extraction import extract
 
         check_is_fitted(self)
         images = check_images(X, "X")

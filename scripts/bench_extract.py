@@ -31,10 +31,10 @@ import torch
 import featurebank
 from featurebank.backbones import get_backbone
 from featurebank.bank import BankWriter
-from featurebank._decode import DECODERS, Decoding
-from featurebank._extract import _run
+from featurebank._decode import DECODERS
+from featurebank.extraction import ExtractConfig, _Job, _run, _spec
 from featurebank.data import open_source
-from featurebank._io import amp_dtype, resolve_device
+from featurebank._io import autocast, resolve_device
 
 
 def _sync(dev: torch.device) -> None:
@@ -43,12 +43,11 @@ def _sync(dev: torch.device) -> None:
 
 
 def bench_bare(backbone, dev, n, batch, size) -> float:
-    amp = amp_dtype(dev)
     # random uint8 pixels, normalised as the pipeline does: the same value range reaches the net
     pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, device=dev)
     x = backbone.preprocess(pixels, size)
     steps = max(1, n // batch)
-    with torch.inference_mode(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+    with torch.inference_mode(), autocast(dev):
         for _ in range(3):
             backbone(x)
         _sync(dev)
@@ -60,18 +59,15 @@ def bench_bare(backbone, dev, n, batch, size) -> float:
 
 
 def bench_featurebank(backbone, source, dev, size, batch, workers, decode, tmp: Path):
-    tap_info = backbone.probe(size, dev)
-    spec = {"model": backbone.name, "taps": backbone.taps, "image_size": size, "dtype": "float16",
-            "weights": str(backbone.weights), "bench": True}
-    writer = BankWriter(tmp / "bench.h5", spec=spec, dataset=source.describe(),
-                         split_sizes={k: len(v) for k, v in source.splits.items()},
-                         tap_dims={t: v["dim"] for t, v in tap_info.items()}, resume=False)
+    config = ExtractConfig(model=backbone.name, image_size=size, decode=decode, batch_size=batch,
+                           num_workers=workers)
+    spec = _spec(backbone, backbone.probe(size, dev), source, config)
+    writer = BankWriter(tmp / "bench.h5", spec=spec, dataset=source.describe(), resume=False)
+    job = _Job(source, config, dev, data_root="", download=False, resume=False, progress=False)
     n = sum(len(s) for s in source.splits.values())
     _sync(dev)
     t = time.perf_counter()
-    decoding = Decoding(size, backbone.preprocessing.interpolation, source.resize, decode)
-    _run(backbone, source, writer, dev=dev, decoding=decoding, batch_size=batch,
-         dtype="float16", workers=workers, skip_bad=False, progress=False)
+    _run(backbone, source, writer, job, decoding=spec.decoding)
     _sync(dev)
     seconds = time.perf_counter() - t
     writer.close()

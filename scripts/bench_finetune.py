@@ -52,7 +52,7 @@ def main() -> None:
         pixels = pixels.pin_memory()
 
     def images(rows, split="train", gen=None):  # stands in for featurebank.BankImages
-        from featurebank._finetune.augment import random_crop_flip
+        from featurebank.finetuning.augment import random_crop_flip
 
         x = pixels.to(dev, non_blocking=True)
         return backbone.preprocess(random_crop_flip(x, gen) if gen is not None else x,

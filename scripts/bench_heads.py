@@ -53,6 +53,7 @@ def write_relu_bank(path, sizes: dict[str, int], dim: int, k: int, chunk: int = 
     """A float16 bank of :func:`relu_features` (split -> rows), written ``chunk`` rows at a
     time (never whole in memory); returns it as a FeatureBank."""
     from featurebank.bank import BankWriter
+    from featurebank.records import BankSpec, DatasetInfo
 
     spec = {"model": "synthetic", "weights": "none", "weights_path": None, "taps": ["fc7"],
             "tap_layers": {"fc7": {"module": "fc7", "where": "output", "activation_shape": [dim],
@@ -62,7 +63,7 @@ def write_relu_bank(path, sizes: dict[str, int], dim: int, k: int, chunk: int = 
             "preprocessing_source": "bench", "dtype": "float16"}
     dataset = {"name": "npz", "source": "bench", "classes": [str(c) for c in range(k)],
                "splits": sizes, "resize": "device", "fingerprint": f"{sum(sizes.values()):064d}"}
-    w = BankWriter(path, spec=spec, dataset=dataset, split_sizes=sizes, tap_dims={"fc7": dim},
+    w = BankWriter(path, spec=BankSpec.from_json(spec), dataset=DatasetInfo.from_json(dataset),
                    resume=False)
     for i, (split, n) in enumerate(sizes.items()):
         for s in range(0, n, chunk):

@@ -45,7 +45,7 @@ def child(bank_path: str, head: str, C: float) -> None:
     """One fit, streamed, in this fresh process; prints a JSON line."""
     import featurebank.heads.logistic as logistic
     from featurebank import FeatureBank, LogisticHead, MLPHead
-    from featurebank.heads.logistic import StreamedRows
+    from featurebank.rows import StreamedRows
 
     bank = FeatureBank(bank_path)
     y = bank.labels("train")

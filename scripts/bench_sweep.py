@@ -85,7 +85,7 @@ def main() -> None:
         heads = args.heads.split(",")
         t = time.perf_counter()
         board = fit_heads(bank, tap=tap, heads=heads, out=tmp / "runs", device=args.device,
-                          verbose=False)
+                          progress=False)
         total = time.perf_counter() - t
         print(f"featurebank fit --heads {args.heads}: {total:.2f} s in all "
               f"({board['n_train']} train rows, {board['n_val']} validation rows)")

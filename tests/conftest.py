@@ -155,6 +155,31 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True,
     return proc
 
 
+def as_unprivileged(argv):
+    """``featurebank ARGV`` in a forked child that cannot write where root could: uid
+    ``nobody`` when the tests run as root. Returns (exit code, stderr)."""
+    from featurebank.cli import main
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no torch work happens before the error under test
+        os.close(r)
+        sys.stderr = os.fdopen(w, "w")  # not pytest's capture: the parent reads it
+        rc = 70
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            rc = main(argv)
+        finally:
+            sys.stderr.flush()
+            os._exit(rc)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), err
+
+
 def blobs(n: int, d: int = 32, n_classes: int = 3, seed: int = 0, spread: float = 1.5):
     """ReLU-like features with class structure: (X float32 (n, d), y int64)."""
     centers = np.random.default_rng(1234).standard_normal((n_classes, d)) * spread
@@ -174,6 +199,7 @@ def write_feature_bank(path: Path, *, n_train: int = 300, n_test: int = 100, d: 
     features with a fixed random rotation and less class signal (noise added)."""
     from featurebank import FeatureBank
     from featurebank.bank import BankWriter
+    from featurebank.records import BankSpec, DatasetInfo
 
     taps = tuple(taps or (tap,))
     spec = {"model": "toy", "weights": "none", "weights_path": None, "taps": list(taps),
@@ -187,8 +213,8 @@ def write_feature_bank(path: Path, *, n_train: int = 300, n_test: int = 100, d: 
     dataset = {"name": "npz", "source": source, "classes": [f"c{i}" for i in range(n_classes)],
                "splits": {k: len(v[1]) for k, v in data.items()}, "resize": "device",
                "fingerprint": f"{seed:064d}"}
-    w = BankWriter(Path(path), spec=spec, dataset=dataset, split_sizes=dataset["splits"],
-                   tap_dims={t: d for t in taps}, resume=False)
+    w = BankWriter(Path(path), spec=BankSpec.from_json(spec),
+                   dataset=DatasetInfo.from_json(dataset), resume=False)
     rotation = np.linalg.qr(np.random.default_rng(99).standard_normal((d, d)))[0]
     for split, (X, y) in data.items():
         noise = np.random.default_rng(seed + 7).standard_normal(X.shape) * 4
@@ -224,7 +250,7 @@ def trained(tmp_path_factory):
              classes=np.array(["red", "green", "blue"]))
     bank = extract(f"npz:{tmp / 'd.npz'}", model="resnet18", weights="none", image_size=32,
                    dtype="float16", out=tmp / "bank.h5", progress=False)
-    fit_heads(bank, heads=["logreg", "mlp", "knn"], out=tmp / "runs", verbose=False)
+    fit_heads(bank, heads=["logreg", "mlp", "knn"], out=tmp / "runs", progress=False)
     finetune(bank, runs=tmp / "runs", out=tmp / "ft", epochs=1, batch_size=32,
              handoff_samples=64, progress=False)
     return tmp, bank

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from featurebank import BackboneError, get_backbone, list_backbones, list_taps
+from featurebank import BackboneError, WeightsId, get_backbone, list_backbones, list_taps
 
 
 def _x(n=2, size=32, seed=0):
@@ -30,9 +30,9 @@ def test_vgg19_taps_match_a_manual_forward(vgg19_file):
         torch.testing.assert_close(out["fc7"], m.classifier[:5](flat))
     assert (out["fc7"] >= 0).all()  # post-ReLU
     info = bb.probe(32)
-    assert {t: v["dim"] for t, v in info.items()} == {"fc6": 4096, "fc7": 4096, "pool5": 512}
-    assert info["pool5"]["pool"] == "avg" and info["fc7"]["pool"] == "none"
-    assert info["fc7"]["module"] == "classifier.4"
+    assert {t: v.dim for t, v in info.items()} == {"fc6": 4096, "fc7": 4096, "pool5": 512}
+    assert info["pool5"].pool == "avg" and info["fc7"].pool == "none"
+    assert info["fc7"].module == "classifier.4"
 
 
 def test_forward_stops_after_the_last_tap(vgg19_file):
@@ -89,7 +89,7 @@ def test_random_init_is_seeded_and_leaves_the_global_rng_alone():
 def test_any_named_module_is_a_tap():
     bb = get_backbone("resnet18", weights=None, taps=["layer3", "penultimate"])
     info = bb.probe(64)
-    assert info["layer3"]["dim"] == 256 and info["layer3"]["activation_shape"] == [256, 4, 4]
+    assert info["layer3"].dim == 256 and info["layer3"].activation_shape == (256, 4, 4)
 
 
 def test_weights_file_roundtrip_and_common_wrappers(tmp_path):
@@ -168,7 +168,7 @@ def test_timm_models_with_pretrained_cfg_and_weights_file(tmp_path):
     cfg = timm.data.resolve_model_data_config(bb.model)
     assert bb.preprocessing.mean == tuple(cfg["mean"])
     assert bb.preprocessing.interpolation == cfg["interpolation"]
-    assert bb.probe(32)["penultimate"]["dim"] == 512
+    assert bb.probe(32)["penultimate"].dim == 512
     torch.save(bb.model.state_dict(), tmp_path / "t.pth")
     bb2 = get_backbone("timm:resnet18", weights=tmp_path / "t.pth")
     with torch.no_grad():
@@ -201,7 +201,7 @@ def test_vision_transformer_tokens_are_pooled_not_refused():
     x = torch.randn(2, 3, 224, 224)
     for pool in ("cls", "mean"):
         bb = get_backbone(name, weights="none", taps="blocks.11", token_pool=pool)
-        assert bb.probe(224)["blocks.11"]["pool"] == pool
+        assert bb.probe(224)["blocks.11"].pool == pool
         tokens = {}
         handle = bb.model.blocks[11].register_forward_hook(
             lambda m, a, out: tokens.setdefault("t", out), prepend=True)  # before the tap's
@@ -240,3 +240,51 @@ def test_pretrained_weights_without_a_network_is_one_clear_paragraph(tmp_path):
     assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 2
     assert "could not download the pretrained weights of 'resnet18'" in proc.stderr
     assert "--weights PATH" in proc.stderr and "'Offline use'" in proc.stderr
+
+
+def _toy_family():
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from featurebank.backbones import Family, Preprocessing
+    from featurebank.backbones._features import Tap
+
+    def build(name, pretrained):
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                   torch.nn.Linear(6, 4))
+
+    def check(name):
+        if name != "tiny":
+            raise BackboneError(f"unknown model 'toy:{name}'")
+
+    return Family(
+        name="toy", prefix="toy:", names=lambda: ["tiny"], build=build,
+        pretrained=lambda name, w: None, weights_id=lambda model, p: WeightsId("none"),
+        preprocessing=lambda name, model, p: Preprocessing((0.5,) * 3, (0.25,) * 3, "bilinear",
+                                                           "toy"),
+        named_taps=lambda name, model: {"conv": Tap("1", "output")},
+        default_tap=lambda name: "conv", feature_extractor=lambda: create_feature_extractor,
+        check=check)
+
+
+def test_a_backbone_family_is_one_record(monkeypatch, tmp_path):
+    import featurebank.backbones._registry as registry
+    from featurebank import extract, from_arrays
+
+    monkeypatch.setattr(registry, "FAMILIES", (_toy_family(), *registry.FAMILIES))
+    assert "toy:tiny" in list_backbones() and "vgg19" in list_backbones()
+    with pytest.raises(BackboneError, match="unknown model 'toy:huge'"):
+        get_backbone("toy:huge", weights="none")
+    bb = get_backbone("toy:tiny", weights="none")
+    assert bb.taps == ["conv"] and list_taps("toy:tiny") == ["conv", "penultimate"]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (10, 12, 12, 3), dtype=np.uint8)
+    bank = extract(from_arrays(images), model="toy:tiny", weights="none", image_size=16,
+                   taps="conv,penultimate", dtype="float32", out=tmp_path / "b.h5",
+                   progress=False)
+    assert bank.spec.tap_layers["conv"].pool == "avg" and bank.shape("train", "conv") == (10, 6)
+    net = bank.spec.rebuild_backbone("conv+penultimate")  # FX, through the family
+    with torch.no_grad():
+        x = net.preprocess(torch.from_numpy(images), 16)
+        np.testing.assert_allclose(net(x).numpy(), bank.load("train", "conv+penultimate")[0],
+                                   atol=1e-5)

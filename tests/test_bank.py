@@ -7,6 +7,7 @@ import torch
 
 from featurebank import BankError, FeatureBank, ParameterError
 from featurebank.bank import BankWriter, bank_fingerprint
+from featurebank.records import BankSpec, DatasetInfo
 
 SPEC = {"model": "toy", "weights": "none", "weights_path": None, "taps": ["a", "b"],
         "tap_layers": {t: {"module": t, "where": "output", "activation_shape": [d],
@@ -17,9 +18,13 @@ DATASET = {"name": "npz", "source": "/somewhere/d.npz", "classes": ["x", "y", "z
            "splits": {"train": 10, "test": 4}, "resize": "device", "fingerprint": "f" * 64}
 
 
+def _fingerprint(spec, dataset):
+    return bank_fingerprint(BankSpec.from_json(spec), DatasetInfo.from_json(dataset))
+
+
 def _write(path, rng, spec=SPEC, dataset=DATASET, resume=False, batch=3):
-    w = BankWriter(path, spec=spec, dataset=dataset, split_sizes=dataset["splits"],
-                    tap_dims={"a": 5, "b": 3}, resume=resume)
+    w = BankWriter(path, spec=BankSpec.from_json(spec), dataset=DatasetInfo.from_json(dataset),
+                   resume=resume)
     data = {}
     for split, n in dataset["splits"].items():
         feats = {t: rng.standard_normal((n, d)).astype(np.float16) for t, d in (("a", 5),
@@ -44,8 +49,9 @@ def bank(tmp_path):
 def test_reader_gives_provenance_and_arrays(bank):
     b, data = bank
     assert b.splits == ["train", "test"] and b.taps == ["a", "b"]
-    assert b.classes == ["x", "y", "z"] and b.spec == SPEC and b.dataset == DATASET
-    assert b.fingerprint == bank_fingerprint(SPEC, DATASET)
+    assert b.classes == ["x", "y", "z"]
+    assert b.spec.to_json() == SPEC and b.dataset.to_json() == DATASET
+    assert b.fingerprint == _fingerprint(SPEC, DATASET)
     X, y = b.load("train", "b")
     assert X.dtype == np.float32 and X.shape == (10, 3)
     np.testing.assert_array_equal(X, data["train"][0]["b"].astype(np.float32))
@@ -98,30 +104,30 @@ def test_info_lists_everything(bank):
 
 def test_fingerprint_ignores_locations_only():
     moved = {**DATASET, "source": "/elsewhere/d.npz"}
-    assert bank_fingerprint(SPEC, moved) == bank_fingerprint(SPEC, DATASET)
-    assert (bank_fingerprint({**SPEC, "weights_path": "/w.pth"}, DATASET)
-            == bank_fingerprint(SPEC, DATASET))
-    assert bank_fingerprint({**SPEC, "image_size": 16}, DATASET) != bank_fingerprint(SPEC,
+    assert _fingerprint(SPEC, moved) == _fingerprint(SPEC, DATASET)
+    assert (_fingerprint({**SPEC, "weights_path": "/w.pth"}, DATASET)
+            == _fingerprint(SPEC, DATASET))
+    assert _fingerprint({**SPEC, "image_size": 16}, DATASET) != _fingerprint(SPEC,
                                                                                       DATASET)
 
 
 def test_writer_resumes_a_partial_file(tmp_path):
     path = tmp_path / "b.h5"
-    w = BankWriter(path, spec=SPEC, dataset=DATASET, split_sizes=DATASET["splits"],
-                    tap_dims={"a": 5, "b": 3}, resume=True)
+    w = BankWriter(path, spec=BankSpec.from_json(SPEC), dataset=DatasetInfo.from_json(DATASET),
+                   resume=True)
     w.write("train", features={"a": np.ones((2, 5)), "b": np.ones((2, 3))},
             labels=np.array([1, 2]), index=np.array([0, 1]), sources_done=2)
     w.close()
     assert not path.exists() and (tmp_path / "b.h5.partial").exists()
-    w = BankWriter(path, spec=SPEC, dataset=DATASET, split_sizes=DATASET["splits"],
-                    tap_dims={"a": 5, "b": 3}, resume=True)
+    w = BankWriter(path, spec=BankSpec.from_json(SPEC), dataset=DatasetInfo.from_json(DATASET),
+                   resume=True)
     assert w.resumed and w.progress("train") == (2, 2) and w.progress("test") == (0, 0)
     w.close()
 
 
 def test_rows_left_out_are_trimmed_at_commit(tmp_path):
-    w = BankWriter(tmp_path / "b.h5", spec=SPEC, dataset=DATASET, split_sizes=DATASET["splits"],
-                    tap_dims={"a": 5, "b": 3}, resume=False)
+    w = BankWriter(tmp_path / "b.h5", spec=BankSpec.from_json(SPEC),
+                   dataset=DatasetInfo.from_json(DATASET), resume=False)
     w.write("train", features={"a": np.ones((2, 5)), "b": np.ones((2, 3))},
             labels=np.array([1, 2]), index=np.array([0, 3]), sources_done=10)
     w.commit({"train": ["/x/1.jpg"]})

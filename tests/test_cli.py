@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO, write_feature_bank
 
-import featurebank._finetune  # noqa: F401  (registers the modules patched below)
+import featurebank.finetuning  # noqa: F401  (registers the modules patched below)
 import featurebank.fit  # noqa: F401
 from featurebank.cli import main
 
@@ -18,7 +18,7 @@ def _interrupt(*args, **kwargs):
 @pytest.mark.parametrize("argv, module, function, says", [
     (["fit", "bank.h5", "--out", "myruns"], "featurebank.fit", "fit_heads",
      "heads finished so far are saved in myruns/"),
-    (["finetune", "--bank", "bank.h5", "--runs", "runs", "--out", "ft"], "featurebank._finetune",
+    (["finetune", "--bank", "bank.h5", "--runs", "runs", "--out", "ft"], "featurebank.finetuning",
      "finetune", "rerun with --resume to continue from the last checkpoint (ft/checkpoint.pt"),
 ])
 def test_ctrl_c_exits_130_and_says_how_to_go_on(monkeypatch, capsys, argv, module, function,

@@ -27,8 +27,8 @@ def test_cifar10_reads_the_standard_pickles_through_torchvision(cifar10):
     np.testing.assert_array_equal(x, test_x)
     np.testing.assert_array_equal(y, test_y)
     d = src.describe()
-    assert d["splits"] == {"train": 200, "test": 50} and d["resize"] == "device"
-    assert len(d["fingerprint"]) == 64
+    assert d.splits == {"train": 200, "test": 50} and d.resize == "device"
+    assert len(d.fingerprint) == 64
 
 
 def test_cifar100_fine_labels(tmp_path, cifar_checksums):
@@ -204,3 +204,19 @@ def test_pixels_without_an_8_bit_scale_are_refused_by_name(tmp_path, mode, value
         _all_rows(split)
     x, _, _, batches = _all_rows(split, skip_bad=True)  # or left out with --skip-bad
     assert len(x) == 0 and batches[0].skipped == [str(tmp_path / "f" / "a" / "x.tif")]
+
+
+def test_every_split_kind_follows_the_split_protocol(tmp_path, cifar10):
+    import hashlib
+
+    from featurebank.data import Split
+
+    write_folder(tmp_path / "imgs", splits=("",), n_per_class=2)
+    folder = open_source(f"folder:{tmp_path / 'imgs'}").splits["train"]
+    arrays = open_source("cifar10", data_root=cifar10[0]).splits["train"]
+    shard = open_source("cifar10", data_root=cifar10[0]).shard(1, 2, 16).splits["train"]
+    names = [n for n in vars(Split) if not n.startswith("_")] + ["__len__"]
+    for split, files in ((folder, True), (arrays, False), (shard, False)):
+        assert all(hasattr(split, n) for n in names) and split.decodes_files is files
+        split.fingerprint(hashlib.sha256())
+    assert shard.positions() == range(96, 200) and len(shard) == 104  # 13 batches of 16: 6, 7

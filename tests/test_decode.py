@@ -158,12 +158,12 @@ def test_a_folder_bank_holds_the_features_of_its_decoded_images(tmp_path):
     for decode in ("pil", "tensor"):
         bank = extract(f"folder:{tmp_path / 'imgs'}", out=tmp_path / f"{decode}.h5",
                        decode=decode, num_workers=2 if decode == "tensor" else 0, **kw)
-        assert bank.spec.get("decode", "pil") == decode
-        decoding = Decoding.from_spec(bank.spec)
+        assert bank.spec.decode == decode
+        decoding = bank.spec.decoding
         images = source.splits["train"].take(np.arange(9), decoding=decoding)
         ref = extract(from_arrays(images, source.splits["train"].labels),
                       out=tmp_path / f"{decode}-arrays.h5", **kw)
-        assert "decode" not in ref.spec
+        assert "decode" not in ref.spec.to_json()
         np.testing.assert_array_equal(bank.load("train")[0], ref.load("train")[0])
 
 
@@ -195,7 +195,7 @@ def test_a_bank_resumes_only_with_its_own_decoder(tmp_path):
     assert a.fingerprint != b.fingerprint  # a partial of one decoder is not resumed by another
     assert "decode tensor" in b.info() and "decode" not in a.info()
     # PIL banks have no "decode" field, as before it existed: their fingerprints are unchanged
-    assert "decode" not in a.spec
+    assert "decode" not in a.spec.to_json()
 
 
 @pytest.mark.parametrize("workers", [0, 2])

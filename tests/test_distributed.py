@@ -1,6 +1,8 @@
 """Extraction with torchrun: 2 CPU ranks (gloo), shards, a virtual bank, kill and resume."""
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -94,9 +96,46 @@ def test_merge_makes_one_self_contained_file(tmp_path):
     assert rc == 0, err
     before = FeatureBank(tmp_path / "b.h5")
     expected = {s: before.load(s, dtype=None)[0] for s in before.splits}
+    assert before.verify() == [s["file"] for s in before.shards]
+    # a shard whose bytes changed with its size and time kept: the check at open cannot see
+    # it, the SHA-256 recorded at write time does (info --verify, merge)
+    shard = tmp_path / "b.h5.shards" / "rank-00000-of-00002.h5"
+    original, st = shard.read_bytes(), shard.stat()
+    with h5py.File(shard, "r") as f:
+        offset = f["train/features/penultimate"].id.get_chunk_info(0).byte_offset
+    changed = bytearray(original)
+    changed[offset + 6] ^= 0x40
+    shard.write_bytes(bytes(changed))
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    bank = FeatureBank(tmp_path / "b.h5")  # opens: size and time are as recorded
+    assert not np.array_equal(bank.load("train", dtype=None)[0], expected["train"])
+    says = (r"shard '.*rank-00000-of-00002\.h5' of feature bank '.*b\.h5' changed since the "
+            r"bank was written \(its SHA-256 differs")
+    with pytest.raises(BankError, match=says):
+        bank.verify()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for argv in (["info", "b.h5", "--verify"], ["merge", "b.h5"]):
+        proc = subprocess.run([sys.executable, "-m", "featurebank", *argv], cwd=tmp_path,
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 2 and re.search(says, proc.stderr), proc.stderr
+    assert FeatureBank(tmp_path / "b.h5").shards  # merge refused: the bank is as it was
+    shard.write_bytes(original)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    proc = subprocess.run([sys.executable, "-m", "featurebank", "info", "b.h5", "--verify"],
+                          cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and "verified: 2 shards" in proc.stdout, proc.stderr
+    # a bank of an earlier featurebank recorded no checksums: verify says so, merge warns
+    shutil.copy(tmp_path / "b.h5", tmp_path / "old.h5")
+    with h5py.File(tmp_path / "old.h5", "r+") as f:
+        records = json.loads(f.attrs["shards"])
+        f.attrs["shards"] = json.dumps([{k: v for k, v in r.items() if k != "sha256"}
+                                        for r in records])
+    with pytest.raises(BankError, match="recorded no checksums of its shards"):
+        FeatureBank(tmp_path / "old.h5").verify()
+    with pytest.warns(UserWarning, match="their content is copied unverified"):
+        merge_bank(tmp_path / "old.h5", tmp_path / "old-merged.h5")
     proc = subprocess.run([sys.executable, "-m", "featurebank", "merge", "b.h5"], cwd=tmp_path,
-                          capture_output=True, text=True, env={**os.environ,
-                                                               "PYTHONPATH": str(REPO)})
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     shutil.rmtree(tmp_path / "b.h5.shards")
     merged = FeatureBank(tmp_path / "b.h5")

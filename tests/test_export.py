@@ -28,8 +28,8 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_logits(trained, tmp_path,
     assert meta["classes"] == ["red", "green", "blue"] and meta["input"]["shape"][1:] == [3, 32,
                                                                                         32]
     spec = predictor.spec
-    assert meta["preprocessing"]["mean"] == spec["mean"] and meta["preprocessing"]["std"] == \
-        spec["std"] and meta["preprocessing"]["resize"] == "device"
+    assert meta["preprocessing"]["mean"] == list(spec.mean) and meta["preprocessing"]["std"] == \
+        list(spec.std) and meta["preprocessing"]["resize"] == "device"
     assert meta["preprocessing"]["decode"] is None  # arrays: nothing to decode
 
 

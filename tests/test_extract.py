@@ -15,7 +15,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, run_cli, write_folder, write_npz
+from conftest import REPO, as_unprivileged, run_cli, write_folder, write_npz
 from featurebank import (BackboneError, BankError, BankLockedError, DataError, FeatureBank,
                          FeatureBankError, ParameterError, extract, get_backbone)
 
@@ -43,12 +43,12 @@ def test_vgg19_bank_matches_the_source_and_a_direct_forward(tmp_path, vgg19_file
     # provenance: what made these features, read back from the file
     s = bank.spec
     t = torchvision.models.VGG19_Weights.DEFAULT.transforms()
-    assert s["model"] == "vgg19" and s["weights"].startswith("file:sha256:")
-    assert s["weights_path"] == str(vgg19_file)
-    assert s["image_size"] == 32 and s["dtype"] == "float16" and s["resize"] == "device"
-    assert s["mean"] == list(t.mean) and s["std"] == list(t.std)
-    assert s["tap_layers"]["pool5"]["pool"] == "avg"
-    assert bank.dataset["splits"] == {"train": 120, "test": 40}
+    assert s.model == "vgg19" and str(s.weights).startswith("file:sha256:")
+    assert s.weights_path == str(vgg19_file)
+    assert s.image_size == 32 and s.dtype == "float16" and s.resize == "device"
+    assert list(s.mean) == list(t.mean) and list(s.std) == list(t.std)
+    assert s.tap_layers["pool5"].pool == "avg"
+    assert bank.dataset.splits == {"train": 120, "test": 40}
     with h5py.File(bank.path, "r") as f:
         assert f.attrs["complete"] and f.attrs["featurebank_format"] == 1
         assert f.attrs["torch_version"] == torch.__version__
@@ -80,11 +80,11 @@ def test_cifar10_end_to_end(tmp_path, vgg19_file, cifar10):
     root, (train_x, train_y, test_x, test_y) = cifar10
     bank = extract("cifar10", data_root=root, weights=vgg19_file, taps="pool5", image_size=48,
                    dtype="float32", out=tmp_path / "c.h5", progress=False)
-    assert bank.dataset["name"] == "cifar10" and bank.classes[0] == "airplane"
+    assert bank.dataset.name == "cifar10" and bank.classes[0] == "airplane"
     assert bank.shape("train") == (200, 512) and bank.features("test").dtype == np.float32
     np.testing.assert_array_equal(bank.labels("train"), train_y)
     np.testing.assert_array_equal(bank.labels("test"), test_y)
-    assert bank.spec["image_size"] == 48
+    assert bank.spec.image_size == 48
 
 
 def test_folder_skip_bad_records_the_skipped_files(tmp_path, vgg19_file):
@@ -99,7 +99,7 @@ def test_folder_skip_bad_records_the_skipped_files(tmp_path, vgg19_file):
     assert bank.skipped("train") == [str(bad)] and bank.skipped("test") == []
     assert 3 not in bank.index("train").tolist()
     np.testing.assert_array_equal(bank.labels("train"), [0, 0, 0, 1, 1, 2, 2, 2])
-    assert bank.spec["resize"] == "shorter_side_center_crop"
+    assert bank.spec.resize == "shorter_side_center_crop"
     assert "1 unreadable images skipped" in bank.info()
 
 
@@ -243,7 +243,7 @@ def test_cudnn_picks_the_same_algorithms_in_every_process(tmp_path, vgg19_file, 
     # a resumed extraction must compute what an uninterrupted one would: cuDNN choosing its
     # algorithms by timing (benchmark mode) could choose others in another process. The
     # caller's settings are back afterwards.
-    extract_module = sys.modules["featurebank._extract"]
+    extract_module = sys.modules["featurebank.extraction"]
     seen = []
 
     def recording_backbone(*args, **kwargs):
@@ -350,36 +350,11 @@ def test_a_full_disk_is_a_clear_error_and_the_rerun_resumes(tmp_path, small_disk
     assert again.returncode == 0
 
 
-def _as_unprivileged(argv):
-    """``featurebank ARGV`` in a forked child that cannot write where root could: uid
-    ``nobody`` when the tests run as root. Returns (exit code, stderr)."""
-    from featurebank.cli import main
-
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: no torch work happens before the error under test
-        os.close(r)
-        sys.stderr = os.fdopen(w, "w")  # not pytest's capture: the parent reads it
-        rc = 70
-        try:
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            rc = main(argv)
-        finally:
-            sys.stderr.flush()
-            os._exit(rc)
-    os.close(w)
-    with os.fdopen(r) as f:
-        err = f.read()
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), err
-
-
 def test_a_read_only_output_folder_is_a_clear_error(tmp_path, npz):
     ro = Path(tempfile.mkdtemp())  # under /tmp, so that uid nobody can reach it
     try:
         ro.chmod(0o555)
-        rc, err = _as_unprivileged(["extract", "--dataset", f"npz:{tmp_path / 'd.npz'}",
+        rc, err = as_unprivileged(["extract", "--dataset", f"npz:{tmp_path / 'd.npz'}",
                                     "--out", str(ro / "b.h5"), "-q"])
         assert rc == 2, err
         assert "Traceback" not in err

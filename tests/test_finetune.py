@@ -13,8 +13,8 @@ import torch
 
 from conftest import REPO, _images
 from featurebank import Callback, DataError, FinetuneError, extract, finetune, fit_heads
-from featurebank._finetune import graft
-from featurebank._finetune.augment import random_crop_flip
+from featurebank.records import BankSpec
+from featurebank.finetuning.augment import random_crop_flip
 
 KW = dict(epochs=3, batch_size=32, lr=3e-3, patience=5, progress=False, handoff_samples=128)
 
@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
              classes=np.array(["red", "green", "blue"]))
     bank = extract(f"npz:{tmp / 'd.npz'}", model="resnet18", weights="none", image_size=32,
                    dtype="float32", out=tmp / "bank.h5", progress=False)
-    fit_heads(bank, heads=["logreg", "knn"], out=tmp / "runs", verbose=False)
+    fit_heads(bank, heads=["logreg", "knn"], out=tmp / "runs", progress=False)
     return tmp, bank
 
 
@@ -213,16 +213,16 @@ def test_bad_checkpoints_and_heads(setup, tmp_path):
 
 def test_handoff_refuses_a_different_network(setup, tmp_path, monkeypatch):
     tmp, bank = setup
-    real = graft.get_backbone
+    real = BankSpec.rebuild_backbone
 
-    def other_weights(name, *, weights, taps):
-        bb = real(name, weights=weights, taps=taps)
+    def other_weights(spec, tap, **kw):
+        bb = real(spec, tap, **kw)
         with torch.no_grad():
             for p in bb.parameters():
                 p.mul_(-1.3)
         return bb
 
-    monkeypatch.setattr(graft, "get_backbone", other_weights)
+    monkeypatch.setattr(BankSpec, "rebuild_backbone", other_weights)
     with pytest.raises(FinetuneError, match=r"agrees with the head on only .* of 128 images"):
         finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **KW)
 
@@ -265,7 +265,7 @@ def test_folder_images_decode_in_worker_processes_to_the_same_run(tmp_path):
     write_folder(tmp_path / "imgs", n_per_class=10)
     bank = extract(f"folder:{tmp_path / 'imgs'}", model="resnet18", weights="none",
                    image_size=32, out=tmp_path / "b.h5", progress=False, dtype="float32")
-    fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", verbose=False, val_fraction=0.3)
+    fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", progress=False, val_fraction=0.3)
     kw = dict(epochs=2, batch_size=8, progress=False, handoff_samples=16)
     finetune(bank, runs=tmp_path / "runs", out=tmp_path / "inline", workers=0, **kw)
     finetune(bank, runs=tmp_path / "runs", out=tmp_path / "workers", workers=2, **kw)

@@ -20,7 +20,7 @@ def bank(tmp_path):
 
 def test_fit_ranks_saves_and_marks_the_best_graftable_head(tmp_path, bank):
     board = fit_heads(bank, heads=["knn", "logreg", "ridge", "mlp"], out=tmp_path / "runs",
-                      verbose=False)
+                      progress=False)
     rows = board["rows"]
     assert [r["val_accuracy"] for r in rows] == sorted((r["val_accuracy"] for r in rows),
                                                        reverse=True)
@@ -60,7 +60,7 @@ def test_fit_ranks_saves_and_marks_the_best_graftable_head(tmp_path, bank):
 
 
 def test_chosen_setting_never_saw_the_validation_rows(tmp_path, bank):
-    board = fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", verbose=False)
+    board = fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", progress=False)
     head = load_head(tmp_path / "runs" / "logreg.joblib")
     from featurebank import LogisticHead
 
@@ -71,9 +71,9 @@ def test_chosen_setting_never_saw_the_validation_rows(tmp_path, bank):
 
 
 def test_split_is_seeded(tmp_path, bank):
-    a = fit_heads(bank, heads=["ridge"], out=tmp_path / "a", verbose=False, random_state=3)
-    b = fit_heads(bank, heads=["ridge"], out=tmp_path / "b", verbose=False, random_state=3)
-    fit_heads(bank, heads=["ridge"], out=tmp_path / "c", verbose=False, random_state=4)
+    a = fit_heads(bank, heads=["ridge"], out=tmp_path / "a", progress=False, random_state=3)
+    b = fit_heads(bank, heads=["ridge"], out=tmp_path / "b", progress=False, random_state=3)
+    fit_heads(bank, heads=["ridge"], out=tmp_path / "c", progress=False, random_state=4)
     va, vb, vc = (np.load(tmp_path / k / "split.npz")["val_rows"] for k in "abc")
     np.testing.assert_array_equal(va, vb)
     assert not np.array_equal(va, vc)
@@ -81,7 +81,7 @@ def test_split_is_seeded(tmp_path, bank):
 
 
 def test_load_head_refuses_other_banks_taps_and_broken_files(tmp_path, bank):
-    fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", verbose=False)
+    fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", progress=False)
     path = tmp_path / "runs" / "logreg.joblib"
     other = write_feature_bank(tmp_path / "other.h5", seed=5)
     with pytest.raises(HeadError, match=r"fitted on another feature bank.*Refit the head"):
@@ -107,7 +107,7 @@ def test_load_head_refuses_other_banks_taps_and_broken_files(tmp_path, bank):
 
 def test_a_head_file_whose_bytes_changed_is_refused(tmp_path, bank):
     # a flipped byte inside coef_ used to load and predict differently without a word
-    fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", verbose=False)
+    fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", progress=False)
     path = tmp_path / "runs" / "logreg.joblib"
     head = load_head(path)
     data = bytearray(path.read_bytes())
@@ -123,7 +123,7 @@ def test_a_head_file_whose_bytes_changed_is_refused(tmp_path, bank):
 
 
 def test_loaded_head_grafts(tmp_path, bank):
-    fit_heads(bank, heads=["mlp"], out=tmp_path / "runs", verbose=False)
+    fit_heads(bank, heads=["mlp"], out=tmp_path / "runs", progress=False)
     head = load_head(tmp_path / "runs" / "mlp.joblib", bank=bank)
     X, _ = bank.load("test")
     with torch.no_grad():
@@ -133,27 +133,27 @@ def test_loaded_head_grafts(tmp_path, bank):
 
 def test_bad_banks_and_arguments(tmp_path, bank):
     with pytest.raises(BankError, match="has no tap 'fc6'"):
-        fit_heads(bank, tap="fc6", out=None, verbose=False)
+        fit_heads(bank, tap="fc6", out=None, progress=False)
     with pytest.raises(FeatureBankError, match=r"unknown heads \['svm'\]"):
-        fit_heads(bank, heads=["svm"], out=None, verbose=False)
+        fit_heads(bank, heads=["svm"], out=None, progress=False)
     with pytest.raises(FeatureBankError, match=r"the 'val_fraction' parameter must be a float in \(0, 1\)"):
-        fit_heads(bank, val_fraction=1.5, out=None, verbose=False)
+        fit_heads(bank, val_fraction=1.5, out=None, progress=False)
     nan = write_feature_bank(tmp_path / "nan.h5")
     with h5py.File(nan.path, "r+") as f:
         f["train/features/fc7"][7, 3] = np.nan
     with pytest.raises(BankError, match=r"split 'train', tap 'fc7' has 1 rows with NaN or "
                                         r"infinite features \(rows \[7\]\)"):
-        fit_heads(nan, out=None, verbose=False)
+        fit_heads(nan, out=None, progress=False)
     one = write_feature_bank(tmp_path / "one.h5", n_classes=1)
     with pytest.raises(BankError, match="holds only one class"):
-        fit_heads(one, out=None, verbose=False)
+        fit_heads(one, out=None, progress=False)
     empty = write_feature_bank(tmp_path / "empty.h5", n_train=0)
     assert empty.num_rows("train") == 0 and empty.shape("train") == (0, 32)
     with pytest.raises(BankError, match="the train split of .*empty.h5' is empty"):
-        fit_heads(empty, out=None, verbose=False)
+        fit_heads(empty, out=None, progress=False)
     tiny = write_feature_bank(tmp_path / "tiny.h5", n_train=4, n_test=2)
     with pytest.raises(FeatureBankError, match="cannot hold out a stratified validation split"):
-        fit_heads(tiny, out=None, verbose=False)
+        fit_heads(tiny, out=None, progress=False)
 
 
 def test_cli_fit(tmp_path, bank, capsys):
@@ -175,7 +175,7 @@ def test_cli_fit(tmp_path, bank, capsys):
 def test_several_taps_in_one_run_rank_every_head_on_every_tap(tmp_path):
     bank = write_feature_bank(tmp_path / "b.h5", taps=("fc6", "fc7", "pool5"))
     board = fit_heads(bank, tap="fc6,pool5,fc6+fc7", heads=["logreg", "ridge"],
-                      out=tmp_path / "runs", verbose=False)
+                      out=tmp_path / "runs", progress=False)
     assert board["taps"] == ["fc6", "pool5", "fc6+fc7"]
     assert sorted((r["head"], r["tap"]) for r in board["rows"]) == sorted(
         (h, t) for h in ("logreg", "ridge") for t in board["taps"])
@@ -188,21 +188,21 @@ def test_several_taps_in_one_run_rank_every_head_on_every_tap(tmp_path):
     np.testing.assert_array_equal(X[:, :32], bank.load("test", "fc6")[0])
     row = next(r for r in board["rows"] if r["file"] == "logreg@fc6+fc7.joblib")
     assert both.score(X, bank.labels("test")) == row["test_accuracy"]
-    every = fit_heads(bank, tap="all", heads=["ridge"], out=None, verbose=False)
+    every = fit_heads(bank, tap="all", heads=["ridge"], out=None, progress=False)
     assert every["taps"] == ["fc6", "fc7", "pool5"]
     with pytest.raises(BankError, match="has no tap 'fc9'"):
-        fit_heads(bank, tap="fc6,fc9", out=None, verbose=False)
+        fit_heads(bank, tap="fc6,fc9", out=None, progress=False)
 
 
 def test_a_runs_folder_is_never_silently_overwritten(tmp_path, bank, capsys):
-    fit_heads(bank, heads=["logreg", "ridge"], out=tmp_path / "runs", verbose=False)
+    fit_heads(bank, heads=["logreg", "ridge"], out=tmp_path / "runs", progress=False)
     with pytest.raises(FeatureBankError, match=r"holds the results of an earlier fit "
                                                r"\(leaderboard.json\); pass overwrite=True "
                                                r"\(--overwrite\)"):
-        fit_heads(bank, heads=["ridge"], out=tmp_path / "runs", verbose=False)
+        fit_heads(bank, heads=["ridge"], out=tmp_path / "runs", progress=False)
     assert main(["fit", str(bank.path), "--heads", "ridge", "--out", str(tmp_path / "runs")]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    fit_heads(bank, heads=["ridge"], out=tmp_path / "runs", verbose=False, overwrite=True)
+    fit_heads(bank, heads=["ridge"], out=tmp_path / "runs", progress=False, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "runs").glob("*.joblib")) == ["ridge.joblib"]
 
 
@@ -218,12 +218,12 @@ def test_validation_size_is_reported_and_small_splits_and_ties_are_noted(tmp_pat
     assert "note: the validation split has 12 rows" in captured.err
     assert "ridge" in captured.out and "(12)" in captured.out
     big = fit_heads(write_feature_bank(tmp_path / "big.h5", n_train=900), heads=["ridge"],
-                    out=None, verbose=False)
+                    out=None, progress=False)
     assert not any("validation split has" in n for n in big["notes"])
 
 
 def test_refit_uses_the_validation_rows_too_and_finetune_refuses_it(tmp_path, bank):
-    board = fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", verbose=False, refit=True)
+    board = fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", progress=False, refit=True)
     head = load_head(tmp_path / "runs" / "logreg.joblib")
     assert head.featurebank_["refit"] and board["rows"][0]["refit"]
     from featurebank import LogisticHead, finetune
@@ -248,7 +248,7 @@ def test_the_heads_of_a_run_share_one_standardisation(bank, monkeypatch):
         return real(X, standardize, rows)
 
     monkeypatch.setattr(registry, "standardization", counting)
-    board = fit_heads(bank, heads=["logreg", "mlp"], out=None, verbose=False)
+    board = fit_heads(bank, heads=["logreg", "mlp"], out=None, progress=False)
     assert calls == [(270, 32)]  # once, on the train rows, for both heads' grids
     assert {r["head"] for r in board["rows"]} == {"logreg", "mlp"}
 
@@ -257,7 +257,7 @@ def test_fit_streams_a_bank_it_cannot_hold(tmp_path, monkeypatch):
     import h5py
 
     bank = write_feature_bank(tmp_path / "b.h5", n_train=600, dtype="float16")
-    loaded = fit_heads(bank, heads=["logreg", "mlp"], out=None, verbose=False, stream=False)
+    loaded = fit_heads(bank, heads=["logreg", "mlp"], out=None, progress=False, stream=False)
     real, reads = h5py.Dataset.__getitem__, []
 
     def counting(self, key):
@@ -267,10 +267,8 @@ def test_fit_streams_a_bank_it_cannot_hold(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
-    monkeypatch.setattr("featurebank.heads.logistic.StreamedRows.__init__.__defaults__",
-                        (None, 128))  # chunks of 128 rows: the bank is read piece by piece
-    streamed = fit_heads(bank, heads=["logreg", "mlp"], out=tmp_path / "runs", verbose=False,
-                         stream=True)
+    streamed = fit_heads(bank, heads=["logreg", "mlp"], out=tmp_path / "runs", progress=False,
+                         stream=True, chunk_rows=128)  # the bank is read piece by piece
     # chunks of 128 rows, and each head's one sample for its sketch (all 540 rows here, at
     # most 4,096): the whole split is never read at once
     assert all(r <= 128 for r in reads if r != 540) and reads.count(540) == 2
@@ -285,4 +283,4 @@ def test_fit_streams_a_bank_it_cannot_hold(tmp_path, monkeypatch):
     assert head.score(X, y) == logreg["test_accuracy"]
     with pytest.raises(FeatureBankError, match=r"heads \['ridge'\] need their features in "
                                                r"memory"):
-        fit_heads(bank, heads=["ridge", "logreg"], out=None, verbose=False, stream=True)
+        fit_heads(bank, heads=["ridge", "logreg"], out=None, progress=False, stream=True)

@@ -503,7 +503,7 @@ def test_logistic_head_streams_a_bank_larger_than_memory_to_the_same_optimum(tmp
                                                                             monkeypatch):
     import h5py
 
-    from featurebank.heads.logistic import StreamedRows
+    from featurebank.rows import StreamedRows
 
     X, y = blobs(3000, d=24, n_classes=4, spread=0.6)
     with h5py.File(tmp_path / "x.h5", "w") as f:

@@ -33,7 +33,7 @@ def test_a_folder_bank_predicts_from_files_of_any_size(tmp_path, decode):
     bank = extract(f"folder:{tmp_path / 'imgs'}", model="resnet18", weights="none",
                    image_size=32, out=tmp_path / "b.h5", progress=False, dtype="float32",
                    decode=decode)
-    fit_heads(bank, heads=["ridge"], out=tmp_path / "runs", verbose=False, val_fraction=0.25)
+    fit_heads(bank, heads=["ridge"], out=tmp_path / "runs", progress=False, val_fraction=0.25)
     model = load_model(tmp_path / "runs" / "ridge.joblib")
     est = load_head(tmp_path / "runs" / "ridge.joblib")
     for split in ("train", "test"):

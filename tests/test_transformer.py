@@ -30,7 +30,7 @@ def test_pipeline_of_backbone_and_head_reads_the_cache_the_second_time(tmp_path,
     def no_extraction(*a, **k):
         raise AssertionError("the features of these images are cached")
 
-    monkeypatch.setattr(sys.modules["featurebank._extract"], "extract", no_extraction)
+    monkeypatch.setattr(sys.modules["featurebank.extraction"], "extract", no_extraction)
     pipe.fit(X, y)
     np.testing.assert_array_equal(pipe.predict_proba(X), first)
     with pytest.raises(AssertionError, match="cached"):  # other images are computed

@@ -11,6 +11,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from .._io import as_float32
+from ..rows import StreamedRows
 
 
 def check_classes(y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +80,7 @@ def standardization(X, standardize: bool, rows: np.ndarray | None = None
     standardising."""
     if not standardize:
         return np.zeros(X.shape[1]), np.ones(X.shape[1])
-    if hasattr(X, "chunks"):  # StreamedRows: read from disk, a chunk at a time
+    if isinstance(X, StreamedRows):  # read from disk, a chunk at a time
         return blockwise_mean_scale(chunk for _, chunk in X.chunks())
     if rows is None:
         return blockwise_mean_scale(X[s:s + 8192] for s in range(0, X.shape[0], 8192))

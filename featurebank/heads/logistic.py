@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import warnings
 
-import h5py
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -34,7 +33,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from .._io import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT,
-                   as_float32, resolve_device)
+                   resolve_device)
+from ..rows import StreamedRows, chunks, is_streamed
 from ._base import (LinearPredictMixin, ProbaMixin, affine_to_torch, blockwise_mean_scale,
                     check_classes, fold_standardization, on_device, principal_directions,
                     standardization)
@@ -66,7 +66,7 @@ def _scores_grad_numpy(X, Wr, br, y, k, binary, block=256):
     loss = np.zeros(m)
     WrT = np.ascontiguousarray(Wr.T)
     blocks = (X.blocks(block) if isinstance(X, StreamedRows)
-              else ((s, X[s:s + block]) for s in range(0, X.shape[0], block)))
+              else ((s, X[s:s + block]) for s in range(0, X.shape[0], block)))  # in memory
     for s, Xb in blocks:
         Tb = _one_hot(y[s:s + len(Xb)], k)[:, None, :]
         z = Xb @ WrT
@@ -87,40 +87,6 @@ def _scores_grad_numpy(X, Wr, br, y, k, binary, block=256):
         gW += G.T @ Xb
         gb += G.sum(0, dtype=np.float64)
     return loss, gW, gb
-
-
-class StreamedRows:
-    """Rows of an HDF5 dataset (all, or the sorted ``rows``), read chunk by chunk as float32,
-    never whole: features of banks larger than memory. Peak memory is one chunk."""
-
-    def __init__(self, ds, rows: np.ndarray | None = None, chunk: int = 16384):
-        self.ds, self.chunk = ds, chunk
-        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
-        self.shape = (ds.shape[0] if rows is None else len(self.rows), ds.shape[1])
-
-    def chunks(self):
-        """``(first row, float32 array)`` over the selected rows, in order."""
-        if self.rows is None:
-            for s in range(0, self.ds.shape[0], self.chunk):
-                yield s, as_float32(self.ds[s:s + self.chunk])
-            return
-        done = 0
-        for s in range(0, self.ds.shape[0], self.chunk):
-            lo, hi = np.searchsorted(self.rows, [s, s + self.chunk])
-            if hi > lo:  # one contiguous read, then the selected rows of it
-                block = as_float32(self.ds[s:min(s + self.chunk, self.ds.shape[0])])
-                yield done, block[self.rows[lo:hi] - s]
-                done += hi - lo
-
-    def blocks(self, size: int):
-        for s, chunk in self.chunks():
-            for i in range(0, len(chunk), size):
-                yield s + i, chunk[i:i + size]
-
-    def take(self, idx: np.ndarray) -> np.ndarray:
-        """float32 rows at the sorted positions ``idx`` of the selection."""
-        source = idx if self.rows is None else self.rows[idx]
-        return as_float32(self.ds[np.sort(source)])
 
 
 def _scores_grad_torch(X, Wr, br, y, k, binary, block=1 << 16):
@@ -199,7 +165,7 @@ class _Problem:
         # statistics a caller already has (fit's shared ones) are not computed again
         self.mean, self.scale = (
             standardization_ if standardize and standardization_ is not None
-            else blockwise_mean_scale(c for _, c in X.chunks()) if self.streamed and standardize
+            else blockwise_mean_scale(c for _, c in chunks(X)) if self.streamed and standardize
             else standardization(self.X, standardize))
         self.precond = None
         if preconditioner_rank > 0:
@@ -341,7 +307,7 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
 
     def _prepare(self, X, y, standardization_=None) -> tuple[_Problem, np.ndarray]:
         self._check_params()
-        if isinstance(X, (h5py.Dataset, StreamedRows)):  # larger than memory: streamed
+        if is_streamed(X):  # larger than memory: streamed
             X = X if isinstance(X, StreamedRows) else StreamedRows(X)
             y = column_or_1d(y, warn=True)
             if len(y) != X.shape[0]:

@@ -34,6 +34,7 @@ from .._io import (
     resolve_device,
 )
 from ..exceptions import ParameterError
+from ..rows import StreamedRows, chunks, is_streamed
 from ._base import (
     ProbaMixin,
     affine_to_torch,
@@ -44,7 +45,6 @@ from ._base import (
     principal_directions,
     standardization,
 )
-from .logistic import StreamedRows
 
 __all__ = ["MLPHead"]
 
@@ -58,19 +58,12 @@ _ACTIVATIONS = {
 _UNIT = Interval(float, 0, 1, closed="left")
 
 
-def _chunks(X):
-    """``(first row, float32 rows)`` of an array, an HDF5 dataset or StreamedRows."""
-    if isinstance(X, StreamedRows):
-        return X.chunks()
-    return ((s, as_float32(X[s:s + 8192])) for s in range(0, X.shape[0], 8192))
-
-
 def _project(X, mean: np.ndarray, scale: np.ndarray, V: np.ndarray) -> np.ndarray:
     """``((X - mean) / scale) @ V`` in float32, a chunk of rows at a time (X may be on disk)."""
     Vs = (V / scale[:, None]).astype(np.float32)
     shift = ((mean / scale) @ V).astype(np.float32)
     out = np.empty((X.shape[0], V.shape[1]), np.float32)
-    for s, chunk in _chunks(X):
+    for s, chunk in chunks(X):
         np.matmul(chunk, Vs, out=out[s:s + len(chunk)])
     out -= shift
     return out
@@ -112,9 +105,10 @@ class _StreamedRows:
         self.ds, self.device = ds, device
         self.n_features = ds.shape[1]
         self.block = max(batch_size * 32, 4096)  # rows per read: large, sequential reads
+        self.reader = StreamedRows(ds, chunk=self.block)
 
     def _read(self, start: int, stop: int) -> np.ndarray:
-        x = as_float32(self.ds[start:stop])
+        x = self.reader.read(start, stop)
         if not np.isfinite(x).all():
             bad = start + int(np.flatnonzero(~np.isfinite(x).all(1))[0])
             raise ValueError(f"Input X contains NaN or infinity (row {bad} of {self.ds.name}).")
@@ -295,7 +289,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         """The training rows as the network sees them: streamed from HDF5, in memory, or
         projected onto principal directions (in memory: they are small); and the projection
         ``(mean, scale, components)``, or None."""
-        if isinstance(X, (h5py.Dataset, StreamedRows)):
+        if is_streamed(X):
             if len(X.shape) != 2:
                 raise ValueError(f"X must be a 2-D dataset, got shape {X.shape}.")
             if isinstance(X, StreamedRows) and self.n_components is None:
@@ -318,7 +312,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
                                                               np.ndarray]:
         """``(mean, scale, components)``: the standardisation of ``X`` (given, or computed)
         and its top ``n_components`` principal directions."""
-        blocks = (chunk for _, chunk in _chunks(X))
+        blocks = (chunk for _, chunk in chunks(X))
         if not self.standardize:
             mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
         else:

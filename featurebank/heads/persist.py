@@ -26,6 +26,7 @@ import numpy as np
 from .._io import atomic_write, versions
 from ..bank import FeatureBank
 from ..exceptions import HeadError
+from ..records import BankSpec, TapSelection
 
 __all__ = ["load_head", "save_head"]
 
@@ -64,7 +65,8 @@ def save_head(estimator: Any, path: str | os.PathLike, *, bank: FeatureBank, tap
     record = {
         "estimator": estimator,
         "bank_fingerprint": bank.fingerprint, "bank_path": str(bank.path), "tap": tap,
-        "classes": list(bank.classes), "spec": bank.spec, "versions": versions(), "name": name,
+        "classes": list(bank.classes), "spec": bank.spec.to_json(), "versions": versions(),
+        "name": name,
         "metrics": metrics or {}, "params": params or {},
         "val_rows": None if val_rows is None else np.asarray(val_rows, dtype=np.int64),
         "refit": bool(refit),
@@ -101,6 +103,8 @@ def load_head(path: str | os.PathLike, bank: FeatureBank | str | os.PathLike | N
     """
     record = _read(Path(path))
     info = {k: v for k, v in record.items() if k != "estimator"}
+    if info.get("spec") is not None:  # stored as the bank's JSON; typed once, here
+        info["spec"] = BankSpec.from_json(info["spec"])
     if tap is not None and info["tap"] != tap:
         raise HeadError(f"head {str(path)!r} was fitted on tap {info['tap']!r}, not {tap!r}.")
     if bank is not None:
@@ -112,7 +116,7 @@ def load_head(path: str | os.PathLike, bank: FeatureBank | str | os.PathLike | N
                 f"{str(bank.path)!r} (fingerprint {bank.fingerprint[:12]}): its features come "
                 f"from a different dataset, model, weights or preprocessing. Refit the head on "
                 f"this bank.")
-        if not set(info["tap"].split("+")) <= set(bank.taps):
+        if not set(TapSelection.parse(info["tap"])) <= set(bank.taps):
             raise HeadError(f"head {str(path)!r} uses tap {info['tap']!r}, which bank "
                             f"{str(bank.path)!r} lacks (taps {bank.taps}).")
     estimator = record["estimator"]

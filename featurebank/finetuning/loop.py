@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .._decode import Decoding
-from .._io import amp_dtype
+from .._io import amp_dtype, autocast, progress_bar
+from ..artefacts import BEST_MODEL, CHECKPOINT
 from ..bank import FeatureBank
 from ..data import ImageSource
 from .augment import random_crop_flip
@@ -32,7 +31,6 @@ from .config import FinetuneConfig
 
 __all__ = ["BankImages", "Callback", "Trainer"]
 
-CHECKPOINT, BEST = "checkpoint.pt", "best_model.pt"
 DIVERGED = 10  # an epoch's train loss this many times its first step's: the run diverged
 
 
@@ -48,7 +46,7 @@ class BankImages:
                  preprocess: Callable[[torch.Tensor, int], torch.Tensor], device: torch.device):
         self.source, self.preprocess, self.device = source, preprocess, device
         self.index = {split: bank.index(split) for split in bank.splits}
-        self.decoding = Decoding.from_spec(bank.spec)
+        self.decoding = bank.spec.decoding
 
     def __call__(self, rows: np.ndarray, split: str = "train",
                  gen: torch.Generator | None = None) -> torch.Tensor:
@@ -68,7 +66,7 @@ class BankImages:
         """The uint8 images of each batch of rows, in order. Image files are decoded in
         ``workers`` DataLoader processes, a bounded few batches ahead, into pinned memory on
         CUDA; in-memory sources (CIFAR, npz) are sliced here."""
-        if workers == 0 or not hasattr(self.source.splits[split], "samples"):
+        if workers == 0 or not self.source.splits[split].decodes_files:
             return (torch.from_numpy(self.uint8(rows, split)) for rows in batches)
         return iter(torch.utils.data.DataLoader(
             _Rows(self, split), batch_sampler=batches, num_workers=workers,
@@ -176,7 +174,7 @@ class Trainer:
             print(message, file=sys.stderr, flush=True)
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+        return autocast(self.device)
 
     # -- one step, one evaluation ---------------------------------------------------------
     def step(self, rows: np.ndarray, images: torch.Tensor | None = None) -> float:
@@ -246,10 +244,9 @@ class Trainer:
         st, bs, cfg = self.state, self.config.batch_size, self.config
         order, t0 = self._order(), time.perf_counter()
         self._train_mode()
-        with tqdm(total=len(order), initial=min(st["step"] * bs, len(order)), unit="img",
-                  desc=f"train epoch {st['epoch'] + 1}/{cfg.epochs}", leave=False,
-                  disable=not self.progress, file=sys.stderr, dynamic_ncols=True,
-                  smoothing=0.1) as bar:
+        with progress_bar(total=len(order), initial=min(st["step"] * bs, len(order)),
+                          desc=f"train epoch {st['epoch'] + 1}/{cfg.epochs}", leave=False,
+                          enabled=self.progress) as bar:
             batches = [order[i * bs:(i + 1) * bs]
                         for i in range(st["step"], self.steps_per_epoch)]
             decoded = (self.images.stream(batches, "train", self.config.workers)
@@ -282,7 +279,7 @@ class Trainer:
                      f"lower --lr (the best weights so far are kept).")
         if val_loss < st["best_val_loss"]:
             st.update(best_val_loss=val_loss, best_epoch=row["epoch"], stale=0)
-            save(self.net.state_dict(), self.out / BEST)
+            save(self.net.state_dict(), self.out / BEST_MODEL)
         else:
             st["stale"] += 1
         st.update(epoch=row["epoch"], step=0, train_loss_sum=0.0, order=None)
@@ -298,7 +295,7 @@ class Trainer:
         self.state["history"].append({"epoch": 0, "train_loss": None, "val_loss": val_loss,
                                       "val_accuracy": val_acc, "lr": 0.0, "seconds": 0.0})
         self.state.update(best_val_loss=val_loss, best_epoch=0)
-        save(self.net.state_dict(), self.out / BEST)
+        save(self.net.state_dict(), self.out / BEST_MODEL)
         self.log(f"epoch 0 (head as grafted): val loss {val_loss:.4f}  val acc {val_acc:.4f}")
 
     def run(self) -> bool:
@@ -309,7 +306,7 @@ class Trainer:
         while (self.state["epoch"] < self.config.epochs
                and self.state["stale"] < self.config.patience):
             self.epoch()
-        self.net.load_state_dict(torch.load(self.out / BEST, map_location=self.device,
+        self.net.load_state_dict(torch.load(self.out / BEST_MODEL, map_location=self.device,
                                             weights_only=True))
         return self.state["stale"] >= self.config.patience
 

@@ -7,30 +7,20 @@ from :class:`FinetuneConfig`'s fields, so a new option is one field here.
 
 from __future__ import annotations
 
-import argparse
 import os
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
 
-from .._io import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Interval,
-                   check_choice)
+from .._io import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Interval)
+from .._options import Options
+from .._options import option as _option
 
 __all__ = ["FinetuneConfig"]
 
 _OPTIMIZERS = ("adamw", "sgd")
 
 
-def _option(default: Any, help: str, *, check: Interval | None = None,
-            choices: tuple[str, ...] | None = None, result: bool = True,
-            metavar: str | None = None) -> Any:
-    """A field with what the CLI and the checks need: ``result`` options change what a run
-    computes, so a resumed run must use the values it started with."""
-    return field(default=default, metadata={"help": help, "check": check, "choices": choices,
-                                            "result": result, "metavar": metavar})
-
-
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(Options):
     """Settings of an end-to-end fine-tune (see :func:`featurebank.finetune`).
 
     Every value is checked when the config is made: an out-of-range one raises
@@ -69,44 +59,3 @@ class FinetuneConfig:
     workers: int = _option(min(8, os.cpu_count() or 1), "processes decoding image files "
                            "(folder banks) ahead of training", check=NON_NEGATIVE_INT,
                            result=False, metavar="N")
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value, meta = getattr(self, f.name), f.metadata
-            if meta["check"] is not None:
-                object.__setattr__(self, f.name, meta["check"].check(f.name, value))
-            elif meta["choices"] is not None:
-                check_choice(f.name, value, meta["choices"])
-            elif f.type == "bool" and not isinstance(value, bool):
-                check_choice(f.name, value, [True, False])
-
-    @classmethod
-    def result_keys(cls) -> tuple[str, ...]:
-        """Options a resumed run must share with the run it continues."""
-        return tuple(f.name for f in fields(cls) if f.metadata["result"])
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per field (``--batch-size``, ``--augment/--no-augment``), values checked
-        with the same messages as the Python API (use ``ArgumentDefaultsHelpFormatter`` to
-        show the defaults)."""
-        for f in fields(cls):
-            meta, flag = f.metadata, f"--{f.name.replace('_', '-')}"
-            default = f.default if f.default is not MISSING else None
-            kwargs: dict[str, Any] = {"default": default, "dest": f.name, "help": meta["help"]}
-            if f.type == "bool":
-                kwargs["action"] = argparse.BooleanOptionalAction
-            elif meta["choices"]:
-                kwargs["choices"] = meta["choices"]
-            else:
-                kwargs["type"] = meta["check"].parse if meta["check"] else str
-                kwargs["metavar"] = meta["metavar"] or ("N" if "int" in f.type else "X")
-            parser.add_argument(flag, **kwargs)
-
-    @classmethod
-    def from_namespace(cls, args: argparse.Namespace) -> FinetuneConfig:
-        """The config of parsed command-line arguments (those of :meth:`add_arguments`)."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})

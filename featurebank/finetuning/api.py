@@ -7,8 +7,6 @@ checkpoint when asked) -> test accuracy next to the head's -> provenance, metric
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -18,16 +16,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import (amp_dtype, atomic_write, resolve_device, sha256_file, versions, write_csv,
+from .._io import (atomic_write, resolve_device, sha256_file, versions, write_csv,
                    write_json)
+from ..artefacts import (BEST_MODEL, BEST_MODEL_JSON, CHECKPOINT, METRICS_CSV, METRICS_JSON,
+                         SUMMARY, TEST_PREDICTIONS, read_leaderboard)
 from ..bank import FeatureBank
 from ..data import reopen_source
 from ..exceptions import FinetuneError
 from ..heads.persist import load_head
 from .checkpoint import load_checkpoint
 from .config import FinetuneConfig
-from .graft import build_network, check_handoff, describe_head, freeze
-from .loop import BEST, CHECKPOINT, BankImages, Callback, Trainer
+from ..network import describe_head, graft
+from .handoff import check_handoff, freeze
+from .loop import BankImages, Callback, Trainer
 
 __all__ = ["finetune"]
 
@@ -74,7 +75,7 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
         The summary: head and fine-tuned test accuracy, best epoch, hand-off agreement, paths.
     """
     bank = bank if isinstance(bank, FeatureBank) else FeatureBank(bank)
-    config = _config(config, options)
+    config = FinetuneConfig.merged(config, options, "finetune")
     est, head_path = _resolve_head(bank, head, runs)
     out = Path(out)
     run_config = {"bank_fingerprint": bank.fingerprint, "tap": est.featurebank_["tap"],
@@ -83,7 +84,7 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
     dev = resolve_device(device)
     source = reopen_source(bank.dataset, data_root=data_root)
     torch.manual_seed(config.seed)
-    net = build_network(bank, est, run_config["tap"]).to(dev)
+    net = graft(bank.spec, est, run_config["tap"]).to(dev)
     if dev.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     images = BankImages(source, bank, net.backbone.preprocess, dev)
@@ -98,30 +99,17 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
     return _finish(trainer, bank, est, head_path, handoff, stopped_early)
 
 
-def _config(config: FinetuneConfig | None, options: dict[str, Any]) -> FinetuneConfig:
-    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise TypeError(f"finetune() got unexpected keyword arguments {unknown}; the training "
-                        f"options are {sorted(names)}.")
-    return dataclasses.replace(config or FinetuneConfig(), **options)
-
-
 def _resolve_head(bank: FeatureBank, head, runs) -> tuple[Any, Path]:
     if (head is None) == (runs is None):
         raise FinetuneError("pass exactly one of head= (--head HEAD.joblib) and runs= "
                             "(--runs RUNS_DIR).")
     if runs is not None:
-        board_path = Path(runs) / "leaderboard.json"
-        if not board_path.is_file():
-            raise FinetuneError(f"{str(board_path)!r} does not exist; run featurebank fit "
-                                f"--out {runs} first.")
-        board = json.loads(board_path.read_text())
-        best = next((r for r in board["rows"] if r.get("best")), None)
+        board = read_leaderboard(runs)
+        best = board.best()
         if best is None:
-            raise FinetuneError(f"the leaderboard {str(board_path)!r} has no graftable head; fit "
+            raise FinetuneError(f"the leaderboard {str(board.path)!r} has no graftable head; fit "
                                 f"one (e.g. --heads logreg).")
-        head = Path(runs) / best["file"]
+        head = board.folder / best["file"]
     est = load_head(head, bank=bank)
     if est.featurebank_.get("val_rows") is None:
         raise FinetuneError(f"head {str(head)!r} records no validation rows; refit it with "
@@ -158,9 +146,7 @@ def _handoff(net, est, bank, images, config: FinetuneConfig, progress: bool) -> 
     n = bank.num_rows("train")
     rng = np.random.default_rng(config.seed)
     rows = np.sort(rng.choice(n, min(config.handoff_samples, n), replace=False))
-    dev = next(net.parameters()).device
-    agreement, gap = check_handoff(net, est, bank, rows, images, batch_size=config.batch_size,
-                                   amp=amp_dtype(dev))
+    agreement, gap = check_handoff(net, est, bank, rows, images, batch_size=config.batch_size)
     if progress:
         print(f"hand-off agreement: {agreement:.1%} of {len(rows)} images (median logit gap "
               f"{gap:.2%} of the logits' spread)", file=sys.stderr, flush=True)
@@ -187,15 +173,15 @@ def _finish(trainer: Trainer, bank: FeatureBank, est: Any, head_path: Path,
         target = np.searchsorted(np.asarray(est.classes_), yt)
         summary["test_accuracy"] = float((proba.argmax(1) == target).mean())
         # for `featurebank report`: columns in head_classes order, labels as in the bank
-        atomic_write(out / "test_predictions.npz", lambda f: np.savez(
+        atomic_write(out / TEST_PREDICTIONS, lambda f: np.savez(
             f, proba=proba.astype(np.float32), labels=yt, rows=rows))
-    write_json(out / "best_model.json", {
-        "bank": str(bank.path), "bank_fingerprint": bank.fingerprint, "spec": bank.spec,
+    write_json(out / BEST_MODEL_JSON, {
+        "bank": str(bank.path), "bank_fingerprint": bank.fingerprint, "spec": bank.spec.to_json(),
         "classes": list(bank.classes), "head_classes": np.asarray(est.classes_).tolist(),
         "tap": tap, "head_module": describe_head(trainer.net.head),
         "config": trainer.run_config, "best_epoch": st["best_epoch"],
-        "versions": versions(), "weights_sha256": sha256_file(out / BEST)})
-    write_json(out / "metrics.json", st["history"])
-    write_csv(out / "metrics.csv", st["history"], list(st["history"][0]))
-    write_json(out / "summary.json", summary)
+        "versions": versions(), "weights_sha256": sha256_file(out / BEST_MODEL)})
+    write_json(out / METRICS_JSON, st["history"])
+    write_csv(out / METRICS_CSV, st["history"], list(st["history"][0]))
+    write_json(out / SUMMARY, summary)
     return summary

@@ -1,14 +1,15 @@
-"""The grafted network: the bank's backbone up to the head's tap, then the head as a module.
+"""The grafted network: a bank's backbone up to a head's tap, then the head as a module.
 
-The head is ``to_torch(head)`` behind a fixed standardisation layer built from the head's own
-stored statistics, and the assembled network must reproduce the head's predictions on a sample
-of training images (the hand-off check) before any training.
+One home for what the fine-tune trains and what the predictor and export run: the head is
+``to_torch(head)`` behind a fixed standardisation layer built from the head's own stored
+statistics (:func:`trainable_head`), and its layers are recorded as data
+(:func:`describe_head`) so that a fine-tuned network is rebuilt without the head file
+(:func:`load_finetuned`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,13 +17,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from ..backbones import WeightsId, get_backbone
-from ..bank import FeatureBank
-from ..exceptions import FinetuneError
-from ..heads.export import to_torch
+from .exceptions import FinetuneError
+from .heads.export import to_torch
+from .records import BankSpec, TapSelection
 
-__all__ = ["GraftedNetwork", "build_network", "check_handoff", "describe_head", "freeze",
-           "head_from_description", "trainable_head"]
+if TYPE_CHECKING:
+    from .artefacts import BestModel
+
+__all__ = ["GraftedNetwork", "describe_head", "graft", "head_from_description",
+           "load_finetuned", "trainable_head"]
 
 
 class GraftedNetwork(nn.Module):
@@ -99,13 +102,27 @@ def trainable_head(est: Any) -> nn.Module:
     return nn.Sequential(_Standardize(mean, scale), module)
 
 
-def build_network(bank: FeatureBank, est: Any, tap: str) -> GraftedNetwork:
-    """The bank's backbone rebuilt from its spec (same weights) as a plain module up to the
-    head's tap, grafted with the head."""
-    spec = bank.spec
-    weights = WeightsId.parse(spec["weights"]).rebuild_argument(spec.get("weights_path"))
-    backbone = get_backbone(spec["model"], weights=weights, taps=tap.split("+"))
-    return GraftedNetwork(backbone.tap_network(spec["tap_layers"]), trainable_head(est), tap)
+def graft(spec: BankSpec, est: Any, tap: str) -> GraftedNetwork:
+    """The backbone of a bank's ``spec`` (its own weights) as a plain module up to the head's
+    ``tap``, grafted with the fitted head ``est`` (:func:`trainable_head`)."""
+    backbone = spec.rebuild_backbone(tap)
+    return GraftedNetwork(backbone, trainable_head(est), str(TapSelection.parse(tap)))
+
+
+def load_finetuned(best: BestModel) -> GraftedNetwork:
+    """The network a fine-tune saved (``best_model.pt``, verified against its record), with no
+    init and no download: the backbone's architecture on the meta device holding the saved
+    tensors, the head rebuilt from its recorded layers."""
+    from .artefacts import load_best_weights
+
+    if best.head_module is None:
+        raise FinetuneError(f"{str(best.folder)!r} was written by an older featurebank that did "
+                            f"not record the head's layers; fine-tune again to use it.")
+    state = load_best_weights(best)
+    backbone = best.spec.rebuild_backbone(best.tap, state_dict=state)
+    head = head_from_description(best.head_module)
+    head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+    return GraftedNetwork(backbone, head, best.tap)
 
 
 _LAYERS = {"Linear": lambda d: nn.Linear(d["in"], d["out"]),
@@ -136,48 +153,3 @@ def head_from_description(desc: dict[str, Any]) -> nn.Module:
     if desc["type"] == "Sequential":
         return nn.Sequential(*(head_from_description(d) for d in desc["children"]))
     return _LAYERS[desc["type"]](desc)
-
-
-def freeze(backbone: nn.Module, freeze_until: str | None) -> None:
-    """Freeze the backbone's parameters up to and including the module ``freeze_until``."""
-    if not freeze_until:
-        return
-    names = [n for n, _ in backbone.model.named_parameters()]
-    inside = [i for i, n in enumerate(names) if n.startswith(f"{freeze_until}.")]
-    if not inside:
-        modules = sorted({n.rsplit(".", 1)[0] for n in names})
-        raise FinetuneError(f"freeze_until={freeze_until!r} names no module with parameters "
-                            f"(--freeze-until); expected one of {modules[:12]}"
-                            f"{' ...' if len(modules) > 12 else ''}.")
-    for i, (_, p) in enumerate(backbone.model.named_parameters()):
-        if i <= inside[-1]:
-            p.requires_grad_(False)
-
-
-@torch.no_grad()
-def check_handoff(net: GraftedNetwork, est: Any, bank: FeatureBank, rows: np.ndarray,
-                  images: Callable[[np.ndarray], torch.Tensor], *, batch_size: int,
-                  amp: torch.dtype | None) -> tuple[float, float]:
-    """Agreement of the assembled network with the head on the bank's train ``rows``.
-
-    Returns ``(argmax agreement, median logit gap / the logits' spread)``; FinetuneError when
-    the agreement is below 99% or the gap above 5% (the bank's float16 rounding is far below).
-    """
-    classes = np.asarray(est.classes_)
-    dev = next(net.parameters()).device
-    net.eval()
-    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-        net_logits = torch.cat([net(images(rows[i:i + batch_size])).float().cpu()
-                                for i in range(0, len(rows), batch_size)])
-    feats = bank.rows("train", net.tap, rows)
-    head_pred = np.searchsorted(classes, est.predict(feats))
-    head_logits = to_torch(est)(torch.from_numpy(feats))
-    agreement = float((net_logits.argmax(1).numpy() == head_pred).mean())
-    gap = float((net_logits - head_logits).abs().median() / head_logits.std().clamp(min=1e-6))
-    if agreement < 0.99 or gap > 0.05:
-        raise FinetuneError(
-            f"the rebuilt network agrees with the head on only {agreement:.1%} of {len(rows)} "
-            f"images (median logit gap {gap:.1%}; at least 99% agreement and at most 5% gap "
-            f"expected): the weights, images or preprocessing differ from the extraction (a "
-            f"changed weights file, moved or edited data?).")
-    return agreement, gap
