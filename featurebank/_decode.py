@@ -105,6 +105,17 @@ def _pil_rgb(image: Any):
         return _to_rgb(im)
 
 
+def _encoded(image: Any) -> bytes | None:
+    """The encoded bytes of an image held as bytes or as an object that reads them
+    (``read_bytes()``: a member of a tar shard, a Parquet cell, a ``pathlib.Path``); None for
+    what is not encoded (a path string, a PIL image, an array)."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if hasattr(image, "read_bytes"):
+        return image.read_bytes()
+    return None
+
+
 def _is_jpeg(data: bytes | np.ndarray) -> bool:
     return bytes(data[:3]) == b"\xff\xd8\xff"
 
@@ -242,8 +253,9 @@ class Decoding:
         object.__setattr__(self, "resize", Resize(self.resize))
 
     def load(self, image: Any) -> tuple[np.ndarray | None, str | None]:
-        """One image (a file path, a PIL image or a uint8 array) as uint8 ``(H, W, 3)`` on the
-        CPU: ``(S, S, 3)`` for files, the array's own size with ``resize="device"``.
+        """One image (a file path, encoded bytes or an object that reads them, a PIL image or
+        a uint8 array) as uint8 ``(H, W, 3)`` on the CPU: ``(S, S, 3)`` for files, the array's
+        own size with ``resize="device"``.
 
         Returns ``(array, None)``, or ``(None, the decoder's error)`` for an unreadable file.
         """
@@ -253,6 +265,9 @@ class Decoding:
             if isinstance(image, (str, os.PathLike)) and self.decoder != "pil":
                 with open(image, "rb") as f:
                     picture = _decode_cpu(f.read())
+            elif (data := None if isinstance(image, os.PathLike) else _encoded(image)) is not None:
+                picture = _decode_cpu(data) if self.decoder != "pil" else _pil_rgb(
+                    io.BytesIO(data))
             elif isinstance(image, (str, os.PathLike, Image.Image)):
                 picture = _pil_rgb(image)  # kept a PIL image for PIL's own resize
             else:
@@ -281,16 +296,18 @@ class Decoding:
         array = np.asarray(picture, dtype=np.uint8)
         return resize(_chw(array), self.image_size, self.interpolation).permute(1, 2, 0).numpy()
 
-    def read(self, path: str) -> tuple[Any, str | None]:
-        """A DataLoader worker's part of decoding the file at ``path``: the finished image,
-        or for ``gpu`` the JPEG's bytes (1-D uint8) or another format's decoded pixels (numpy
-        arrays: pickled to the main process, not one shared-memory file each). ``(None,
-        error)`` when unreadable."""
+    def read(self, path: Any) -> tuple[Any, str | None]:
+        """A DataLoader worker's part of decoding the file at ``path`` (or the encoded image
+        an object reads, as :meth:`load` takes): the finished image, or for ``gpu`` the JPEG's
+        bytes (1-D uint8) or another format's decoded pixels (numpy arrays: pickled to the
+        main process, not one shared-memory file each). ``(None, error)`` when unreadable."""
         if self.decoder != "gpu":
             return self.load(path)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = _encoded(path) if not isinstance(path, (str, os.PathLike)) else None
+            if data is None:
+                with open(path, "rb") as f:
+                    data = f.read()
             if _is_jpeg(data):
                 return np.frombuffer(bytearray(data), np.uint8), None
             return _decode_cpu(data), None

@@ -315,7 +315,8 @@ class FeatureBank:
             f"antialias{', decode ' + s.decode if s.decode != 'pil' else ''}), "
             f"mean {list(s.mean)}, std {list(s.std)} [from {s.preprocessing_source}]",
             f"dataset       {d.name}  {d.source}  ({len(self.classes)} classes, "
-            f"fingerprint {d.fingerprint[:16]})",
+            f"fingerprint {d.fingerprint[:16]})"
+            + (f"  options {d.options.to_json()}" if d.options.to_json() else ""),
             "taps:",
         ]
         for tap in self.taps:

@@ -141,7 +141,8 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
                      "the top k classes with theirs.")
     _model_argument(p)
     p.add_argument("images", nargs="+", metavar="IMAGES",
-                   help="image files, folders (searched recursively) or .npz files")
+                   help="image files, folders (searched recursively), .npz files, or "
+                        "dataset sources (wds:PATTERN, hf:NAME_OR_PATH, csv:FILE)")
     p.add_argument("--out", default=None, metavar="PREDS.csv",
                    help="CSV file to write (default: the CSV on standard output)")
     p.add_argument("--top-k", type=POSITIVE_INT.parse, default=5, metavar="K",

@@ -10,6 +10,7 @@ decoder - because differently sized images cannot share a batch otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ import torch
 
 from ._decode import Decoding, check_images
 from .exceptions import DataError
-from .records import DatasetInfo, Resize
+from .records import DatasetInfo, Resize, SourceOptions
 
 __all__ = ["ImageSource", "ImageBatch", "from_arrays", "list_datasets", "open_source",
            "reopen_source"]
@@ -127,7 +128,7 @@ class _FileDataset(torch.utils.data.Dataset):
         pos = self.first + i
         path, label = self.samples[pos]
         part, err = self.decoding.read(path)
-        return pos, label, path, part, err
+        return pos, label, str(path), part, err
 
 
 def _collate(items):
@@ -135,11 +136,13 @@ def _collate(items):
 
 
 class _FileSplit:
-    """A split of image files with labels, decoded lazily in DataLoader workers."""
+    """A split of encoded images with labels, decoded lazily in DataLoader workers: files of
+    a folder or a CSV (paths), members of tar shards or cells of a Hugging Face dataset
+    (objects that ``read_bytes()`` and give their ``identity()`` for the fingerprint)."""
 
     decodes_files = True
 
-    def __init__(self, samples: list[tuple[str, int]], root: Path):
+    def __init__(self, samples: list[tuple[Any, int]], root: Path):
         self.samples = samples
         self.root = root
         self.labels = np.array([y for _, y in samples], dtype=np.int64)
@@ -150,11 +153,16 @@ class _FileSplit:
     def fingerprint(self, h: Any) -> None:
         # Relative paths, sizes and labels: cheap for large folders, and it survives a move.
         for path, label in self.samples:
-            rel = os.path.relpath(path, self.root)
-            h.update(f"{rel}\0{os.path.getsize(path)}\0{label}\n".encode())
+            ident = path.identity() if hasattr(path, "identity") else (
+                f"{os.path.relpath(path, self.root)}\0{os.path.getsize(path)}")
+            h.update(f"{ident}\0{label}\n".encode())
 
     def describe_row(self, i: int) -> str:
-        return self.samples[i][0]
+        return str(self.samples[i][0])
+
+    def encoded(self, position: int) -> Any:
+        """The image at a source position as stored: a path, or an object that reads it."""
+        return self.samples[position][0]
 
     def positions(self) -> range:
         return range(len(self))
@@ -165,7 +173,7 @@ class _FileSplit:
         for j, pos in enumerate(positions):
             img, err = decoding.load(self.samples[pos][0])
             if img is None:
-                raise DataError(f"cannot read image {self.samples[pos][0]!r} ({err}).")
+                raise DataError(f"cannot read image {str(self.samples[pos][0])!r} ({err}).")
             out[j] = img
         return out
 
@@ -249,16 +257,19 @@ class ImageSource:
     Attributes
     ----------
     name : str
-        ``"cifar10"``, ``"cifar100"``, ``"folder"`` or ``"npz"``.
+        The kind: ``"cifar10"``, ``"cifar100"``, ``"folder"``, ``"npz"``, ``"wds"``, ``"hf"``,
+        ``"csv"`` (or ``"arrays"`` in memory).
     location : str
-        Where the data was read from (data root, folder or file).
+        Where the data was read from (data root, folder, file, shard pattern, dataset name).
     classes : list of str
         Class names; label ``i`` is ``classes[i]``.
     splits : dict
         Split name (``"train"``, ``"test"``, ...) to split object.
-    resize : str
+    resize : Resize
         How images reach ``image_size``: ``"device"`` (the whole fixed-size image is resized on
         the device) or ``"shorter_side_center_crop"`` (files, resized when decoded).
+    options : SourceOptions
+        What the source was opened with (label key, class-names file, columns).
     """
 
     name: str
@@ -266,6 +277,7 @@ class ImageSource:
     classes: list[str]
     splits: dict[str, Split]
     resize: Resize
+    options: SourceOptions = field(default_factory=SourceOptions)
 
     def fingerprint(self) -> str:
         """SHA-256 over the class names and every split's images (or file list) and labels."""
@@ -281,13 +293,15 @@ class ImageSource:
         (:func:`shard_rows`)."""
         splits = {name: _Shard(split, *shard_rows(len(split), batch_size, rank, world))
                   for name, split in self.splits.items()}
-        return ImageSource(self.name, self.location, self.classes, splits, self.resize)
+        return ImageSource(self.name, self.location, self.classes, splits, self.resize,
+                           self.options)
 
     def describe(self) -> DatasetInfo:
         """Provenance of this source, stored as the bank's ``dataset`` attribute."""
         return DatasetInfo(name=self.name, source=self.location, classes=tuple(self.classes),
                            splits={k: len(v) for k, v in self.splits.items()},
-                           resize=Resize(self.resize), fingerprint=self.fingerprint())
+                           resize=Resize(self.resize), fingerprint=self.fingerprint(),
+                           options=self.options)
 
 
 def _open_cifar(name: str, root: Path, download: bool) -> ImageSource:
@@ -446,46 +460,105 @@ def _open_folder(root: Path) -> ImageSource:
 
 
 @dataclass(frozen=True)
+class _Request:
+    """What a source's opener gets: the text after ``kind:`` (or the data root, for CIFAR),
+    the data root (CIFAR's files, the tar shards' index cache), whether to download, the
+    source options, and whether labels are needed (``predict`` reads images alone)."""
+
+    location: str
+    data_root: Path
+    download: bool = False
+    options: SourceOptions = field(default_factory=SourceOptions)
+    labelled: bool = True
+
+
+def _formats():
+    from . import formats
+
+    return formats
+
+
+def _is_hub_name(location: str) -> bool:
+    return not Path(location).expanduser().exists() and not location.startswith(
+        ("/", ".", "~"))
+
+
+@dataclass(frozen=True)
 class _SourceKind:
     """A registered kind of image source: how to open it from its location.
 
-    ``location`` is the data root for CIFAR (``takes_path=False``: ``--dataset cifar10
-    --data-root DIR``) and the file or folder itself otherwise (``--dataset folder:PATH``).
-    A bank's ``dataset`` provenance records the kind as ``name`` and the location as
-    ``source``, so the same entry reopens it for fine-tuning.
+    ``takes`` is what follows ``kind:`` (``PATH``, ``PATTERN``...), or None when the location
+    is the data root (CIFAR: ``--dataset cifar10 --data-root DIR``). A bank's ``dataset``
+    provenance records the kind as ``name``, the location as ``source`` and the options, so
+    the same entry reopens it for fine-tuning; ``what`` names the location in messages and
+    ``exists`` says whether it is still there.
     """
 
     name: str
-    open: Callable[[Path, bool], ImageSource]  # (location, download)
-    takes_path: bool
+    open: Callable[[_Request], ImageSource]
+    takes: str | None
+    what: str
+    exists: Callable[[str], bool] = lambda loc: Path(loc).expanduser().exists()
+
+
+def _wds_exists(location: str) -> bool:
+    try:
+        return all(_formats()._shards(p) for p in _formats()._split_patterns(location).values())
+    except DataError:
+        return False
 
 
 _SOURCES = {k.name: k for k in [
-    _SourceKind("cifar10", lambda loc, download: _open_cifar("cifar10", loc, download), False),
-    _SourceKind("cifar100", lambda loc, download: _open_cifar("cifar100", loc, download), False),
-    _SourceKind("folder", lambda loc, download: _open_folder(loc), True),
-    _SourceKind("npz", lambda loc, download: _open_npz(loc), True),
+    _SourceKind("cifar10", lambda r: _open_cifar("cifar10", Path(r.location), r.download),
+                None, f"the folder that holds {_CIFAR['cifar10'][2]!r}"),
+    _SourceKind("cifar100", lambda r: _open_cifar("cifar100", Path(r.location), r.download),
+                None, f"the folder that holds {_CIFAR['cifar100'][2]!r}"),
+    _SourceKind("folder", lambda r: _open_folder(Path(r.location).expanduser()), "PATH",
+                "the image folder"),
+    _SourceKind("npz", lambda r: _open_npz(Path(r.location).expanduser()), "PATH",
+                "the npz file"),
+    _SourceKind("wds", lambda r: _formats().open_wds(r.location, r.options, r.data_root,
+                                                     r.labelled),
+                "PATTERN", "the tar shards (a pattern, train=...,test=..., or a folder)",
+                _wds_exists),
+    _SourceKind("hf", lambda r: _formats().open_hf(r.location, r.options, r.labelled),
+                "NAME_OR_PATH", "the dataset (a save_to_disk or Parquet folder, or a name)",
+                lambda loc: Path(loc).expanduser().exists() or _is_hub_name(loc)),
+    _SourceKind("csv", lambda r: _formats().open_csv(r.location, r.options, r.labelled),
+                "FILE", "the CSV file"),
 ]}
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by ``dataset=`` / ``--dataset`` (``folder:`` and ``npz:`` take a path)."""
-    return [f"{k.name}:PATH" if k.takes_path else k.name for k in _SOURCES.values()]
+    """Names accepted by ``dataset=`` / ``--dataset`` (``folder:PATH``, ``wds:PATTERN``...
+    take a location)."""
+    return [f"{k.name}:{k.takes}" if k.takes else k.name for k in _SOURCES.values()]
 
 
 def open_source(dataset: str, *, data_root: str | os.PathLike = "data",
-                download: bool = False) -> ImageSource:
+                download: bool = False, options: SourceOptions | None = None,
+                labelled: bool = True) -> ImageSource:
     """Open an image source by name.
 
     Parameters
     ----------
     dataset : str
         ``"cifar10"``, ``"cifar100"``, ``"folder:PATH"`` (class sub-folders, with optional
-        ``train/`` and ``test/`` sub-folders) or ``"npz:PATH"``.
+        ``train/`` and ``test/`` sub-folders), ``"npz:PATH"``, ``"wds:PATTERN"`` (WebDataset
+        tar shards: ``train-{000000..000146}.tar``, globs, ``train=PAT,test=PAT`` or a folder
+        of ``train/`` and ``test/`` shards), ``"hf:NAME_OR_PATH[:CONFIG]"`` (a Hugging Face
+        dataset: a ``save_to_disk`` folder, a folder of Parquet files, or a name in the cache)
+        or ``"csv:FILE"`` (``path,label[,split]`` rows).
     data_root : path-like, default="data"
-        Folder holding (or receiving) the CIFAR files; unused for ``folder:`` and ``npz:``.
+        Folder holding (or receiving) the CIFAR files; the tar shards' index cache
+        (``featurebank-index/``).
     download : bool, default=False
         Download CIFAR into ``data_root`` when it is not there (needs a network).
+    options : SourceOptions, optional
+        ``label_key`` (wds: a json member's key), ``classes`` (a class-names file),
+        ``image_column`` / ``label_column`` (hf).
+    labelled : bool, default=True
+        False reads the images alone (every label 0), as ``predict`` does.
 
     Returns
     -------
@@ -493,11 +566,14 @@ def open_source(dataset: str, *, data_root: str | os.PathLike = "data",
     """
     name, _, arg = str(dataset).partition(":")
     kind = _SOURCES.get(name)
-    if kind is None or kind.takes_path != bool(arg):
+    if kind is None or (kind.takes is not None) != bool(arg):
         raise DataError(
             f"unknown dataset {dataset!r}; expected one of {list_datasets()} "
             f"(e.g. dataset='folder:/data/flowers').")
-    return kind.open(Path(arg if arg else data_root).expanduser(), download)
+    options = SourceOptions.from_json(options)
+    request = _Request(arg if arg else str(Path(data_root).expanduser()),
+                       Path(data_root).expanduser(), download, options, labelled)
+    return dataclasses.replace(kind.open(request), options=options)
 
 
 def reopen_source(provenance: DatasetInfo, *,
@@ -507,11 +583,11 @@ def reopen_source(provenance: DatasetInfo, *,
     Parameters
     ----------
     provenance : DatasetInfo
-        ``FeatureBank.dataset``: the source's kind (``name``), location (``source``) and
-        fingerprint.
+        ``FeatureBank.dataset``: the source's kind (``name``), location (``source``), options
+        and fingerprint.
     data_root : path-like, optional
-        Where the images are now, when they moved since the extraction (the folder or npz
-        file itself, or the CIFAR data root).
+        Where the images are now, when they moved since the extraction (the folder, file or
+        shard pattern itself, or the CIFAR data root).
 
     Returns
     -------
@@ -524,18 +600,17 @@ def reopen_source(provenance: DatasetInfo, *,
         raise DataError(
             f"the bank's images came from {provenance.name!r} (in memory), which cannot be "
             f"reopened; extract from a dataset on disk (--dataset {list_datasets()}).")
-    location = Path(data_root if data_root is not None else provenance.source).expanduser()
-    if not location.exists():
-        what = (f"the folder that holds {_CIFAR[kind.name][2]!r}" if kind.name in _CIFAR
-                else f"the {'npz file' if kind.name == 'npz' else 'image folder'}")
+    location = str(data_root if data_root is not None else provenance.source)
+    if not kind.exists(location):
         raise DataError(
-            f"the bank's images were read from {str(location)!r} ({kind.name}), which does not "
+            f"the bank's images were read from {location!r} ({kind.name}), which does not "
             f"exist any more. If they moved, pass --data-root NEW_PATH (data_root=NEW_PATH) "
-            f"pointing at {what} where it is now.")
-    source = kind.open(location, False)
+            f"pointing at {kind.what} where it is now.")
+    source = kind.open(_Request(location, Path("data") if kind.takes else Path(location),
+                                options=provenance.options))
     if source.fingerprint() != provenance.fingerprint:
         raise DataError(
-            f"the images at {str(location)!r} differ from those the bank was extracted from "
+            f"the images at {location!r} differ from those the bank was extracted from "
             f"(source fingerprint changed); pass --data-root PATH (data_root=PATH) pointing at "
             f"the original data.")
-    return source
+    return dataclasses.replace(source, options=provenance.options)

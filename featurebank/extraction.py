@@ -32,7 +32,7 @@ from .backbones import TOKEN_POOLS, get_backbone
 from .bank import BankWriter, FeatureBank, bank_fingerprint, write_virtual_bank
 from .data import ImageBatch, ImageSource, open_source
 from .exceptions import BackboneError, BankError, FeatureBankError, ParameterError
-from .records import BankSpec, DatasetInfo, Resize, ShardInfo, TapLayer
+from .records import BankSpec, DatasetInfo, Resize, ShardInfo, SourceOptions, TapLayer
 
 __all__ = ["ExtractConfig", "extract"]
 
@@ -137,6 +137,16 @@ class ExtractConfig(Options):
                              choices=TOKEN_POOLS, flags=("--pool",))
     skip_bad: bool = option(False, "leave unreadable images out (logged and recorded in the "
                                    "bank) instead of failing")
+    label_key: str | None = option(None, "wds: read each sample's label from this key of its "
+                                         "json member (default: its cls member)",
+                                   metavar="KEY")
+    classes: str | None = option(None, "wds, csv: a file of class names, one per line, in "
+                                       "label order (default: classes.txt beside the shards, "
+                                       "else the labels)", metavar="FILE")
+    image_column: str | None = option(None, "hf: the image column (default: the Image "
+                                            "feature)", metavar="NAME")
+    label_column: str | None = option(None, "hf: the label column (default: the ClassLabel "
+                                            "feature)", metavar="NAME")
     batch_size: int | None = option(
         None, "images per forward pass (default: 256 on CUDA, 64 on the CPU; a partial "
               "resumes bit for bit with the same one)",
@@ -145,6 +155,9 @@ class ExtractConfig(Options):
         None, "processes decoding image files (folder datasets), a bounded few batches ahead "
               "(default: min(8, cores))", check=NON_NEGATIVE_INT,
         result=False, flags=("--workers", "--num-workers"))
+
+    def source_options(self) -> SourceOptions:
+        return SourceOptions(self.label_key, self.classes, self.image_column, self.label_column)
 
     def taps_list(self) -> list[str] | None:
         if isinstance(self.taps, str):
@@ -162,8 +175,10 @@ def extract(dataset: str | ImageSource = "cifar10", *, out: str | os.PathLike | 
     Parameters
     ----------
     dataset : str or ImageSource, default="cifar10"
-        ``"cifar10"``, ``"cifar100"``, ``"folder:PATH"``, ``"npz:PATH"``, or an
-        :class:`ImageSource` (e.g. :func:`featurebank.from_arrays`; then ``out`` is required).
+        ``"cifar10"``, ``"cifar100"``, ``"folder:PATH"``, ``"npz:PATH"``, ``"wds:PATTERN"``,
+        ``"hf:NAME_OR_PATH[:CONFIG]"``, ``"csv:FILE"`` (see :func:`featurebank.open_source`),
+        or an :class:`ImageSource` (e.g. :func:`featurebank.from_arrays`; then ``out`` is
+        required).
     out : path-like, optional
         Bank file; default ``<dataset>_<model>_<weights>_<size>px.h5`` in the working folder.
     data_root : path-like, default="data"
@@ -190,7 +205,9 @@ def extract(dataset: str | ImageSource = "cifar10", *, out: str | os.PathLike | 
         ``"mean"``: how transformer tokens ``(N, T, D)`` become one vector), ``skip_bad``
         (leave unreadable image files out, each logged and listed in the bank),
         ``batch_size`` (default 256 on CUDA, 64 on the CPU), ``num_workers`` (DataLoader
-        workers decoding image files; default ``min(8, cpu_count)``).
+        workers decoding image files; default ``min(8, cpu_count)``), and the source's
+        ``label_key`` (wds), ``classes`` (wds, csv: a class-names file), ``image_column`` and
+        ``label_column`` (hf).
 
     Returns
     -------
@@ -252,7 +269,8 @@ def _prepare(job: _Job) -> tuple[ImageSource, Any, BankSpec]:
     """The source, the backbone on its device, and the spec of the bank they make."""
     c = job.config
     source = (job.dataset if isinstance(job.dataset, ImageSource)
-              else open_source(job.dataset, data_root=job.data_root, download=job.download))
+              else open_source(job.dataset, data_root=job.data_root, download=job.download,
+                               options=c.source_options()))
     if source.resize != Resize.FILES and c.decode != "pil":
         raise ParameterError(
             f"the 'decode' parameter (--decode) applies to image files, and {source.name!r} "

@@ -40,16 +40,27 @@ def _image_files(folder: Path) -> list[Path]:
                   and p.suffix.lower() in IMG_EXTENSIONS)
 
 
+_SOURCE_SETS = ("wds", "hf", "csv")  # dataset sources predict reads as input sets
+
+
 def image_items(images: Any) -> list[tuple[str, Any]]:
     """``(name, image)`` pairs from what a user passes: a uint8 array ``(N, H, W, 3)`` (or one
-    image), a PIL image, a path to an image, a folder (searched recursively) or an ``.npz``
-    (its ``images`` or ``<split>_images`` arrays), or a list of any of these."""
+    image), a PIL image, a path to an image, a folder (searched recursively), an ``.npz`` (its
+    ``images`` or ``<split>_images`` arrays), a dataset source (``wds:PATTERN``,
+    ``hf:NAME_OR_PATH``, ``csv:FILE``: every split's images, labels not needed), or a list of
+    any of these."""
     from PIL import Image
 
     if isinstance(images, (list, tuple)):
         return [item for x in images for item in image_items(x)]
     if isinstance(images, Image.Image):
         return [("image", images)]
+    if isinstance(images, str) and images.partition(":")[0] in _SOURCE_SETS:
+        from .data import open_source
+
+        source = open_source(images, labelled=False)  # every split's images, in order
+        return [(split.describe_row(i), split.encoded(i)) for split in source.splits.values()
+                for i in split.positions()]
     if isinstance(images, (str, os.PathLike)):
         path = Path(images)
         if not path.exists():

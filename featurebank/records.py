@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from ._decode import Decoding
     from .backbones import Preprocessing, TapNetwork
 
-__all__ = ["BankSpec", "DatasetInfo", "Resize", "ShardInfo", "TapLayer", "TapSelection",
-           "WeightsId", "fingerprint"]
+__all__ = ["BankSpec", "DatasetInfo", "Resize", "ShardInfo", "SourceOptions", "TapLayer",
+           "TapSelection", "WeightsId", "fingerprint", "tap_selections"]
 
 
 class Resize(str, enum.Enum):
@@ -288,6 +288,38 @@ class ShardInfo:
 
 
 @dataclass(frozen=True)
+class SourceOptions:
+    """How a source's samples become images and labels, where the format leaves it open.
+
+    Attributes
+    ----------
+    label_key : str, optional
+        ``wds``: the key of a sample's ``json`` member that holds its label (default: the
+        ``cls`` member).
+    classes : str, optional
+        ``wds``, ``csv``: a text file of class names, one per line, in label order (default: a
+        ``classes.txt`` beside the shards, else the labels themselves).
+    image_column, label_column : str, optional
+        ``hf``: the columns (default: the dataset's ``Image`` and ``ClassLabel`` features).
+    """
+
+    label_key: str | None = None
+    classes: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | SourceOptions | None) -> SourceOptions:
+        if isinstance(data, SourceOptions):
+            return data
+        return cls(**(data or {}))
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     """Where a bank's images came from (``dataset``).
 
@@ -305,6 +337,8 @@ class DatasetInfo:
         SHA-256 of the source's images (or file list) and labels.
     shard : ShardInfo or None
         A rank's share, in a shard bank of a distributed extraction.
+    options : SourceOptions
+        How the source's samples became images and labels (recorded only when set).
     """
 
     name: str
@@ -314,6 +348,7 @@ class DatasetInfo:
     resize: Resize
     fingerprint: str
     shard: ShardInfo | None = None
+    options: SourceOptions = field(default_factory=SourceOptions)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -325,7 +360,7 @@ class DatasetInfo:
         return _record(cls, data, "a bank's dataset record", lambda k: {
             "classes": tuple(k["classes"]), "resize": Resize(k["resize"]),
             "splits": {name: int(n) for name, n in k["splits"].items()},
-            "shard": shard(k.get("shard"))})
+            "shard": shard(k.get("shard")), "options": SourceOptions.from_json(k.get("options"))})
 
     def to_json(self) -> dict[str, Any]:
         out = {"name": self.name, "source": self.source, "classes": list(self.classes),
@@ -333,6 +368,8 @@ class DatasetInfo:
                "fingerprint": self.fingerprint}
         if self.shard is not None:
             out["shard"] = self.shard.to_json()
+        if self.options.to_json():  # absent when unset: older fingerprints stay valid
+            out["options"] = self.options.to_json()
         return {**out, **self.extra}
 
     def replace(self, **changes: Any) -> DatasetInfo:

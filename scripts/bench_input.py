@@ -6,7 +6,10 @@ centre crop): ``--decode pil``, ``--decode tensor`` (libjpeg-turbo through Torch
 torchvision.io, torch's resize) and, when a GPU is present, ``--decode gpu`` (nvJPEG a batch
 of 256 at a time, resized on the GPU; the workers' file reads counted in the same thread).
 Two image sets: CIFAR-sized 32 x 32 and ImageNet-sized 400 x 350 JPEGs. From the per-core
-rates it prints how many decoding workers a GPU extracting at a given rate needs. Example::
+rates it prints how many decoding workers a GPU extracting at a given rate needs. Then the
+400 x 350 set is read through each dataset format (a folder of files, WebDataset tar shards,
+a folder of Parquet files through Hugging Face ``datasets``, a CSV of paths), by the source's
+own opener and the call a DataLoader worker makes (``Decoding.read``), one core. Example::
 
     python scripts/bench_input.py --n 400
 """
@@ -64,6 +67,74 @@ def rate(decode: str, paths: list[Path], size: int, batch: int = 256) -> float:
     return len(paths) / (time.perf_counter() - t)
 
 
+def write_sources(tmp: Path, data: list[bytes]) -> dict[str, str]:
+    """The same JPEGs (two classes) as a folder, tar shards of 100, a CSV and Parquet files."""
+    import csv
+    import tarfile
+
+    folder, shards = tmp / "folder", tmp / "shards"
+    files = []
+    for i, b in enumerate(data):
+        f = folder / f"c{i % 2}" / f"{i:05d}.jpg"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b)
+        files.append((f, i % 2))
+    files.sort()
+    shards.mkdir()
+    for n in range(0, len(files), 100):
+        with tarfile.open(shards / f"s-{n // 100:06d}.tar", "w") as tf:
+            for f, y in files[n:n + 100]:
+                for name, blob in ((f"{f.stem}.jpg", f.read_bytes()), (f"{f.stem}.cls",
+                                                                        str(y).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(blob)
+                    tf.addfile(info, io.BytesIO(blob))
+    with open(tmp / "list.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label"])
+        w.writerows((str(f), y) for f, y in files)
+    out = {"folder": f"folder:{folder}", "wds (tar shards)": f"wds:{shards}",
+           "csv": f"csv:{tmp / 'list.csv'}"}
+    try:
+        import datasets
+    except ImportError:
+        return out
+    feats = datasets.Features({"image": datasets.Image(),
+                               "label": datasets.ClassLabel(names=["c0", "c1"])})
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": f.read_bytes(), "path": None}
+                                               for f, _ in files],
+                                     "label": [y for _, y in files]}, features=feats)
+    (tmp / "pq").mkdir()
+    ds.to_parquet(str(tmp / "pq" / "train-00000-of-00001.parquet"))
+    out["hf (Parquet)"] = f"hf:{tmp / 'pq'}"
+    return out
+
+
+def source_rates(data: list[bytes], size: int) -> None:
+    """Per-core rates of each dataset format: opening it, and reading + decoding its images
+    as a worker does."""
+    from featurebank.data import open_source
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sources = write_sources(Path(tmp), data)
+        print(f"  the same {len(data)} JPEGs per dataset format (open: listing, index, "
+              f"fingerprint; then read + decode + resize per image):")
+        for kind, name in sources.items():
+            t = time.perf_counter()
+            split = open_source(name, data_root=tmp).splits["train"]
+            opened = time.perf_counter() - t
+            items = [split.encoded(i) for i in split.positions()]
+            rates = []
+            for decode in ("pil", "tensor"):
+                d = Decoding(size, "bilinear", decoder=decode)
+                t = time.perf_counter()
+                for item in items:
+                    d.read(item)
+                rates.append(len(items) / (time.perf_counter() - t))
+            print(f"    {kind:<18} open {opened:6.2f} s   pil {rates[0]:7.1f} img/s   "
+                  f"tensor {rates[1]:7.1f} img/s per core")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=400, help="images per set")
@@ -92,6 +163,8 @@ def main() -> None:
             unit = "per GPU" if "GPU" in decoder else "per core"
             print(f"  {decoder:<22} {r:9.1f} img/s {unit}   workers for {need}"
                   if "GPU" not in decoder else f"  {decoder:<22} {r:9.1f} img/s {unit}")
+        if w > 32:
+            source_rates(data, args.size)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,63 @@ def as_unprivileged(argv):
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), err
 
 
+def write_wds(folder: Path, samples: dict[str, list[tuple[Path, int]]], *, per_shard: int = 5,
+              classes=("cat", "dog", "emu"), label: str = "cls") -> dict[str, str]:
+    """WebDataset tar shards of the images ``samples`` (split -> [(file, label)]), the file's
+    own bytes as ``KEY.jpg``/``KEY.png`` and the label as ``KEY.cls`` (or ``KEY.json`` with
+    ``{"label": NAME}``), ``per_shard`` samples a shard, ``classes.txt`` beside; returns the
+    brace pattern of each split."""
+    import io
+    import json
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    patterns = {}
+    for split, items in samples.items():
+        chunks = [items[i:i + per_shard] for i in range(0, len(items), per_shard)]
+        for n, chunk in enumerate(chunks):
+            with tarfile.open(folder / f"{split}-{n:06d}.tar", "w") as tf:
+                for i, (path, y) in enumerate(chunk):
+                    key = f"{split}{n:03d}{i:03d}"
+                    meta = (f"{key}.cls", str(y).encode()) if label == "cls" else (
+                        f"{key}.json", json.dumps({"label": classes[y]}).encode())
+                    for name, data in ((f"{key}{path.suffix}", path.read_bytes()), meta):
+                        info = tarfile.TarInfo(name)
+                        info.size = len(data)
+                        tf.addfile(info, io.BytesIO(data))
+        patterns[split] = str(folder / f"{split}-{{000000..{len(chunks) - 1:06d}}}.tar")
+    (folder / "classes.txt").write_text("\n".join(classes) + "\n")
+    return patterns
+
+
+def write_csv(path: Path, samples: dict[str, list[tuple[Path, int]]],
+              classes=("cat", "dog", "emu")) -> Path:
+    """``path,label,split`` rows (paths relative to the CSV's folder, labels as names)."""
+    import csv
+    import os
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        for split, items in samples.items():
+            for file, y in items:
+                w.writerow([os.path.relpath(file, path.parent), classes[y], split])
+    return path
+
+
+def hf_dataset(samples: dict[str, list[tuple[Path, int]]], classes=("cat", "dog", "emu")):
+    """A ``datasets.DatasetDict`` of the images' bytes (an ``Image`` feature) and labels (a
+    ``ClassLabel``), one split per split."""
+    datasets = pytest.importorskip("datasets")  # the [dev] extra installs it
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=list(classes))})
+    return datasets.DatasetDict({
+        split: datasets.Dataset.from_dict(
+            {"image": [{"bytes": p.read_bytes(), "path": None} for p, _ in items],
+             "label": [y for _, y in items]}, features=features)
+        for split, items in samples.items()})
+
+
 def blobs(n: int, d: int = 32, n_classes: int = 3, seed: int = 0, spread: float = 1.5):
     """ReLU-like features with class structure: (X float32 (n, d), y int64)."""
     centers = np.random.default_rng(1234).standard_normal((n_classes, d)) * spread

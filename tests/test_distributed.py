@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, write_folder, write_npz
+from conftest import REPO, write_folder, write_npz, write_wds
 from featurebank import BankError, FeatureBank, extract
 from featurebank.bank import merge_bank
 from featurebank.data import shard_rows
@@ -202,3 +202,18 @@ def test_a_failing_rank_stops_the_run_naming_itself(tmp_path):
     assert rc != 0 and time.time() - t < 120  # stopped, not left waiting in a collective
     assert "featurebank extract (rank 1 of 2): error: cannot read image" in err
     assert "004.jpg" in err and not (tmp_path / "b.h5").exists()
+
+
+def test_two_ranks_extract_tar_shards_as_one_process(tmp_path):
+    samples = write_folder(tmp_path / "imgs", splits=("",), n_per_class=7)  # 21 images
+    pattern = write_wds(tmp_path / "shards", samples, per_shard=4)["train"]  # 6 shards
+    args = ["--dataset", f"wds:{pattern}", *ARGS[:-3], "--image-size", "32", "--batch-size",
+            "4", "--num-workers", "0", "--data-root", str(tmp_path), "--out", "b.h5"]
+    rc, _, err = _torchrun(tmp_path, *args)
+    assert rc == 0, err
+    one = extract(f"wds:{pattern}", model="resnet18", weights="none", image_size=32,
+                  batch_size=4, num_workers=0, data_root=tmp_path, out=tmp_path / "one.h5",
+                  progress=False)
+    bank = FeatureBank(tmp_path / "b.h5")
+    _same_bank(one, bank)  # bit for bit, in source order
+    assert [s["rows"]["train"] for s in bank.shards] == [12, 9]  # whole batches of 4
