@@ -61,10 +61,12 @@ def test_every_format_gives_the_folders_bank_rows(images, tmp_path, decode):
         assert source.fingerprint() == bank.dataset.fingerprint
 
 
-def test_a_wds_bank_goes_through_fit_finetune_predict_and_report(images, tmp_path):
+@pytest.mark.parametrize("kind", ["wds", "hf"])
+def test_a_bank_goes_through_fit_finetune_predict_and_report(images, tmp_path, kind):
     root, samples, sources = images
-    bank = extract(sources["wds"], out=tmp_path / "b.h5", data_root=tmp_path, **KW)
-    assert list((tmp_path / "featurebank-index").glob("*.json"))  # the shards' index, cached
+    bank = extract(sources[kind], out=tmp_path / "b.h5", data_root=tmp_path, **KW)
+    if kind == "wds":
+        assert list((tmp_path / "featurebank-index").glob("*.json"))  # the index, cached
     fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", val_fraction=0.25, progress=False)
     summary = finetune(bank, runs=tmp_path / "runs", out=tmp_path / "ft", epochs=1,
                        batch_size=8, handoff_samples=8, workers=2, progress=False)
@@ -179,3 +181,22 @@ def test_a_bank_of_a_source_opens_as_any_bank(images, tmp_path):
     root, _, sources = images
     bank = extract(sources["csv"], out=tmp_path / "c.h5", **KW)
     assert "csv" in FeatureBank(bank.path).info()
+
+
+def test_the_gpu_decoders_worker_and_batch_parts_take_tar_members(images, tmp_path):
+    import torch
+
+    from featurebank._decode import Decoding
+
+    root, _, sources = images
+    split = open_source(sources["wds"], data_root=tmp_path).splits["train"]
+    members = [split.encoded(i) for i in split.positions()]
+    gpu, tensor = Decoding(32, "bilinear", decoder="gpu"), Decoding(32, "bilinear",
+                                                                    decoder="tensor")
+    parts = [gpu.read(m)[0] for m in members]
+    assert {p.ndim for p in parts} == {1, 3}  # JPEG bytes for the device, PNG pixels decoded
+    batch, errors = gpu.assemble(parts, torch.device("cpu"))  # the device path, on CPU tensors
+    assert errors == [None] * len(members) and batch.shape == (len(members), 32, 32, 3)
+    for i, m in enumerate(members):  # within 2 levels of the CPU decoder, as for files
+        diff = np.abs(batch[i].numpy().astype(int) - tensor.load(m)[0].astype(int))
+        assert diff.max() <= 2
