@@ -37,6 +37,7 @@ _EXPORTS = {
     "to_torch": "heads",
     "BackboneTransformer": "transformer",
     "Predictor": "predictor", "load_model": "predictor", "build_report": "report",
+    "RunResult": "pipeline", "run": "pipeline",
     "TapNetwork": "backbones",
 }
 
@@ -46,10 +47,11 @@ __all__ = [
     "BankSpec", "DatasetInfo", "ExtractConfig", "TapLayer", "TapSelection",
     "BankLockedError", "Callback", "DataError", "FeatureBank", "FeatureBankError",
     "FinetuneConfig", "FinetuneError", "GraftedNetwork", "HeadError", "ImageSource",
-    "LogisticHead", "MLPHead", "ParameterError", "Predictor", "Preprocessing", "TapNetwork",
+    "LogisticHead", "MLPHead", "ParameterError", "Predictor", "Preprocessing", "RunResult",
+    "TapNetwork",
     "Trainer", "WeightsId",
     "build_report", "extract", "finetune", "fit_heads", "from_arrays", "get_backbone", "list_backbones",
-    "list_datasets", "list_taps", "load_head", "load_model", "open_source", "reopen_source",
+    "list_datasets", "list_taps", "load_head", "load_model", "open_source", "reopen_source", "run",
     "save_head",
     "to_torch",
 ]
@@ -80,6 +82,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
                              FeatureBankError, FinetuneError, HeadError, ParameterError)
     from .fit import fit_heads
     from .heads import LogisticHead, MLPHead, load_head, save_head, to_torch
+    from .pipeline import RunResult, run
     from .predictor import Predictor, load_model
     from .records import BankSpec, DatasetInfo, TapLayer, TapSelection
     from .report import build_report

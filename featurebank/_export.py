@@ -85,6 +85,13 @@ def export(network: torch.nn.Module, path: str | os.PathLike, *, format: str = "
     in float32 and put back on its device afterwards."""
     check_choice("format", format, EXPORT_FORMATS)
     path = check_output(path)
+    if format == "onnx":
+        try:
+            import onnx  # noqa: F401  (torch's exporter needs it; say which extra has it)
+        except ImportError:
+            raise FeatureBankError('ONNX export needs the onnx package: pip install '
+                                   '"featurebank[onnx]" (or export --format torchscript).'
+                                   ) from None
     param = next(network.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     size = card.spec.image_size

@@ -22,7 +22,7 @@ from .records import BankSpec
 
 __all__ = ["BEST_MODEL", "BEST_MODEL_JSON", "BestModel", "CHECKPOINT", "LEADERBOARD_CSV",
            "LEADERBOARD_JSON", "Leaderboard", "METRICS_CSV", "METRICS_JSON", "REPORT_HTML",
-           "SPLIT", "SUMMARY", "TEST_PREDICTIONS", "head_file", "load_best_weights",
+           "SPLIT", "SUMMARY", "TEST_PREDICTIONS", "epoch_checkpoint", "head_file", "load_best_weights",
            "read_best_model", "read_json", "read_leaderboard"]
 
 # a fit's folder
@@ -33,6 +33,11 @@ METRICS_JSON, METRICS_CSV, SUMMARY = "metrics.json", "metrics.csv", "summary.jso
 TEST_PREDICTIONS = "test_predictions.npz"
 # a report's folder
 REPORT_HTML = "report.html"
+
+
+def epoch_checkpoint(epoch: int) -> str:
+    """The file of one epoch's checkpoint, kept with ``finetune --keep all``."""
+    return f"checkpoint-epoch{epoch:03d}.pt"
 
 
 def head_file(head: str, tap: str, several_taps: bool) -> str:

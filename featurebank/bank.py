@@ -51,6 +51,13 @@ def _human_size(n: float) -> str:
     raise AssertionError
 
 
+def _class_list(names: list[str], most: int = 20) -> str:
+    """``N: a, b, c`` (the first ``most`` names, then how many more)."""
+    shown = ", ".join(names[:most])
+    return f"{len(names)}: {shown}" + (f", ... ({len(names) - most} more)"
+                                        if len(names) > most else "")
+
+
 def _as_dtype(X: np.ndarray, dtype: Any) -> np.ndarray:
     """Features in ``dtype`` (``None``: as stored); float32 through :func:`_io.as_float32`."""
     if dtype is None:
@@ -317,6 +324,7 @@ class FeatureBank:
             f"dataset       {d.name}  {d.source}  ({len(self.classes)} classes, "
             f"fingerprint {d.fingerprint[:16]})"
             + (f"  options {d.options.to_json()}" if d.options.to_json() else ""),
+            f"classes       {_class_list(self.classes)}",
             "taps:",
         ]
         for tap in self.taps:

@@ -62,6 +62,33 @@ def _extract_parser(e: argparse.ArgumentParser) -> None:
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _run_parser(r: argparse.ArgumentParser) -> None:
+    from .data import list_datasets
+    from .extraction import ExtractConfig
+
+    r.description = ("The whole job in one folder: extract a bank, fit heads on it, fine-tune "
+                     "the best one (with --finetune-epochs), write the report. Each step is "
+                     "skipped when its result exists for the same arguments, so a rerun does "
+                     "nothing and an interrupted run continues.")
+    r.add_argument("dataset", metavar="DATASET", help=f"one of {', '.join(list_datasets())}")
+    r.add_argument("--out", default="run", metavar="DIR",
+                   help="folder for bank.h5, runs/, finetune/ and report/ (default: run)")
+    r.add_argument("--data-root", default="data", metavar="DIR",
+                   help="folder holding cifar-10-batches-py / cifar-100-python (default: data)")
+    r.add_argument("--download", action="store_true",
+                   help="download CIFAR into --data-root when missing (needs a network)")
+    ExtractConfig.add_arguments(r)
+    r.add_argument("--heads", default="logreg,mlp", type=_heads, metavar="HEAD[,HEAD...]",
+                   help="heads to fit (default: logreg,mlp)")
+    r.add_argument("--finetune-epochs", type=NON_NEGATIVE_INT.parse, default=0, metavar="N",
+                   help="fine-tune the best head for N epochs (default: 0, no fine-tune)")
+    r.add_argument("--device", default="auto", choices=_DEVICES,
+                   help="auto = CUDA when present (default: auto)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="redo the steps whose results in DIR are of other arguments")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def _fit_parser(f: argparse.ArgumentParser) -> None:
     from .heads.registry import list_heads
 
@@ -100,8 +127,10 @@ def _finetune_parser(t: argparse.ArgumentParser) -> None:
     t.description = ("Rebuild the bank's backbone up to the head's tap, attach the head, check "
                      "the hand-off, and train end to end with early stopping and resumable "
                      "checkpoints.")
-    t.add_argument("--bank", required=True, metavar="BANK.h5",
-                   help="the bank the head was fitted on")
+    t.add_argument("bank", nargs="?", default=None, metavar="BANK.h5",
+                   help="the bank the head was fitted on (as every other command takes it)")
+    t.add_argument("--bank", dest="bank_option", default=None, metavar="BANK.h5",
+                   help="the same, as an option (kept for older scripts)")
     which = t.add_mutually_exclusive_group(required=True)
     which.add_argument("--head", metavar="HEAD.joblib", help="a saved head")
     which.add_argument("--runs", metavar="RUNS_DIR", help="use the best graftable head of a fit")
@@ -113,6 +142,9 @@ def _finetune_parser(t: argparse.ArgumentParser) -> None:
     t.add_argument("--out", default="finetune", metavar="DIR",
                    help="output folder (default: finetune)")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a finished fine-tune of other settings in DIR (the same "
+                        "settings again are up to date: nothing is trained)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
 
 
@@ -205,18 +237,40 @@ def _taps_parser(p: argparse.ArgumentParser) -> None:
 
 def _run_extract(args: argparse.Namespace) -> None:
     from ._distributed import current_rank
-    from .extraction import ExtractConfig, extract
+    from .extraction import ExtractConfig, extract, output_path
 
-    bank = extract(args.dataset, out=args.out, data_root=args.data_root,
+    config = ExtractConfig.from_namespace(args)
+    out = output_path(args.dataset, args.out, config)
+    before = out.stat().st_mtime_ns if out.is_file() else None
+    bank = extract(args.dataset, out=out, data_root=args.data_root,
                    download=args.download, device=args.device, resume=args.resume,
-                   overwrite=args.overwrite, progress=not args.quiet,
-                   config=ExtractConfig.from_namespace(args))
+                   overwrite=args.overwrite, progress=not args.quiet, config=config)
     rank = current_rank()
     if rank is not None and rank.rank != 0:
         return  # rank 0 reports the bank
-    print(f"wrote {bank.path}")
+    fresh = bank.path.stat().st_mtime_ns != before
+    print(f"{'wrote' if fresh else 'up to date:'} {bank.path}")
     if not args.quiet:
         print(bank.info())
+
+
+def _run_run(args: argparse.Namespace) -> None:
+    from .extraction import ExtractConfig
+    from .fit import format_leaderboard
+    from .pipeline import run
+
+    result = run(args.dataset, out=args.out, heads=args.heads,
+                 finetune_epochs=args.finetune_epochs, data_root=args.data_root,
+                 download=args.download, device=args.device, overwrite=args.overwrite,
+                 progress=not args.quiet, config=ExtractConfig.from_namespace(args))
+    print(format_leaderboard(result.leaderboard))
+    if result.finetune is not None:
+        print(f"fine-tuned: test accuracy {result.finetune['test_accuracy']} (head "
+              f"{result.finetune['head_test_accuracy']}, best epoch "
+              f"{result.finetune['best_epoch']})")
+    print(f"\n{result.folder}/: bank.h5, runs/ (heads, leaderboard.json)"
+          + (", finetune/ (best_model.pt)" if result.finetune is not None else "")
+          + (f", report: {result.report}" if result.report else ""))
 
 
 def _run_info(args: argparse.Namespace) -> None:
@@ -252,9 +306,17 @@ def _run_fit(args: argparse.Namespace) -> None:
 def _run_finetune(args: argparse.Namespace) -> None:
     from .finetuning import FinetuneConfig, finetune
 
-    summary = finetune(args.bank, head=args.head, runs=args.runs, data_root=args.data_root,
+    if args.bank and args.bank_option and args.bank != args.bank_option:
+        raise FeatureBankError(f"two banks were given ({args.bank!r} and --bank "
+                               f"{args.bank_option!r}); pass one.")
+    bank = args.bank or args.bank_option
+    if bank is None:
+        raise FeatureBankError("pass the bank the head was fitted on: featurebank finetune "
+                               "BANK.h5 --runs RUNS_DIR (or --head HEAD.joblib).")
+    summary = finetune(bank, head=args.head, runs=args.runs, data_root=args.data_root,
                        device=args.device, out=args.out, resume=args.resume,
-                       progress=not args.quiet, config=FinetuneConfig.from_namespace(args))
+                       overwrite=args.overwrite, progress=not args.quiet,
+                       config=FinetuneConfig.from_namespace(args))
     print(f"head test accuracy {summary['head_test_accuracy']}, fine-tuned "
           f"{summary['test_accuracy']} (best epoch {summary['best_epoch']}"
           + ("; training diverged: lower --lr" if summary["diverged"] else "")
@@ -338,6 +400,10 @@ def _unchanged(args: argparse.Namespace) -> str:
 
 
 COMMANDS = {c.name: c for c in [
+    Command("run", "the whole job: extract, fit, fine-tune, report, into one folder",
+            _run_parser, _run_run,
+            lambda a: (f"what each step finished is kept in {a.out}/; rerun the same command "
+                       f"to continue.")),
     Command("extract", "run a frozen backbone over a dataset into a feature bank",
             _extract_parser, _run_extract,
             lambda a: "rows written so far are kept, rerun the same command to resume."),

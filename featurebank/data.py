@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ._decode import Decoding, check_images
+from ._io import POSITIVE_INT
 from .exceptions import DataError
 from .records import DatasetInfo, Resize, SourceOptions
 
@@ -105,6 +106,9 @@ class _ArraySplit:
         """uint8 ``(len(positions), H, W, 3)`` images at these source positions."""
         return self.images[positions]
 
+    def subset(self, positions: np.ndarray) -> _ArraySplit:
+        return _ArraySplit(self.images[positions], self.labels[positions])
+
     def batches(self, start: int, batch_size: int, *, stop: int | None = None,
                 **_: Any) -> Iterator[ImageBatch]:
         stop = len(self) if stop is None else stop
@@ -163,6 +167,9 @@ class _FileSplit:
     def encoded(self, position: int) -> Any:
         """The image at a source position as stored: a path, or an object that reads it."""
         return self.samples[position][0]
+
+    def subset(self, positions: np.ndarray) -> _FileSplit:
+        return _FileSplit([self.samples[i] for i in positions], self.root)
 
     def positions(self) -> range:
         return range(len(self))
@@ -501,6 +508,29 @@ class _SourceKind:
     exists: Callable[[str], bool] = lambda loc: Path(loc).expanduser().exists()
 
 
+def stratified_positions(labels: np.ndarray, limit: int) -> np.ndarray:
+    """At most ``limit`` positions, each class's share as in ``labels``: every sample's
+    quantile within its class, the smallest first (so the first images of each class), back in
+    source order. Deterministic: the same subset every time."""
+    if limit >= len(labels):
+        return np.arange(len(labels))
+    quantile = np.empty(len(labels))
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        quantile[where] = (np.arange(len(where)) + 0.5) / len(where)
+    return np.sort(np.argsort(quantile, kind="stable")[:limit])
+
+
+def _limited(source: ImageSource, limit: int | None) -> ImageSource:
+    """The source with each split cut to ``limit`` images, stratified (``--limit``)."""
+    if limit is None:
+        return source
+    POSITIVE_INT.check("limit", limit)
+    splits = {name: split.subset(stratified_positions(split.labels, limit))
+              for name, split in source.splits.items()}
+    return dataclasses.replace(source, splits=splits)
+
+
 def _wds_exists(location: str) -> bool:
     try:
         return all(_formats()._shards(p) for p in _formats()._split_patterns(location).values())
@@ -573,7 +603,7 @@ def open_source(dataset: str, *, data_root: str | os.PathLike = "data",
     options = SourceOptions.from_json(options)
     request = _Request(arg if arg else str(Path(data_root).expanduser()),
                        Path(data_root).expanduser(), download, options, labelled)
-    return dataclasses.replace(kind.open(request), options=options)
+    return dataclasses.replace(_limited(kind.open(request), options.limit), options=options)
 
 
 def reopen_source(provenance: DatasetInfo, *,
@@ -606,8 +636,9 @@ def reopen_source(provenance: DatasetInfo, *,
             f"the bank's images were read from {location!r} ({kind.name}), which does not "
             f"exist any more. If they moved, pass --data-root NEW_PATH (data_root=NEW_PATH) "
             f"pointing at {kind.what} where it is now.")
-    source = kind.open(_Request(location, Path("data") if kind.takes else Path(location),
-                                options=provenance.options))
+    source = _limited(kind.open(_Request(location, Path("data") if kind.takes else
+                                         Path(location), options=provenance.options)),
+                      provenance.options.limit)
     if source.fingerprint() != provenance.fingerprint:
         raise DataError(
             f"the images at {location!r} differ from those the bank was extracted from "

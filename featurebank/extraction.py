@@ -147,6 +147,9 @@ class ExtractConfig(Options):
                                             "feature)", metavar="NAME")
     label_column: str | None = option(None, "hf: the label column (default: the ClassLabel "
                                             "feature)", metavar="NAME")
+    limit: int | None = option(None, "at most N images of each split, stratified by class "
+                                     "(the first of each class; recorded in the bank): a first "
+                                     "run sized for a laptop", check=POSITIVE_INT, metavar="N")
     batch_size: int | None = option(
         None, "images per forward pass (default: 256 on CUDA, 64 on the CPU; a partial "
               "resumes bit for bit with the same one)",
@@ -157,7 +160,8 @@ class ExtractConfig(Options):
         result=False, flags=("--workers", "--num-workers"))
 
     def source_options(self) -> SourceOptions:
-        return SourceOptions(self.label_key, self.classes, self.image_column, self.label_column)
+        return SourceOptions(self.label_key, self.classes, self.image_column, self.label_column,
+                             self.limit)
 
     def taps_list(self) -> list[str] | None:
         if isinstance(self.taps, str):
@@ -221,7 +225,7 @@ def extract(dataset: str | ImageSource = "cifar10", *, out: str | os.PathLike | 
         num_workers=(min(8, os.cpu_count() or 1) if config.num_workers is None
                      else config.num_workers))
     _check_decode(config.decode, dev)
-    out = _output_path(dataset, out, overwrite, config)
+    out = output_path(dataset, out, config)
     job = _Job(dataset, config, dev, data_root=data_root, download=download, resume=resume,
                progress=progress)
     rank = current_rank()
@@ -229,7 +233,10 @@ def extract(dataset: str | ImageSource = "cifar10", *, out: str | os.PathLike | 
         return _extract_distributed(job, out, rank, overwrite=overwrite)
     with OutputLock(out):  # before any slow work, so a second writer fails fast
         source, backbone, spec = _prepare(job)
-        return _write(job, out, source, backbone, spec, source.describe())
+        described = source.describe()  # its fingerprint reads every image: once
+        if _up_to_date(out, spec, described, overwrite, progress):
+            return FeatureBank(out)
+        return _write(job, out, source, backbone, spec, described)
 
 
 @dataclass(frozen=True)
@@ -243,6 +250,7 @@ class _Job:
     download: bool
     resume: bool
     progress: bool
+    label: str = "extract"  # the progress bar's name
 
 
 def _check_decode(decode: str, dev: torch.device) -> None:
@@ -253,16 +261,39 @@ def _check_decode(decode: str, dev: torch.device) -> None:
             f"CPU) or 'pil'.")
 
 
-def _output_path(dataset, out, overwrite: bool, config: ExtractConfig) -> Path:
-    """The bank's path (``out``, or the default name); an existing bank needs ``overwrite``."""
+def output_path(dataset, out, config: ExtractConfig) -> Path:
+    """The bank's path: ``out``, or the default name
+    (``<dataset>_<model>_<weights>_<size>px.h5``)."""
     if isinstance(dataset, ImageSource) and out is None:
         raise FeatureBankError("out= is required when dataset is an ImageSource.")
-    out = Path(out) if out is not None else _default_out(dataset, config.model, config.weights,
-                                                         config.image_size)
-    if out.exists() and not overwrite:
-        raise BankError(f"feature bank {str(out)!r} exists already; pass overwrite=True "
+    return Path(out) if out is not None else _default_out(dataset, config.model,
+                                                          config.weights, config.image_size)
+
+
+def _up_to_date(out: Path, spec: BankSpec, dataset: DatasetInfo, overwrite: bool,
+                progress: bool) -> bool:
+    """Whether ``out`` is already the bank these arguments make (same fingerprint: nothing to
+    do); a bank of other arguments is replaced only with ``overwrite``."""
+    if not out.exists():
+        return False
+    try:
+        found = FeatureBank(out).fingerprint
+    except BankError:
+        if overwrite:
+            return False
+        raise
+    if found == bank_fingerprint(spec, dataset):
+        if progress:
+            print(f"{out} is up to date: a complete bank of the same dataset, model, weights, "
+                  f"taps and preprocessing (pass overwrite=True, --overwrite, to extract it "
+                  f"again).", file=sys.stderr, flush=True)
+        return True
+    if not overwrite:
+        raise BankError(f"feature bank {str(out)!r} exists already, extracted with other "
+                        f"arguments (fingerprint {found[:12]}, these make "
+                        f"{bank_fingerprint(spec, dataset)[:12]}); pass overwrite=True "
                         f"(--overwrite) to replace it, or choose another out= path.")
-    return out
+    return False
 
 
 def _prepare(job: _Job) -> tuple[ImageSource, Any, BankSpec]:
@@ -302,13 +333,17 @@ def _extract_distributed(job: _Job, out: Path, rank: Rank, *, overwrite: bool) -
     if job.dev.type == "cuda":
         job = dataclasses.replace(job, dev=torch.device("cuda", rank.local))
         torch.cuda.set_device(job.dev)
-    job = dataclasses.replace(job, progress=job.progress and rank.rank == 0)  # one bar
+    # one bar, rank 0's: it counts that rank's share, and says so
+    job = dataclasses.replace(job, progress=job.progress and rank.rank == 0,
+                              label=f"extract (rank 0's share of {rank.world} ranks)")
     with process_group(rank, job.dev.type == "cuda") as group:
         shard = shard_path(out, rank.rank, rank.world)
         with OutputLock(shard, what=f"extraction ({rank})"):
             source, backbone, spec = _prepare(job)
             part = source.shard(rank.rank, rank.world, job.config.batch_size)
             whole = source.describe()  # its fingerprint reads every image: once
+            if _up_to_date(out, spec, whole, overwrite, job.progress):
+                return FeatureBank(out)
             described = whole.replace(
                 splits={k: len(v) for k, v in part.splits.items()},
                 shard=ShardInfo(rank.rank, rank.world, {k: (v.start, v.stop)
@@ -428,14 +463,14 @@ def _run(backbone, source, writer, job: _Job, *, decoding) -> None:
     c = job.config
     total = sum(len(s) for s in source.splits.values())
     done = sum(writer.progress(name)[1] for name in source.splits)
-    bar = progress_bar(total=total, initial=done, desc="extract", enabled=job.progress)
+    bar = progress_bar(total=total, initial=done, desc=job.label, enabled=job.progress)
     if writer.resumed and done and job.progress:
         bar.write(f"resuming {writer.partial}: {done} of {total} images already done",
                   file=sys.stderr)
     writes, n_skipped = _OrderedWrites(writer), 0
     try:
         for name, split in source.splits.items():
-            bar.set_description(f"extract {name}")
+            bar.set_description(f"{job.label} {name}")
             batches = split.batches(writer.progress(name)[1], c.batch_size, decoding=decoding,
                                     device=job.dev, num_workers=c.num_workers,
                                     skip_bad=c.skip_bad)

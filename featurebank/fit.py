@@ -26,7 +26,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 
 from ._io import FRACTION, POSITIVE_INT, atomic_write, progress_bar, write_csv, write_json
-from .artefacts import LEADERBOARD_CSV, LEADERBOARD_JSON, SPLIT, head_file, read_leaderboard
+from .artefacts import (LEADERBOARD_CSV, LEADERBOARD_JSON, SPLIT, Leaderboard, head_file,
+                        read_json, read_leaderboard)
 from .bank import FeatureBank
 from .exceptions import BankError, FeatureBankError
 from .heads.persist import save_head
@@ -106,19 +107,35 @@ def _taps(bank: FeatureBank, tap: str | list[str] | None) -> list[str]:
     return [str(t) for t in selections]
 
 
-def _check_out(out: Path | None, overwrite: bool) -> list[str]:
-    """The files of an earlier fit in ``out`` (to remove once the new one is written), or an
-    error when there is one and ``overwrite`` is off."""
+def _same_fit(board: Leaderboard, bank: FeatureBank, taps: list[str], heads: list[str],
+              settings: dict[str, Any]) -> bool:
+    """Whether an earlier fit's leaderboard is what these arguments would make."""
+    return (board.bank_fingerprint == bank.fingerprint and board.taps == taps
+            and sorted({r["head"] for r in board.rows}) == sorted(heads)
+            and all(board.extra.get(k) == v for k, v in settings.items())
+            and all((board.folder / f).is_file() for f in board.files()))
+
+
+def _check_out(out: Path | None, overwrite: bool, same: Any) -> tuple[list[str], Any]:
+    """``(files of an earlier fit in out, to remove once the new one is written; that fit's
+    board when it is up to date)``: an earlier fit of the same arguments is kept as it is,
+    one of other arguments is an error unless ``overwrite``."""
     if out is None or not (out / LEADERBOARD_JSON).is_file():
-        return []
+        return [], None
+    try:
+        board = read_leaderboard(out)
+    except FeatureBankError:  # a damaged leaderboard: its heads are simply written anew
+        if overwrite:
+            return [], None
+        raise
+    if not overwrite and same(board):
+        return [], board
     if not overwrite:
         raise FeatureBankError(
-            f"{str(out)!r} holds the results of an earlier fit ({LEADERBOARD_JSON}); pass "
-            f"overwrite=True (--overwrite) to replace them, or choose another out= (--out).")
-    try:
-        return read_leaderboard(out).files()
-    except FeatureBankError:  # a damaged leaderboard: its heads are simply written anew
-        return []
+            f"{str(out)!r} holds the results of an earlier fit of other arguments "
+            f"({LEADERBOARD_JSON}); pass overwrite=True (--overwrite) to replace them, or "
+            f"choose another out= (--out).")
+    return board.files(), None
 
 
 def _selection_notes(y_val: np.ndarray, classes: list[str]) -> list[str]:
@@ -171,7 +188,8 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     chunk_rows : int, optional
         Rows per read when streaming (default 16,384: 128 MiB of 4,096 float16 features).
     progress : bool, default=True
-        A progress bar, each head's line as it finishes, and the selection notes.
+        A progress bar and each head's line as it finishes. The selection notes (``note:``
+        lines on stderr) are printed either way.
     verbose : bool, optional
         Deprecated spelling of ``progress``.
 
@@ -193,7 +211,14 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     if stream:
         _check_streamable(heads)
     out = Path(out) if out is not None else None
-    old_files = _check_out(out, overwrite)
+    settings = {"val_fraction": val_fraction, "random_state": random_state, "refit": refit}
+    old_files, done = _check_out(out, overwrite,
+                                 lambda b: _same_fit(b, bank, taps, heads, settings))
+    if done is not None:
+        if progress:
+            print(f"{out}/ is up to date: a fit of the same bank, taps, heads and settings "
+                  f"(pass overwrite=True, --overwrite, to fit again)", file=sys.stderr)
+        return read_json(done.path, "a featurebank fit's leaderboard", "rerun with --overwrite")
     rows, notes, sizes = [], [], {}
     n_settings = sum(len(get_head_spec(h).candidates()) for h in heads) * len(taps)
     with progress_bar(total=n_settings, unit="fit", desc="fit", leave=False,
@@ -220,9 +245,8 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
                    random_state=random_state, refit=refit, **sizes)
     if out is not None:
         _write(out, board, train, val, old_files)
-    if progress:
-        for note in board["notes"]:
-            print(f"note: {note}", file=sys.stderr)
+    for note in board["notes"]:  # what the selection rests on: said even without progress
+        print(f"note: {note}", file=sys.stderr)
     return board
 
 
@@ -261,8 +285,9 @@ def _board(bank: FeatureBank, rows: list[dict[str, Any]], taps: list[str], notes
         r["best"] = r is best
         if r["tied_with"]:
             notes.append(f"{r['head']} on {r['tap']}: settings {r['tied_with']} scored the same "
-                         f"validation accuracy as the chosen {r['params']} (the simpler one, "
-                         f"first in the grid, was kept).")
+                         f"validation accuracy as the chosen {r['params']} (the first of them in "
+                         f"the head's grid order was kept; a tie says the validation split "
+                         f"cannot tell them apart).")
     if len(rows) > 1 and rows[0]["val_accuracy"] == rows[1]["val_accuracy"]:
         tied = [f"{r['head']} on {r['tap']}" for r in rows
                 if r["val_accuracy"] == rows[0]["val_accuracy"]]

@@ -301,12 +301,16 @@ class SourceOptions:
         ``classes.txt`` beside the shards, else the labels themselves).
     image_column, label_column : str, optional
         ``hf``: the columns (default: the dataset's ``Image`` and ``ClassLabel`` features).
+    limit : int, optional
+        At most this many images of each split, stratified by class (any source): a first
+        run sized for a laptop.
     """
 
     label_key: str | None = None
     classes: str | None = None
     image_column: str | None = None
     label_column: str | None = None
+    limit: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)

@@ -1,4 +1,4 @@
-"""Fine-tune from the best head: ``python scripts/finetune.py --bank BANK.h5 --runs runs``.
+"""Fine-tune from the best head: ``python scripts/finetune.py BANK.h5 --runs runs``.
 
 A thin wrapper of ``featurebank finetune`` (same arguments); the work is in
 ``featurebank.finetune``.

@@ -288,3 +288,14 @@ def test_a_backbone_family_is_one_record(monkeypatch, tmp_path):
         x = net.preprocess(torch.from_numpy(images), 16)
         np.testing.assert_allclose(net(x).numpy(), bank.load("train", "conv+penultimate")[0],
                                    atol=1e-5)
+
+
+def test_taps_are_listed_in_the_order_modules_start_and_unknown_ones_get_suggestions():
+    names = [t.name for t in list_taps("resnet18", shapes=True, image_size=64)]
+    assert names.index("layer1") < names.index("layer1.0") < names.index("layer1.0.conv1")
+    assert names.index("layer1.0.bn2") < names.index("layer2")
+    with pytest.raises(BackboneError, match=r"unknown tap 'layer1.0.conv9' for model 'resnet18' "
+                                            r"\(did you mean 'layer1.0.conv2' or "
+                                            r"'layer1.0.conv1' or .*`featurebank taps resnet18` "
+                                            r"lists every tap"):
+        get_backbone("resnet18", weights="none", taps="layer1.0.conv9")

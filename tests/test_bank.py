@@ -163,3 +163,8 @@ def test_reader_errors(tmp_path, bank):
         f.attrs.modify("complete", False)
     with pytest.raises(BankError, match="is incomplete"):
         FeatureBank(b.path)
+
+
+def test_info_names_the_classes(bank):
+    b, _ = bank
+    assert "classes       3: x, y, z" in b.info()

@@ -98,12 +98,15 @@ def test_finetune_help_shows_the_defaults(capsys):
     assert "--augment, --no-augment" in out and "(default: True)" in out
 
 
-def test_fit_quiet_prints_only_the_leaderboard(tmp_path, capsys):
-    bank = write_feature_bank(tmp_path / "bank.h5")
+def test_fit_quiet_prints_the_leaderboard_and_the_notes_only(tmp_path, capsys):
+    bank = write_feature_bank(tmp_path / "bank.h5")  # 30 validation rows: a note says so
     assert main(["fit", str(bank.path), "--heads", "ridge", "--out", str(tmp_path / "r"),
                  "-q"]) == 0
     captured = capsys.readouterr()
-    assert captured.err == "" and "fitting" not in captured.out
+    lines = captured.err.splitlines()
+    assert lines and all(line.startswith("note: ") for line in lines)  # no bar, no head line
+    assert any("the validation split has 30 rows" in line for line in lines)
+    assert "fitting" not in captured.out
     assert "ridge" in captured.out and (tmp_path / "r" / "leaderboard.json").is_file()
 
 

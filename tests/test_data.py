@@ -220,3 +220,24 @@ def test_every_split_kind_follows_the_split_protocol(tmp_path, cifar10):
         assert all(hasattr(split, n) for n in names) and split.decodes_files is files
         split.fingerprint(hashlib.sha256())
     assert shard.positions() == range(96, 200) and len(shard) == 104  # 13 batches of 16: 6, 7
+
+
+def test_limit_takes_a_stratified_subset_and_reopens_it(tmp_path):
+    from featurebank import extract, reopen_source
+    from featurebank.data import stratified_positions
+
+    labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    picked = stratified_positions(labels, 20)
+    assert np.bincount(labels[picked]).tolist() == [12, 6, 2]  # the classes' shares
+    assert picked.tolist() == sorted(picked) and picked[0] == 0  # the first of each, in order
+    assert stratified_positions(labels, 500).tolist() == list(range(100))
+    write_npz(tmp_path / "d.npz", n_train=120, n_test=40)
+    src = open_source(f"npz:{tmp_path / 'd.npz'}", options={"limit": 30})
+    assert {k: len(v) for k, v in src.splits.items()} == {"train": 30, "test": 30}
+    bank = extract(f"npz:{tmp_path / 'd.npz'}", limit=30, model="resnet18", weights="none",
+                   image_size=32, out=tmp_path / "b.h5", progress=False)
+    assert bank.dataset.options.limit == 30 and bank.num_rows("train") == 30
+    assert bank.dataset.to_json()["options"] == {"limit": 30}
+    assert reopen_source(bank.dataset).fingerprint() == bank.dataset.fingerprint
+    with pytest.raises(Exception, match="the 'limit' parameter must be a positive int"):
+        extract(f"npz:{tmp_path / 'd.npz'}", limit=0, out=tmp_path / "c.h5", progress=False)

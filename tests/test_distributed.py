@@ -35,6 +35,19 @@ def _torchrun(tmp_path, *args, nproc=2, wait=True):
     return proc.returncode, out, err
 
 
+def _one_thread_extract(*args, **kwargs) -> FeatureBank:
+    """A single-process bank computed as a torchrun rank computes (one thread): the bits are
+    the same only with the same thread count (README, "Many GPUs")."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return extract(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _same_bank(a: FeatureBank, b: FeatureBank) -> None:
     assert a.fingerprint == b.fingerprint and a.splits == b.splits
     for split in a.splits:
@@ -61,7 +74,7 @@ def test_two_ranks_write_the_bank_one_process_writes(tmp_path):
                              "--taps", "penultimate,layer3", "--out", "b.h5")
     assert rc == 0, err
     assert out.count("wrote b.h5") == 1  # rank 0 reports
-    one = extract(f"npz:{tmp_path / 'd.npz'}", model="resnet18", weights="none", image_size=32,
+    one = _one_thread_extract(f"npz:{tmp_path / 'd.npz'}", model="resnet18", weights="none", image_size=32,
                   batch_size=16, taps="penultimate,layer3", out=tmp_path / "one.h5",
                   progress=False)
     bank = FeatureBank(tmp_path / "b.h5")
@@ -173,7 +186,7 @@ def test_a_killed_rank_resumes_to_the_bank_an_uninterrupted_run_writes(tmp_path)
     write_npz(tmp_path / "d.npz", n_train=800, n_test=40)
     args = ["--dataset", f"npz:{tmp_path / 'd.npz'}", *ARGS[:-3], "--image-size", "64",
             "--batch-size", "16", "-q", "--out", "b.h5"]
-    one = extract(f"npz:{tmp_path / 'd.npz'}", model="resnet18", weights="none", image_size=64,
+    one = _one_thread_extract(f"npz:{tmp_path / 'd.npz'}", model="resnet18", weights="none", image_size=64,
                   batch_size=16, out=tmp_path / "one.h5", progress=False)
     proc = _torchrun(tmp_path, *args, wait=False)
     partial = tmp_path / "b.h5.shards" / "rank-00001-of-00002.h5.partial"
@@ -211,7 +224,8 @@ def test_two_ranks_extract_tar_shards_as_one_process(tmp_path):
             "4", "--num-workers", "0", "--data-root", str(tmp_path), "--out", "b.h5"]
     rc, _, err = _torchrun(tmp_path, *args)
     assert rc == 0, err
-    one = extract(f"wds:{pattern}", model="resnet18", weights="none", image_size=32,
+    assert "extract (rank 0's share of 2 ranks) train" in err  # the bar says what it counts
+    one = _one_thread_extract(f"wds:{pattern}", model="resnet18", weights="none", image_size=32,
                   batch_size=4, num_workers=0, data_root=tmp_path, out=tmp_path / "one.h5",
                   progress=False)
     bank = FeatureBank(tmp_path / "b.h5")

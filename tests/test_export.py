@@ -62,3 +62,15 @@ def test_a_knn_head_has_no_network_to_export(trained, tmp_path):
                    "--format", "onnx", check=False)
     assert proc.returncode == 2 and "k-NN head" in proc.stderr
     assert not (tmp_path / "k.onnx").exists()
+
+
+def test_onnx_export_without_onnx_names_the_extra(trained, tmp_path, monkeypatch):
+    import sys
+
+    tmp, _ = trained
+    predictor = load_model(tmp / "ft")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    with pytest.raises(FeatureBankError, match=r'needs the onnx package: pip install '
+                                               r'"featurebank\[onnx\]"'):
+        predictor.export(tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

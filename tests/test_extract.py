@@ -190,10 +190,15 @@ def test_a_second_writer_fails_fast(tmp_path, npz):
         holder.wait()
 
 
-def test_existing_bank_needs_overwrite(tmp_path, vgg19_file, npz):
+def test_an_existing_bank_is_up_to_date_or_needs_overwrite(tmp_path, vgg19_file, npz, capsys):
     bank = _extract(tmp_path, vgg19_file, taps="pool5")
-    with pytest.raises(BankError, match="exists already; pass overwrite=True"):
-        _extract(tmp_path, vgg19_file, taps="pool5")
+    stamp = bank.path.stat().st_mtime_ns
+    same = _extract(tmp_path, vgg19_file, taps="pool5", progress=True)  # the same arguments
+    assert same.fingerprint == bank.fingerprint and bank.path.stat().st_mtime_ns == stamp
+    assert "is up to date" in capsys.readouterr().err
+    with pytest.raises(BankError, match=r"exists already, extracted with other arguments "
+                                        r"\(fingerprint .*\); pass overwrite=True"):
+        _extract(tmp_path, vgg19_file, taps="fc7")
     again = _extract(tmp_path, vgg19_file, taps="fc7", overwrite=True)
     assert again.taps == ["fc7"] and bank.path == again.path
 

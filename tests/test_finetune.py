@@ -270,3 +270,54 @@ def test_folder_images_decode_in_worker_processes_to_the_same_run(tmp_path):
     finetune(bank, runs=tmp_path / "runs", out=tmp_path / "inline", workers=0, **kw)
     finetune(bank, runs=tmp_path / "runs", out=tmp_path / "workers", workers=2, **kw)
     _assert_same_run(tmp_path / "inline", tmp_path / "workers")
+
+
+def test_divergence_is_judged_against_the_grafted_head_and_epoch_0_is_reported(setup,
+                                                                               tmp_path):
+    from featurebank import Callback
+
+    tmp, bank = setup
+
+    class Watch(Callback):
+        epochs: list = []
+
+        def on_step_begin(self, trainer):
+            # as if the first step had already jumped far: its loss cannot be the yardstick
+            trainer.state["start_loss"] = 1e12
+
+        def on_epoch_end(self, trainer, row):
+            self.epochs.append(row["epoch"])
+
+    watch = Watch()
+    summary = finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", callbacks=[watch],
+                       **{**KW, "epochs": 2, "patience": 5, "lr": 5.0,
+                          "backbone_lr_ratio": 1.0, "warmup_epochs": 0})
+    assert summary["diverged"] and watch.epochs == [0, 1, 2]
+
+
+def test_keep_and_the_rerun_rule(setup, tmp_path, capsys):
+    from featurebank.cli import main
+
+    tmp, bank = setup
+    kw = {**KW, "epochs": 2, "patience": 5}
+    first = finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", keep="best", **kw)
+    assert first["kept"] == ["best_model.pt"] and not (tmp_path / "ft" / "checkpoint.pt").exists()
+    before = (tmp_path / "ft" / "best_model.pt").stat().st_mtime_ns
+    again = finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", keep="best", **kw)
+    assert again == first  # up to date: nothing trained, nothing rewritten
+    assert (tmp_path / "ft" / "best_model.pt").stat().st_mtime_ns == before
+    with pytest.raises(FinetuneError, match=r"holds a finished fine-tune of other settings "
+                                            r"\(lr differ\); pass overwrite=True \(--overwrite\)"):
+        finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **{**kw, "lr": 0.5})
+    every = finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", overwrite=True, keep="all",
+                     **{**kw, "lr": 0.5})
+    assert every["kept"] == ["best_model.pt", "checkpoint-epoch001.pt", "checkpoint-epoch002.pt",
+                             "checkpoint.pt"]
+    # the bank as every other command takes it: positional (--bank still works)
+    argv = ["finetune", str(bank.path), "--runs", str(tmp / "runs"), "--out",
+            str(tmp_path / "ft"), "--lr", "0.5", "--epochs", "2", "--patience", "5",
+            "--batch-size", str(KW["batch_size"]), "--handoff-samples",
+            str(KW["handoff_samples"]), "--keep", "all"]
+    assert main(argv) == 0 and "is up to date" in capsys.readouterr().err
+    assert main([*argv[:2], "--bank", str(tmp_path / "other.h5"), *argv[2:]]) == 2
+    assert "two banks were given" in capsys.readouterr().err

@@ -142,10 +142,15 @@ def test_several_taps_in_one_run_rank_every_head_on_every_tap(tmp_path):
 
 
 def test_a_runs_folder_is_never_silently_overwritten(tmp_path, bank, capsys):
-    fit_heads(bank, heads=["logreg", "ridge"], out=tmp_path / "runs", progress=False)
-    with pytest.raises(FeatureBankError, match=r"holds the results of an earlier fit "
-                                               r"\(leaderboard.json\); pass overwrite=True "
-                                               r"\(--overwrite\)"):
+    first = fit_heads(bank, heads=["logreg", "ridge"], out=tmp_path / "runs", progress=False)
+    stamp = (tmp_path / "runs" / "leaderboard.json").stat().st_mtime_ns
+    again = fit_heads(bank, heads=["ridge", "logreg"], out=tmp_path / "runs")  # the same fit
+    assert again["rows"] == json.loads(json.dumps(first["rows"]))  # as saved, nothing refitted
+    assert (tmp_path / "runs" / "leaderboard.json").stat().st_mtime_ns == stamp
+    assert "is up to date" in capsys.readouterr().err
+    with pytest.raises(FeatureBankError, match=r"holds the results of an earlier fit of other "
+                                               r"arguments \(leaderboard.json\); pass "
+                                               r"overwrite=True \(--overwrite\)"):
         fit_heads(bank, heads=["ridge"], out=tmp_path / "runs", progress=False)
     assert main(["fit", str(bank.path), "--heads", "ridge", "--out", str(tmp_path / "runs")]) == 2
     assert "--overwrite" in capsys.readouterr().err

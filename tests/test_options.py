@@ -53,7 +53,7 @@ def test_every_command_says_what_an_interrupt_leaves(monkeypatch, capsys):
     def interrupt(args):
         raise KeyboardInterrupt
 
-    argv = {"extract": [], "info": ["b.h5"], "fit": ["b.h5"], "finetune": ["--bank", "b",
+    argv = {"run": ["cifar10"], "extract": [], "info": ["b.h5"], "fit": ["b.h5"], "finetune": ["--bank", "b",
             "--runs", "r"], "predict": ["m", "i.png"], "export": ["m", "--out", "x"],
             "report": ["r"], "taps": ["resnet18"], "merge": ["b.h5"]}
     assert set(argv) == set(COMMANDS)  # a new command must be added here too

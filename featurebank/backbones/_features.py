@@ -9,6 +9,7 @@ run: this works for any model, with no tracing.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -136,8 +137,11 @@ def list_taps(name: str = "vgg19", *, shapes: bool = False, image_size: int = 22
 
 def _activation_shapes(model: nn.Module, named: dict[str, Tap], image_size: int):
     """``{"output": {module: (shape, calls)}, "input": {...}}`` of one forward pass of a meta
-    image, every module's output in the order they ran (and the inputs of ``input`` taps)."""
+    image, every module's output in the order the modules started (a block before the layers
+    inside it; their outputs come back in the opposite order), and the inputs of ``input``
+    taps."""
     seen: dict[str, dict[str, tuple]] = {"output": {}, "input": {}}
+    started: dict[str, int] = {}
 
     def record(where, module_name, value):
         if isinstance(value, torch.Tensor):
@@ -145,8 +149,13 @@ def _activation_shapes(model: nn.Module, named: dict[str, Tap], image_size: int)
             seen[where][module_name] = (tuple(value.shape[1:]), calls + 1)
 
     modules = dict(model.named_modules())
-    handles = [m.register_forward_hook(lambda mod, a, o, n=n: record("output", n, o))
+    def start(module_name):  # returns None: a pre-hook's value would replace the input
+        started.setdefault(module_name, len(started))
+
+    handles = [m.register_forward_pre_hook(lambda mod, a, n=n: start(n))
                for n, m in modules.items() if n]
+    handles += [m.register_forward_hook(lambda mod, a, o, n=n: record("output", n, o))
+                for n, m in modules.items() if n]
     handles += [modules[d.module].register_forward_pre_hook(
         lambda mod, a, n=d.module: record("input", n, a[0] if a else None))
         for d in named.values() if d.where == "input"]
@@ -159,6 +168,7 @@ def _activation_shapes(model: nn.Module, named: dict[str, Tap], image_size: int)
     finally:
         for h in handles:
             h.remove()
+    seen["output"] = dict(sorted(seen["output"].items(), key=lambda kv: started[kv[0]]))
     return seen
 
 
@@ -367,9 +377,13 @@ def get_backbone(name: str = "vgg19", *, weights: str | os.PathLike | None = "DE
         elif t in modules and t != "":
             resolved[t] = Tap(t, "output")
         else:
+            close = difflib.get_close_matches(t, [*named, *(m for m in modules if m)], n=3)
             raise BackboneError(
-                f"unknown tap {t!r} for model {name!r}; expected one of {sorted(named)} or the "
-                f"dotted name of one of its modules (e.g. {list(modules)[1:4]}).")
+                f"unknown tap {t!r} for model {name!r}"
+                + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else "")
+                + f"; expected one of {sorted(named)} or the dotted name of one of its modules "
+                f"(e.g. {list(modules)[1:4]}); `featurebank taps {name}` lists every tap with "
+                f"its shape.")
     return Backbone(model, name=name, weights=wid, weights_path=str(path) if path else None,
                     taps=resolved, preprocessing=prep, token_pool=token_pool)
 

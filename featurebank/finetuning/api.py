@@ -19,10 +19,11 @@ import torch
 from .._io import (atomic_write, resolve_device, sha256_file, versions, write_csv,
                    write_json)
 from ..artefacts import (BEST_MODEL, BEST_MODEL_JSON, CHECKPOINT, METRICS_CSV, METRICS_JSON,
-                         SUMMARY, TEST_PREDICTIONS, read_leaderboard)
+                         SUMMARY, TEST_PREDICTIONS, read_best_model, read_json,
+                         read_leaderboard)
 from ..bank import FeatureBank
 from ..data import reopen_source
-from ..exceptions import FinetuneError
+from ..exceptions import FeatureBankError, FinetuneError
 from ..heads.persist import load_head
 from .checkpoint import load_checkpoint
 from .config import FinetuneConfig
@@ -37,7 +38,8 @@ _CONTEXT_KEYS = ("bank_fingerprint", "tap", "classes")  # what the run is on: al
 
 def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike | None = None,
              runs: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
-             out: str | os.PathLike = "finetune", resume: bool = False, device: str = "auto",
+             out: str | os.PathLike = "finetune", resume: bool = False,
+             overwrite: bool = False, device: str = "auto",
              progress: bool = True, callbacks: Sequence[Callback] = (),
              config: FinetuneConfig | None = None, **options: Any) -> dict[str, Any]:
     """Graft a fitted head onto its backbone and fine-tune the whole network.
@@ -56,6 +58,10 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
         ``metrics.json`` and ``summary.json``.
     resume : bool, default=False
         Continue from ``out/checkpoint.pt``.
+    overwrite : bool, default=False
+        Replace a finished run of other arguments in ``out`` (its files are removed first).
+        A finished run of the same arguments is up to date: its summary is returned and
+        nothing is trained.
     device : {"auto", "cpu", "cuda"}, default="auto"
     progress : bool, default=True
         A bar per epoch and a log line per epoch on stderr.
@@ -67,7 +73,8 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
         Any :class:`FinetuneConfig` field: ``epochs``, ``batch_size``, ``lr``,
         ``backbone_lr_ratio``, ``optimizer``, ``weight_decay``, ``momentum``,
         ``warmup_epochs``, ``freeze_until``, ``clip_grad_norm``, ``patience``, ``augment``,
-        ``train_bn``, ``seed``, ``checkpoint_every``, ``handoff_samples``.
+        ``train_bn``, ``seed``, ``checkpoint_every``, ``handoff_samples``, ``keep``,
+        ``workers``.
 
     Returns
     -------
@@ -80,6 +87,13 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
     out = Path(out)
     run_config = {"bank_fingerprint": bank.fingerprint, "tap": est.featurebank_["tap"],
                   "classes": list(bank.classes), "head": str(head_path), **config.to_dict()}
+    done = _finished_run(out, run_config, overwrite)
+    if done is not None:
+        if progress:
+            print(f"{out}/ is up to date: a finished fine-tune of the same bank, head and "
+                  f"settings (pass overwrite=True, --overwrite, to train it again)",
+                  file=sys.stderr, flush=True)
+        return done
     ckpt = _checkpoint_to_resume(out, run_config, resume)
     dev = resolve_device(device)
     source = reopen_source(bank.dataset, data_root=data_root)
@@ -119,6 +133,33 @@ def _resolve_head(bank: FeatureBank, head, runs) -> tuple[Any, Path]:
                             f"--refit), so they are no longer unseen and cannot drive early "
                             f"stopping; fine-tune a head fitted without --refit.")
     return est, Path(head)
+
+
+def _finished_run(out: Path, run_config: dict[str, Any], overwrite: bool
+                  ) -> dict[str, Any] | None:
+    """The summary of a finished run in ``out`` with the same result-changing settings (up to
+    date), None when there is none (or it was removed: ``overwrite``); another finished run
+    is refused, never trained over."""
+    if not (out / SUMMARY).is_file():
+        return None
+    keys = _CONTEXT_KEYS + FinetuneConfig.result_keys() + ("head",)
+    try:
+        saved = read_best_model(out).config
+    except FeatureBankError:
+        saved = {}
+    if not overwrite and all(saved.get(k) == run_config.get(k) for k in keys):
+        return read_json(out / SUMMARY, "a fine-tune's summary", "rerun with --overwrite")
+    if not overwrite:
+        changed = [k for k in keys if saved.get(k) != run_config.get(k)]
+        raise FinetuneError(f"{str(out)!r} holds a finished fine-tune of other settings "
+                            f"({', '.join(changed)} differ); pass overwrite=True (--overwrite) "
+                            f"to replace it, or choose another out= (--out).")
+    for name in (CHECKPOINT, BEST_MODEL, BEST_MODEL_JSON, METRICS_JSON, METRICS_CSV, SUMMARY,
+                 TEST_PREDICTIONS):
+        (out / name).unlink(missing_ok=True)
+    for old in out.glob("checkpoint-epoch*.pt"):
+        old.unlink()
+    return None
 
 
 def _checkpoint_to_resume(out: Path, run_config: dict[str, Any], resume: bool):
@@ -183,5 +224,8 @@ def _finish(trainer: Trainer, bank: FeatureBank, est: Any, head_path: Path,
         "versions": versions(), "weights_sha256": sha256_file(out / BEST_MODEL)})
     write_json(out / METRICS_JSON, st["history"])
     write_csv(out / METRICS_CSV, st["history"], list(st["history"][0]))
+    if trainer.config.keep == "best":  # the training state goes: the run cannot be resumed
+        (out / CHECKPOINT).unlink(missing_ok=True)
+    summary["kept"] = sorted(p.name for p in out.iterdir() if p.suffix == ".pt")
     write_json(out / SUMMARY, summary)
     return summary

@@ -17,6 +17,7 @@ from .._options import option as _option
 __all__ = ["FinetuneConfig"]
 
 _OPTIMIZERS = ("adamw", "sgd")
+KEEP = ("best", "last", "all")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class FinetuneConfig(Options):
                                            result=False, metavar="STEPS")
     handoff_samples: int = _option(512, "training images in the hand-off check",
                                    check=POSITIVE_INT, result=False, metavar="N")
+    keep: str = _option("last", "what stays on disk at the end: best (best_model.pt only: "
+                                "predict, export and report use it), last (also checkpoint.pt, "
+                                "the full training state --resume continues from), all (also "
+                                "checkpoint-epochNNN.pt of every epoch)", choices=KEEP,
+                        result=False)
     workers: int = _option(min(8, os.cpu_count() or 1), "processes decoding image files "
                            "(folder banks) ahead of training", check=NON_NEGATIVE_INT,
                            result=False, metavar="N")

@@ -11,6 +11,7 @@ its internals.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from .._io import amp_dtype, autocast, progress_bar
-from ..artefacts import BEST_MODEL, CHECKPOINT
+from ..artefacts import BEST_MODEL, CHECKPOINT, epoch_checkpoint
 from ..bank import FeatureBank
 from ..data import ImageSource
 from .augment import random_crop_flip
@@ -31,7 +32,7 @@ from .config import FinetuneConfig
 
 __all__ = ["BankImages", "Callback", "Trainer"]
 
-DIVERGED = 10  # an epoch's train loss this many times its first step's: the run diverged
+DIVERGED = 10  # an epoch's train loss this many times where it started: the run diverged
 
 
 class BankImages:
@@ -100,7 +101,8 @@ class Callback:
         """After a checkpoint has reached the disk."""
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        """After an epoch's validation and checkpoint; ``row`` is its metrics."""
+        """After an epoch's validation and checkpoint; ``row`` is its metrics. Called for
+        epoch 0 too (the grafted head before any step, validated; no checkpoint yet)."""
 
 
 def _schedule(total: int, warm: int) -> Callable[[int], float]:
@@ -271,7 +273,9 @@ class Trainer:
         self.log(f"epoch {row['epoch']}/{self.config.epochs}: train loss {row['train_loss']:.4f}"
                  f"  val loss {val_loss:.4f}  val acc {val_acc:.4f}  ({seconds:.1f} s, "
                  f"{len(self.train_rows) / seconds:.1f} img/s)")
-        start = st.get("start_loss", row["train_loss"])
+        # where the run started: its first step, or the grafted head's validation loss when
+        # that is lower (a first step that already jumped far must not hide a divergence)
+        start = min(st.get("start_loss", row["train_loss"]), st["history"][0]["val_loss"])
         if not math.isfinite(row["train_loss"]) or row["train_loss"] > DIVERGED * start:
             st["diverged"] = True
             self.log(f"training diverged: epoch {row['epoch']}'s train loss "
@@ -284,6 +288,8 @@ class Trainer:
             st["stale"] += 1
         st.update(epoch=row["epoch"], step=0, train_loss_sum=0.0, order=None)
         self.checkpoint()
+        if self.config.keep == "all":  # every epoch's state, beside the last one
+            shutil.copyfile(self.out / CHECKPOINT, self.out / epoch_checkpoint(row["epoch"]))
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)
         return row
@@ -292,11 +298,14 @@ class Trainer:
         """The grafted head before any fine-tuning is epoch 0 and the first best: the run
         must beat it."""
         val_loss, val_acc = self.validate()
-        self.state["history"].append({"epoch": 0, "train_loss": None, "val_loss": val_loss,
-                                      "val_accuracy": val_acc, "lr": 0.0, "seconds": 0.0})
+        row = {"epoch": 0, "train_loss": None, "val_loss": val_loss, "val_accuracy": val_acc,
+               "lr": 0.0, "seconds": 0.0}
+        self.state["history"].append(row)
         self.state.update(best_val_loss=val_loss, best_epoch=0)
         save(self.net.state_dict(), self.out / BEST_MODEL)
         self.log(f"epoch 0 (head as grafted): val loss {val_loss:.4f}  val acc {val_acc:.4f}")
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, row)
 
     def run(self) -> bool:
         """Train until ``epochs`` or early stopping; returns whether it stopped early. The best

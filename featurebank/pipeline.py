@@ -1,0 +1,88 @@
+"""``featurebank run``: images -> bank -> heads -> (fine-tune) -> report, in one folder.
+
+Each step is the library's own (``extract``, ``fit_heads``, ``finetune``, ``build_report``)
+and each is skipped when its artefact exists and matches: the same arguments again find every
+step up to date, so a rerun does nothing but say where everything is, and an interrupted run
+continues (the extraction from its partial bank, the fine-tune from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artefacts import CHECKPOINT, LEADERBOARD_JSON, REPORT_HTML, SUMMARY
+from .exceptions import FeatureBankError
+
+__all__ = ["RunResult", "run"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run` made: the bank, the leaderboard, the fine-tune's summary (None when
+    not asked for) and the report page (None without matplotlib), and where they are."""
+
+    folder: Path
+    bank: Any
+    leaderboard: dict[str, Any]
+    finetune: dict[str, Any] | None
+    report: Path | None
+
+
+def _report_is_current(page: Path, inputs: list[Path]) -> bool:
+    return page.is_file() and all(page.stat().st_mtime_ns >= p.stat().st_mtime_ns
+                                  for p in inputs if p.is_file())
+
+
+def run(dataset: str, *, out: str | os.PathLike = "run", heads=("logreg", "mlp"),
+        finetune_epochs: int = 0, data_root: str | os.PathLike = "data",
+        download: bool = False, device: str = "auto", overwrite: bool = False,
+        progress: bool = True, config: Any = None, **options: Any) -> RunResult:
+    """Extract, fit, fine-tune (with ``finetune_epochs``) and report, into ``out``.
+
+    ``out`` gets ``bank.h5``, ``runs/`` (heads and leaderboard), ``finetune/`` and
+    ``report/``. ``config`` / ``**options`` are the extraction's (:class:`ExtractConfig`:
+    ``model``, ``weights``, ``image_size``, ``taps``...). ``overwrite`` redoes every step that
+    finds other arguments' artefacts; without it they are refused, and artefacts of the same
+    arguments are kept.
+    """
+    from .extraction import extract
+    from .fit import fit_heads
+
+    folder = Path(out)
+    bank = extract(dataset, out=folder / "bank.h5", data_root=data_root, download=download,
+                   device=device, overwrite=overwrite, progress=progress, config=config,
+                   **options)
+    board = fit_heads(bank, heads=list(heads), out=folder / "runs", device=device,
+                      overwrite=overwrite, progress=progress)
+    summary = None
+    if finetune_epochs:
+        from .finetuning import finetune
+
+        ft = folder / "finetune"
+        unfinished = (ft / CHECKPOINT).is_file() and not (ft / SUMMARY).is_file()
+        summary = finetune(bank, runs=folder / "runs", out=ft, epochs=finetune_epochs,
+                           resume=unfinished, overwrite=overwrite, device=device,
+                           progress=progress)
+    return RunResult(folder, bank, board, summary, _report(folder, summary, progress))
+
+
+def _report(folder: Path, summary: dict[str, Any] | None, progress: bool) -> Path | None:
+    from .report import build_report
+
+    page = folder / "report" / REPORT_HTML
+    ft = folder / "finetune" if summary is not None else None
+    inputs = [folder / "runs" / LEADERBOARD_JSON, *([ft / SUMMARY] if ft else [])]
+    if _report_is_current(page, inputs):
+        return page
+    try:
+        return build_report(folder / "runs", ft, out=folder / "report")
+    except FeatureBankError as e:
+        if "matplotlib" not in str(e):
+            raise
+        if progress:
+            print(f"no report: {e}", file=sys.stderr)
+        return None
