@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ._io import atomic_write, check_choice, check_output, sha256_file, versions, write_json
+from .artefacts import up_to_date
 from .exceptions import FeatureBankError
 from .records import BankSpec, Resize
 
@@ -55,6 +56,7 @@ class ModelCard:
     spec: BankSpec
     classes: tuple[str, ...]
     source: str
+    model_sha256: str | None = None  # the trained model's content (artefacts.model_sha256)
 
     def to_json(self) -> dict[str, Any]:
         spec, size = self.spec, self.spec.image_size
@@ -72,19 +74,24 @@ class ModelCard:
                 "mean": list(spec.mean), "std": list(spec.std)},
             "classes": list(self.classes),
             "model": spec.model, "weights": str(spec.weights), "source": self.source,
-            "versions": versions(),
+            "model_sha256": self.model_sha256, "versions": versions(),
         }
 
 
 def export(network: torch.nn.Module, path: str | os.PathLike, *, format: str = "onnx",
-           card: ModelCard) -> Path:
+           card: ModelCard, overwrite: bool = False) -> Path:
     """Write ``network`` (normalised images -> logits) to ``path`` in ``format``, and
     ``<path>.json`` with the input it expects, its preprocessing and its classes (``card``).
 
-    The output location is checked before the export runs; the network is traced on the CPU
-    in float32 and put back on its device afterwards."""
+    The output location is checked before the export runs; an export of the same model and
+    format there is up to date (nothing is done), another one is replaced only with
+    ``overwrite``. The network is traced on the CPU in float32 and put back on its device
+    afterwards."""
     check_choice("format", format, EXPORT_FORMATS)
     path = check_output(path)
+    arguments = {"format": format, "source": card.source, "model_sha256": card.model_sha256}
+    if card.model_sha256 is not None and up_to_date(path, f"{path}.json", arguments, overwrite):
+        return path
     if format == "onnx":
         try:
             import onnx  # noqa: F401  (torch's exporter needs it; say which extra has it)
@@ -107,7 +114,8 @@ def export(network: torch.nn.Module, path: str | os.PathLike, *, format: str = "
         network.to(device)
     atomic_write(path, lambda f: f.write(data))
     write_json(Path(f"{path}.json"), {"format": format, "file": path.name,
-                                      "sha256": sha256_file(path), **card.to_json()})
+                                      "sha256": sha256_file(path), **card.to_json(),
+                                      "arguments": arguments})
     return path
 
 

@@ -22,7 +22,7 @@ from .records import BankSpec
 
 __all__ = ["BEST_MODEL", "BEST_MODEL_JSON", "BestModel", "CHECKPOINT", "LEADERBOARD_CSV",
            "LEADERBOARD_JSON", "Leaderboard", "METRICS_CSV", "METRICS_JSON", "REPORT_HTML",
-           "SPLIT", "SUMMARY", "TEST_PREDICTIONS", "epoch_checkpoint", "head_file", "load_best_weights",
+           "SPLIT", "SUMMARY", "TEST_PREDICTIONS", "epoch_checkpoint", "head_file", "model_sha256", "up_to_date", "load_best_weights",
            "read_best_model", "read_json", "read_leaderboard"]
 
 # a fit's folder
@@ -32,7 +32,39 @@ CHECKPOINT, BEST_MODEL, BEST_MODEL_JSON = "checkpoint.pt", "best_model.pt", "bes
 METRICS_JSON, METRICS_CSV, SUMMARY = "metrics.json", "metrics.csv", "summary.json"
 TEST_PREDICTIONS = "test_predictions.npz"
 # a report's folder
-REPORT_HTML = "report.html"
+REPORT_HTML, REPORT_JSON = "report.html", "report.json"
+
+
+def up_to_date(out: str | os.PathLike, record: str | os.PathLike, arguments: dict[str, Any],
+               overwrite: bool) -> bool:
+    """The rerun rule of a command whose output ``out`` has its arguments written in the JSON
+    file ``record`` (under ``"arguments"``): True when ``out`` exists and was made with these
+    ``arguments`` (nothing to do); False when it must be written (nothing there, or
+    ``overwrite``); otherwise a FeatureBankError naming ``--overwrite``."""
+    out = Path(out)
+    if not out.exists() or overwrite:
+        return False
+    try:
+        saved = json.loads(Path(record).read_text(encoding="utf-8")).get("arguments")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved == json.loads(json.dumps(arguments, default=str)):
+        return True
+    raise FeatureBankError(f"{str(out)!r} exists already"
+                           f"{', made with other arguments' if saved is not None else ''}; pass "
+                           f"overwrite=True (--overwrite) to replace it, or choose another out= "
+                           f"(--out).")
+
+
+def model_sha256(path: str | os.PathLike) -> str:
+    """What a trained model is, by content: a fine-tune folder's ``best_model.pt`` (as its
+    record holds it) or a saved head's file."""
+    from ._io import sha256_file
+
+    path = Path(path)
+    if path.is_dir():
+        return read_best_model(path).weights_sha256 or sha256_file(path / BEST_MODEL)
+    return sha256_file(path)
 
 
 def epoch_checkpoint(epoch: int) -> str:

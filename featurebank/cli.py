@@ -181,6 +181,9 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
                    help="classes listed per image (default: 5)")
     p.add_argument("--batch-size", type=POSITIVE_INT.parse, default=None, metavar="N",
                    help="images per forward pass (default: 256 on CUDA, 64 on CPU)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a CSV made with other arguments (the same model, images and "
+                        "options again are up to date: nothing is classified)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave unreadable images out (reported) instead of failing")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -196,6 +199,9 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS,
                    help="onnx or torchscript (default: onnx)")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an export of another model or format (the same again is up "
+                        "to date: nothing is exported)")
 
 
 def _report_parser(p: argparse.ArgumentParser) -> None:
@@ -213,6 +219,9 @@ def _report_parser(p: argparse.ArgumentParser) -> None:
                    help="the bank, if it moved since the fit")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="where the images are now, if they moved (for the image grids)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a report of another fit or fine-tune in DIR (the same "
+                        "again is up to date: nothing is drawn)")
 
 
 def _merge_parser(p: argparse.ArgumentParser) -> None:
@@ -235,21 +244,29 @@ def _taps_parser(p: argparse.ArgumentParser) -> None:
                    help="pooling of transformer tokens (default: cls)")
 
 
+def _stamp(path) -> int | None:
+    """A file's modification time before a command, to tell "wrote" from "up to date"."""
+    return Path(path).stat().st_mtime_ns if path and Path(path).is_file() else None
+
+
+def _wrote(path, before: int | None) -> str:
+    return "up to date:" if before is not None and _stamp(path) == before else "wrote"
+
+
 def _run_extract(args: argparse.Namespace) -> None:
     from ._distributed import current_rank
     from .extraction import ExtractConfig, extract, output_path
 
     config = ExtractConfig.from_namespace(args)
     out = output_path(args.dataset, args.out, config)
-    before = out.stat().st_mtime_ns if out.is_file() else None
+    before = _stamp(out)
     bank = extract(args.dataset, out=out, data_root=args.data_root,
                    download=args.download, device=args.device, resume=args.resume,
                    overwrite=args.overwrite, progress=not args.quiet, config=config)
     rank = current_rank()
     if rank is not None and rank.rank != 0:
         return  # rank 0 reports the bank
-    fresh = bank.path.stat().st_mtime_ns != before
-    print(f"{'wrote' if fresh else 'up to date:'} {bank.path}")
+    print(f"{_wrote(bank.path, before)} {bank.path}")
     if not args.quiet:
         print(bank.info())
 
@@ -334,14 +351,17 @@ def _run_predict(args: argparse.Namespace) -> None:
         check_output(args.out)
     model = load_model(args.model, bank=args.bank, device=args.device,
                        batch_size=args.batch_size)
+    before = _stamp(args.out)
     summary = model.predict_to_csv(args.images, args.out or sys.stdout, top_k=args.top_k,
-                                   skip_bad=args.skip_bad, progress=not args.quiet)
+                                   skip_bad=args.skip_bad, progress=not args.quiet,
+                                   overwrite=args.overwrite)
     if not args.quiet:
         counts = ", ".join(f"{c} {n}" for c, n in summary["counts"][:5])
         print(f"predicted {summary['images']} images with {args.model}"
               + (f" ({len(summary['skipped'])} unreadable, left out)" if summary["skipped"]
                  else "") + f"; most predicted: {counts}"
-              + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
+              + (f"; {_wrote(args.out, before)} {args.out}" if args.out else ""),
+              file=sys.stderr)
 
 
 def _run_export(args: argparse.Namespace) -> None:
@@ -349,9 +369,10 @@ def _run_export(args: argparse.Namespace) -> None:
     from .predictor import load_model
 
     check_output(args.out)  # before the model is loaded
+    before = _stamp(args.out)
     path = load_model(args.model, bank=args.bank, device=args.device).export(
-        args.out, format=args.format)
-    print(f"wrote {path} and {path}.json (input, preprocessing, classes)")
+        args.out, format=args.format, overwrite=args.overwrite)
+    print(f"{_wrote(path, before)} {path} and {path}.json (input, preprocessing, classes)")
 
 
 def _run_taps(args: argparse.Namespace) -> None:
@@ -371,9 +392,11 @@ def _run_taps(args: argparse.Namespace) -> None:
 def _run_report(args: argparse.Namespace) -> None:
     from .report import build_report
 
-    page = build_report(args.runs, args.finetune, out=args.out, bank=args.bank,
-                        data_root=args.data_root)
-    print(f"wrote {page} (open it in a browser) and the PNG files beside it")
+    out = Path(args.out) if args.out else Path(args.runs) / "report"
+    before = _stamp(out / "report.html")
+    page = build_report(args.runs, args.finetune, out=out, bank=args.bank,
+                        data_root=args.data_root, overwrite=args.overwrite)
+    print(f"{_wrote(page, before)} {page} (open it in a browser) and the PNG files beside it")
 
 
 def _run_merge(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artefacts import CHECKPOINT, LEADERBOARD_JSON, REPORT_HTML, SUMMARY
+from .artefacts import CHECKPOINT, SUMMARY
 from .exceptions import FeatureBankError
 
 __all__ = ["RunResult", "run"]
@@ -30,11 +30,6 @@ class RunResult:
     leaderboard: dict[str, Any]
     finetune: dict[str, Any] | None
     report: Path | None
-
-
-def _report_is_current(page: Path, inputs: list[Path]) -> bool:
-    return page.is_file() and all(page.stat().st_mtime_ns >= p.stat().st_mtime_ns
-                                  for p in inputs if p.is_file())
 
 
 def run(dataset: str, *, out: str | os.PathLike = "run", heads=("logreg", "mlp"),
@@ -67,19 +62,21 @@ def run(dataset: str, *, out: str | os.PathLike = "run", heads=("logreg", "mlp")
         summary = finetune(bank, runs=folder / "runs", out=ft, epochs=finetune_epochs,
                            resume=unfinished, overwrite=overwrite, device=device,
                            progress=progress)
-    return RunResult(folder, bank, board, summary, _report(folder, summary, progress))
+    return RunResult(folder, bank, board, summary, _report(folder, summary, overwrite,
+                                                           progress))
 
 
-def _report(folder: Path, summary: dict[str, Any] | None, progress: bool) -> Path | None:
-    from .report import build_report
+def _report(folder: Path, summary: dict[str, Any] | None, overwrite: bool,
+            progress: bool) -> Path | None:
+    from .artefacts import REPORT_HTML
+    from .report import build_report, report_is_current
 
-    page = folder / "report" / REPORT_HTML
     ft = folder / "finetune" if summary is not None else None
-    inputs = [folder / "runs" / LEADERBOARD_JSON, *([ft / SUMMARY] if ft else [])]
-    if _report_is_current(page, inputs):
-        return page
-    try:
-        return build_report(folder / "runs", ft, out=folder / "report")
+    out = folder / "report"
+    if not overwrite and report_is_current(folder / "runs", ft, out):
+        return out / REPORT_HTML  # drawn from the fit and fine-tune as they are
+    try:  # the run's own report: redrawn whenever what it shows changed
+        return build_report(folder / "runs", ft, out=out, overwrite=True)
     except FeatureBankError as e:
         if "matplotlib" not in str(e):
             raise

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._io import POSITIVE_INT, atomic_write, autocast, check_output, progress_bar, resolve_device
-from .artefacts import read_best_model
+from ._io import (POSITIVE_INT, atomic_write, autocast, check_output, progress_bar,
+                  resolve_device, write_json)
+from .artefacts import model_sha256, read_best_model, read_json, up_to_date
 from .backbones import TapNetwork
 from .bank import FeatureBank
 from .exceptions import DataError, FeatureBankError
@@ -115,6 +116,7 @@ class Predictor:
                         if head is not None else None)
         self.backbone = backbone.to(self.device).eval()
         self.head = self.network.head if self.network is not None else None
+        self.model_sha256: str | None = None  # what load_model loaded, by content
 
     def __repr__(self) -> str:
         return (f"Predictor({self.source!r}, model={self.spec.model!r}, "
@@ -180,18 +182,29 @@ class Predictor:
         return np.concatenate([p for _, _, p, _ in self.iter_predict(images)])
 
     def predict_to_csv(self, images: Any, out: str | os.PathLike | IO[str], *, top_k: int = 5,
-                       skip_bad: bool = False, progress: bool = False) -> dict[str, Any]:
+                       skip_bad: bool = False, progress: bool = False,
+                       overwrite: bool = False) -> dict[str, Any]:
         """Classify ``images`` into a CSV: ``path, prediction, probability`` and the ``top_k``
-        classes (``class_1, prob_1, ...``). ``out`` is a file path (written atomically) or an
-        open text file. Returns a summary: images classified, unreadable ones left out
-        (``skip_bad``), and the count of each predicted class, most frequent first."""
+        classes (``class_1, prob_1, ...``). ``out`` is a file path (written atomically, with
+        ``<out>.json`` recording the arguments and the summary) or an open text file. Returns
+        a summary: images classified, unreadable ones left out (``skip_bad``), and the count
+        of each predicted class, most frequent first.
+
+        A CSV of the same model, images (names, sizes, times) and options is up to date: its
+        summary is returned and nothing is classified; another one is replaced only with
+        ``overwrite``."""
         k = min(POSITIVE_INT.check("top_k", top_k), len(self.classes_))
-        if not hasattr(out, "write"):  # before any image is read: nothing is lost
+        items = image_items(images)  # listed once: a folder's files, an npz's arrays
+        arguments = {"model": self.source, "model_sha256": self.model_sha256,
+                     "images": _signature(items), "top_k": k, "skip_bad": skip_bad}
+        record = Path(f"{out}.json") if not hasattr(out, "write") else None
+        if record is not None:  # before any image is read: nothing is lost
             check_output(out)
+            if self.model_sha256 is not None and up_to_date(out, record, arguments, overwrite):
+                return read_json(record, "a prediction's record", "pass --overwrite")["summary"]
         columns = ["path", "prediction", "probability",
                    *(f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob"))]
         summary: dict[str, Any] = {"images": 0, "skipped": [], "counts": {}}
-        items = image_items(images)  # listed once: a folder's files, an npz's arrays
 
         def write(f: IO[str]) -> None:
             w = csv.writer(f)
@@ -214,20 +227,43 @@ class Predictor:
         else:
             atomic_write(out, lambda f: _as_text(f, write))
         summary["counts"] = sorted(summary["counts"].items(), key=lambda kv: -kv[1])
+        if record is not None:
+            write_json(record, {"arguments": arguments, "summary": summary})
         return summary
 
     # -- export -------------------------------------------------------------------------------
-    def export(self, path: str | os.PathLike, *, format: str = "onnx") -> Path:
+    def export(self, path: str | os.PathLike, *, format: str = "onnx",
+               overwrite: bool = False) -> Path:
         """Write :attr:`network` as ``onnx`` or ``torchscript``, with a JSON file beside it
-        (``<path>.json``) recording its input, preprocessing and classes."""
+        (``<path>.json``) recording its input, preprocessing and classes. An export of the same
+        model and format there is up to date; another is replaced only with ``overwrite``."""
         from ._export import ModelCard, export
 
         if self.network is None:
             raise FeatureBankError(f"{self.source!r} is not a network (a k-NN head has no "
                                    f"torch form); export a linear or MLP head, or a fine-tuned "
                                    f"model.")
-        card = ModelCard(self.spec, tuple(str(c) for c in self.classes_), self.source)
-        return export(self.network, Path(path), format=format, card=card)
+        card = ModelCard(self.spec, tuple(str(c) for c in self.classes_), self.source,
+                         self.model_sha256)
+        return export(self.network, Path(path), format=format, card=card, overwrite=overwrite)
+
+
+def _signature(items: list[tuple[str, Any]]) -> str:
+    """SHA-256 of what a prediction reads: each item's name, and a file's size and time, an
+    encoded sample's identity, or an array's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, image in items:
+        h.update(f"{name}\0".encode())
+        if isinstance(image, (str, os.PathLike)):
+            st = os.stat(image)
+            h.update(f"{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        elif hasattr(image, "identity"):
+            h.update(f"{image.identity()}\n".encode())
+        else:
+            h.update(np.ascontiguousarray(np.asarray(image)).tobytes())
+    return h.hexdigest()
 
 
 def _as_text(f: IO[bytes], write) -> None:
@@ -260,12 +296,12 @@ def load_model(path: str | os.PathLike, *, bank: FeatureBank | str | os.PathLike
     """
     path = Path(path)
     kw = {"device": device, "batch_size": batch_size, "source": str(path)}
-    if path.is_dir():
-        return _load_finetuned(path, **kw)
-    if path.is_file():
-        return _load_head(path, bank, **kw)
-    raise FeatureBankError(f"{str(path)!r} does not exist; pass a fine-tune output folder "
-                           f"(with best_model.pt) or a saved head (.joblib).")
+    if not path.exists():
+        raise FeatureBankError(f"{str(path)!r} does not exist; pass a fine-tune output folder "
+                               f"(with best_model.pt) or a saved head (.joblib).")
+    model = _load_finetuned(path, **kw) if path.is_dir() else _load_head(path, bank, **kw)
+    model.model_sha256 = model_sha256(path)  # what was loaded, by content
+    return model
 
 
 def _load_finetuned(folder: Path, **kw: Any) -> Predictor:

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from ._io import atomic_write, check_output, write_json
-from .artefacts import (METRICS_JSON, REPORT_HTML, TEST_PREDICTIONS, Leaderboard, read_best_model,
-                        read_json, read_leaderboard)
+from .artefacts import (METRICS_JSON, REPORT_HTML, REPORT_JSON, SUMMARY, TEST_PREDICTIONS,
+                        Leaderboard, model_sha256, read_best_model, read_json, read_leaderboard,
+                        up_to_date)
 from .bank import FeatureBank
 from .exceptions import DataError, FeatureBankError
 
@@ -213,7 +214,7 @@ def _finetune_section(ft: Path, bank: FeatureBank, images: _Images):
 # -- the page ----------------------------------------------------------------------------------
 def build_report(runs: str | os.PathLike, finetune: str | os.PathLike | None = None, *,
                  out: str | os.PathLike | None = None, bank: str | os.PathLike | None = None,
-                 data_root: str | os.PathLike | None = None) -> Path:
+                 data_root: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
     """Write the evaluation report of a fit folder (and a fine-tune folder).
 
     Parameters
@@ -228,6 +229,9 @@ def build_report(runs: str | os.PathLike, finetune: str | os.PathLike | None = N
         The bank, when it moved since the fit (default: the path in the leaderboard).
     data_root : path-like, optional
         Where the bank's images are now, for the image grids, if they moved.
+    overwrite : bool, default=False
+        Replace a report of other inputs in ``out``. A report of the same fit and fine-tune
+        (their files' content) is up to date: nothing is drawn (``report.json`` records them).
 
     Returns
     -------
@@ -238,6 +242,9 @@ def build_report(runs: str | os.PathLike, finetune: str | os.PathLike | None = N
     _figure(1, 1)  # matplotlib missing: say so before any work
     out = check_output(out if out is not None else runs / "report", folder=True)
     board = read_leaderboard(runs)
+    arguments = _inputs(board, finetune)
+    if up_to_date(out / REPORT_HTML, out / REPORT_JSON, arguments, overwrite):
+        return out / REPORT_HTML
     bank = FeatureBank(bank if bank is not None else board.bank)
     if "test" not in bank.splits or not bank.num_rows("test"):
         raise FeatureBankError(f"bank {str(bank.path)!r} has no test split to report on.")
@@ -246,7 +253,32 @@ def build_report(runs: str | os.PathLike, finetune: str | os.PathLike | None = N
     if finetune is not None:
         result, plots = _finetune_section(Path(finetune), bank, images)
         sections.append(("fine-tuned model", result, plots))
-    return _write(out, sections, board, bank, images.note, finetune)
+    page = _write(out, sections, board, bank, images.note, finetune)
+    write_json(out / REPORT_JSON, {"arguments": arguments})
+    return page
+
+
+def report_is_current(runs: str | os.PathLike, finetune: str | os.PathLike | None,
+                      out: str | os.PathLike) -> bool:
+    """Whether ``out`` holds the report of this fit and fine-tune as they are now."""
+    try:
+        return up_to_date(Path(out) / REPORT_HTML, Path(out) / REPORT_JSON,
+                          _inputs(read_leaderboard(runs), finetune), overwrite=False)
+    except FeatureBankError:
+        return False
+
+
+def _inputs(board: Leaderboard, finetune: str | os.PathLike | None) -> dict[str, Any]:
+    """What a report shows, by content: the leaderboard, and the fine-tune's summary and
+    weights."""
+    from ._io import sha256_file
+
+    out = {"runs": str(board.folder), "leaderboard": sha256_file(board.path)}
+    if finetune is not None:
+        ft = Path(finetune)
+        out.update(finetune=str(ft), summary=sha256_file(ft / SUMMARY) if (
+            ft / SUMMARY).is_file() else None, weights=model_sha256(ft))
+    return out
 
 
 def _slug(title: str) -> str:

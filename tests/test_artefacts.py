@@ -128,3 +128,32 @@ def test_an_existing_folder_is_no_output_file(tmp_path, capsys):
         predictor.export(tmp_path / "out")
     with pytest.raises(FeatureBankError, match="is a folder"):
         predictor.predict_to_csv(np.zeros((1, 16, 16, 3), np.uint8), tmp_path / "out")
+
+
+def test_predict_export_and_report_are_up_to_date_on_a_rerun_or_need_overwrite(tmp_path,
+                                                                              capsys):
+    shutil.copytree(FIXTURES / "runs", tmp_path / "runs")
+    images = str(FIXTURES / "colours.npz")
+    csv_out, pt_out = tmp_path / "p.csv", tmp_path / "m.pt"
+    cases = [
+        (["predict", str(FIXTURES / "ft"), images, "--out", str(csv_out)],
+         ["--top-k", "2"], csv_out),
+        (["export", str(FIXTURES / "ft"), "--format", "torchscript", "--out", str(pt_out)],
+         ["--format", "onnx"], pt_out),
+        (["report", str(tmp_path / "runs"), "--bank", str(FIXTURES / "npz_bank.h5"), "--out",
+          str(tmp_path / "rep")], [str(FIXTURES / "ft")], tmp_path / "rep" / "report.html"),
+    ]
+    for argv, other, output in cases:
+        assert main(argv) == 0, capsys.readouterr().err
+        stamp = output.stat().st_mtime_ns
+        capsys.readouterr()
+        assert main(argv) == 0  # the same arguments: nothing is done
+        assert "up to date:" in "".join(capsys.readouterr()) and \
+            output.stat().st_mtime_ns == stamp
+        changed = [*argv, *other] if argv[0] != "report" else [*argv[:2], *other, *argv[2:]]
+        assert main(changed) == 2
+        assert re.search(r"exists already, made with other arguments; pass overwrite=True "
+                         r"\(--overwrite\)", capsys.readouterr().err)
+        assert output.stat().st_mtime_ns == stamp  # nothing already written is lost
+        assert main([*changed, "--overwrite"]) == 0
+        assert output.stat().st_mtime_ns != stamp

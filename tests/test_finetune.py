@@ -307,7 +307,8 @@ def test_keep_and_the_rerun_rule(setup, tmp_path, capsys):
     assert again == first  # up to date: nothing trained, nothing rewritten
     assert (tmp_path / "ft" / "best_model.pt").stat().st_mtime_ns == before
     with pytest.raises(FinetuneError, match=r"holds a finished fine-tune of other settings "
-                                            r"\(lr differ\); pass overwrite=True \(--overwrite\)"):
+                                            r"\(lr: finished 0.003, now 0.5\); pass "
+                                            r"overwrite=True \(--overwrite\)"):
         finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", **{**kw, "lr": 0.5})
     every = finetune(bank, runs=tmp / "runs", out=tmp_path / "ft", overwrite=True, keep="all",
                      **{**kw, "lr": 0.5})

@@ -87,7 +87,7 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
     out = Path(out)
     run_config = {"bank_fingerprint": bank.fingerprint, "tap": est.featurebank_["tap"],
                   "classes": list(bank.classes), "head": str(head_path), **config.to_dict()}
-    done = _finished_run(out, run_config, overwrite)
+    done = _finished_run(out, run_config, overwrite, resume)
     if done is not None:
         if progress:
             print(f"{out}/ is up to date: a finished fine-tune of the same bank, head and "
@@ -135,11 +135,12 @@ def _resolve_head(bank: FeatureBank, head, runs) -> tuple[Any, Path]:
     return est, Path(head)
 
 
-def _finished_run(out: Path, run_config: dict[str, Any], overwrite: bool
+def _finished_run(out: Path, run_config: dict[str, Any], overwrite: bool, resume: bool
                   ) -> dict[str, Any] | None:
     """The summary of a finished run in ``out`` with the same result-changing settings (up to
-    date), None when there is none (or it was removed: ``overwrite``); another finished run
-    is refused, never trained over."""
+    date), None when there is none (or it was removed: ``overwrite``; or ``resume`` asks the
+    checkpoint, which says what differs); another finished run is refused, never trained
+    over."""
     if not (out / SUMMARY).is_file():
         return None
     keys = _CONTEXT_KEYS + FinetuneConfig.result_keys() + ("head",)
@@ -149,11 +150,14 @@ def _finished_run(out: Path, run_config: dict[str, Any], overwrite: bool
         saved = {}
     if not overwrite and all(saved.get(k) == run_config.get(k) for k in keys):
         return read_json(out / SUMMARY, "a fine-tune's summary", "rerun with --overwrite")
+    if resume and not overwrite:
+        return None
     if not overwrite:
-        changed = [k for k in keys if saved.get(k) != run_config.get(k)]
+        changed = "; ".join(f"{k}: finished {saved.get(k)!r}, now {run_config.get(k)!r}"
+                            for k in keys if saved.get(k) != run_config.get(k))
         raise FinetuneError(f"{str(out)!r} holds a finished fine-tune of other settings "
-                            f"({', '.join(changed)} differ); pass overwrite=True (--overwrite) "
-                            f"to replace it, or choose another out= (--out).")
+                            f"({changed}); pass overwrite=True (--overwrite) to replace it, or "
+                            f"choose another out= (--out).")
     for name in (CHECKPOINT, BEST_MODEL, BEST_MODEL_JSON, METRICS_JSON, METRICS_CSV, SUMMARY,
                  TEST_PREDICTIONS):
         (out / name).unlink(missing_ok=True)
