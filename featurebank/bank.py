@@ -399,12 +399,25 @@ def _virtual(group: h5py.Group, name: str, sources: list[tuple[str, h5py.Dataset
     group.create_virtual_dataset(name, layout)
 
 
-def merge_bank(path: str | os.PathLike, out: str | os.PathLike | None = None) -> FeatureBank:
+def merge_bank(path: str | os.PathLike, out: str | os.PathLike | None = None, *,
+               overwrite: bool = False) -> FeatureBank:
     """Copy a bank over shards into one self-contained file (``out``, default: in place of
     ``path``, atomically); its content and fingerprint are the same. The shards' content is
     verified first (:meth:`FeatureBank.verify`; a bank that recorded no checksums is copied
-    with a warning)."""
+    with a warning). A self-contained bank of the same fingerprint at ``out`` is up to date;
+    another file there is replaced only with ``overwrite``."""
     bank = FeatureBank(path)
+    if out is not None and Path(out).exists() and Path(out).resolve() != bank.path.resolve():
+        try:
+            there = FeatureBank(out)
+        except BankError:
+            there = None
+        if there is not None and not there.shards and there.fingerprint == bank.fingerprint:
+            return there
+        if not overwrite:
+            raise BankError(f"{str(out)!r} exists already and is not this bank merged; pass "
+                            f"overwrite=True (--overwrite) to replace it, or choose another "
+                            f"out= (--out).")
     if not bank.shards:
         raise BankError(f"feature bank {str(bank.path)!r} is self-contained already.")
     if all("sha256" in s for s in bank.shards):

@@ -230,6 +230,9 @@ def _merge_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("bank", metavar="BANK.h5")
     p.add_argument("--out", default=None, metavar="OUT.h5",
                    help="where to write it (default: in place of BANK.h5)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace another file at OUT.h5 (the same bank merged there already "
+                        "is up to date)")
 
 
 def _taps_parser(p: argparse.ArgumentParser) -> None:
@@ -402,7 +405,11 @@ def _run_report(args: argparse.Namespace) -> None:
 def _run_merge(args: argparse.Namespace) -> None:
     from .bank import merge_bank
 
-    bank = merge_bank(args.bank, args.out)
+    before = _stamp(args.out)
+    bank = merge_bank(args.bank, args.out, overwrite=args.overwrite)
+    if before is not None and _stamp(args.out) == before:
+        print(f"up to date: {bank.path}")
+        return
     print(f"wrote {bank.path}: self-contained; the shards in {args.bank}.shards/ are no longer "
           f"needed by it")
 

@@ -299,3 +299,22 @@ def test_taps_are_listed_in_the_order_modules_start_and_unknown_ones_get_suggest
                                             r"'layer1.0.conv1' or .*`featurebank taps resnet18` "
                                             r"lists every tap"):
         get_backbone("resnet18", weights="none", taps="layer1.0.conv9")
+
+
+def test_timm_without_the_hub_fails_at_once_naming_the_ways_out(monkeypatch, tmp_path):
+    import time
+
+    import featurebank.backbones._registry as registry
+
+    pytest.importorskip("timm")
+    monkeypatch.setattr(registry, "_hub_reachable", lambda *a, **k: False)  # as offline
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    t = time.time()
+    with pytest.raises(BackboneError, match=r"could not download the pretrained weights of "
+                                            r"'timm:resnet18'.*--weights PATH.*HF_HUB_OFFLINE=1"):
+        get_backbone("timm:resnet18", weights="DEFAULT")
+    assert time.time() - t < 30  # no minute of retries
+    assert not constants.HF_HUB_OFFLINE  # the hub's own mode is put back

@@ -96,6 +96,24 @@ def test_finetune_help_shows_the_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "images per training step (default: 64)" in out
     assert "--augment, --no-augment" in out and "(default: True)" in out
+    assert "(default: None)" not in out  # required and unset options show no default
+    start = out.index("--train-bn, --no-train-bn")  # the option's help, not the usage line
+    train_bn = out[start:out.index("--seed", start)]
+    assert train_bn.count("(default:") == 1
+    with pytest.raises(SystemExit):
+        main(["extract", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "output bank file (default: DATASET_MODEL_WEIGHTS_SIZEpx.h5 in the working " \
+           "folder)" in out and "(default: None)" not in out
+
+
+def test_the_all_extra_holds_every_user_extra():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    users = {req for name, reqs in extras.items() if name not in ("all", "dev") for req in reqs}
+    assert users <= set(extras["all"]) and users <= set(extras["dev"])
 
 
 def test_fit_quiet_prints_the_leaderboard_and_the_notes_only(tmp_path, capsys):
@@ -132,3 +150,20 @@ def test_help_and_version_do_not_import_torch():
     assert proc.returncode == 0, proc.stderr
     assert "predict" in proc.stdout and "finetune" in proc.stdout and "featurebank 0" in \
         proc.stdout
+
+
+def test_the_package_imports_from_the_folder_that_holds_a_clone(tmp_path):
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("featurebank")
+    except PackageNotFoundError:
+        pytest.skip("featurebank is not installed here (the tests run from PYTHONPATH): the "
+                    "check is of README's install")
+    (tmp_path / "featurebank").symlink_to(REPO, target_is_directory=True)  # a clone, named so
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", "import featurebank; featurebank.FeatureBank; "
+                           "print(featurebank.__file__)"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("featurebank/__init__.py")

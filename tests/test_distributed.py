@@ -147,6 +147,16 @@ def test_merge_makes_one_self_contained_file(tmp_path):
         FeatureBank(tmp_path / "old.h5").verify()
     with pytest.warns(UserWarning, match="their content is copied unverified"):
         merge_bank(tmp_path / "old.h5", tmp_path / "old-merged.h5")
+    merged = merge_bank(tmp_path / "b.h5", tmp_path / "m.h5")  # to another file: the rule
+    stamp = merged.path.stat().st_mtime_ns
+    assert merge_bank(tmp_path / "b.h5", tmp_path / "m.h5").path.stat().st_mtime_ns == stamp
+    assert merge_bank(tmp_path / "b.h5", tmp_path / "old-merged.h5").fingerprint == \
+        merged.fingerprint  # the same rows merged before (from a copy): up to date
+    (tmp_path / "notes.h5").write_text("mine")
+    with pytest.raises(BankError, match=r"notes\.h5' exists already and is not this bank "
+                                        r"merged; pass overwrite=True"):
+        merge_bank(tmp_path / "b.h5", tmp_path / "notes.h5")
+    assert (tmp_path / "notes.h5").read_text() == "mine"
     proc = subprocess.run([sys.executable, "-m", "featurebank", "merge", "b.h5"], cwd=tmp_path,
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr

@@ -165,7 +165,9 @@ def test_validation_size_is_reported_and_small_splits_and_ties_are_noted(tmp_pat
     assert any("the validation split has 12 rows" in n and "fewer than 20 per class" in n
                for n in board["notes"])
     # these blobs are easy: every setting reaches 1.0, so the choice among them is a tie
-    assert any("scored the same validation accuracy" in n for n in board["notes"])
+    assert any("scored the same validation accuracy" in n and "the first of them in the "
+               "head's grid order was kept" in n for n in board["notes"])
+    assert not any("simpler" in n for n in board["notes"])  # a grid's order is no complexity
     captured = capsys.readouterr()
     assert "note: the validation split has 12 rows" in captured.err
     assert "ridge" in captured.out and "(12)" in captured.out

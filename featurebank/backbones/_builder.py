@@ -88,8 +88,9 @@ def _offline_error(name: str, e: OSError) -> BackboneError:
         f"could not download the pretrained weights of {name!r} ({reason}): this machine has "
         f"no network, or cannot reach the download server. Copy a state_dict file in and pass "
         f"--weights PATH (weights=PATH), or copy the weights cache ($TORCH_HOME/hub/checkpoints "
-        f"for torchvision, the Hugging Face cache for timm) from a machine that has them; "
-        f"README's 'Offline use' shows both.")
+        f"for torchvision, the Hugging Face cache ($HF_HOME, ~/.cache/huggingface) for timm) "
+        f"from a machine that has them; with HF_HUB_OFFLINE=1 timm reads its cache without "
+        f"trying the network. README's 'Offline use' shows each.")
 
 
 def skeleton(name: str) -> nn.Module:

@@ -9,6 +9,8 @@ goes through :func:`family_of`. Adding a family is one more record in :data:`FAM
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -159,9 +161,39 @@ def _timm():
     return timm
 
 
-def _timm_build(name: str, pretrained: Any) -> nn.Module:
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """One short try to reach the Hugging Face hub (where timm's weights are), instead of the
+    hub library's own retries, which take about a minute when there is no network."""
+    import socket
+
     try:
-        return _timm().create_model(name, pretrained=bool(pretrained))
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """The hub library in offline mode for one call: cached weights load, missing ones fail
+    at once (``HF_HUB_OFFLINE=1`` does the same for a whole session)."""
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _timm_build(name: str, pretrained: Any) -> nn.Module:
+    offline = bool(pretrained) and not os.environ.get("HF_HUB_OFFLINE") and not _hub_reachable()
+    try:
+        with _hub_offline(offline):
+            return _timm().create_model(name, pretrained=bool(pretrained))
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise BackboneError(f"unknown model 'timm:{name}': {e} (timm.list_models() lists "

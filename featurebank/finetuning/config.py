@@ -48,7 +48,7 @@ class FinetuneConfig(Options):
     augment: bool = _option(True, "random crop (zero padding 1/8 of the side) and horizontal "
                                   "flip, on the device")
     train_bn: bool = _option(False, "let BatchNorm use batch statistics and update its running "
-                                    "ones (default: kept as at extraction)")
+                                    "ones (off: they stay as at extraction)")
     seed: int = _option(0, "seed of the data order, augmentation and dropout",
                         check=NON_NEGATIVE_INT)
     checkpoint_every: int | None = _option(None, "also checkpoint every N steps (always at "
