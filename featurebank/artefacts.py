@@ -93,7 +93,8 @@ def read_json(path: str | os.PathLike, what: str, fix: str, missing: str | None 
                                f"{e}): the file is damaged or truncated; {fix}.") from None
 
 
-def _split_known(cls, data: Any, path: Path, what: str) -> dict[str, Any]:
+def _split_known(cls, data: Any, path: Path, what: str
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``data`` as the record's fields and the keys it does not know; an object without the
     fields the record needs is an error naming the file."""
     names = {f.name for f in fields(cls)} - {"extra", "folder", "path"}
@@ -103,8 +104,8 @@ def _split_known(cls, data: Any, path: Path, what: str) -> dict[str, Any]:
     if missing and not (cls is Leaderboard and missing == ["taps"] and "tap" in data):
         raise FeatureBankError(f"{str(path)!r} is not {what} (missing {missing}): the file is "
                                f"damaged, or was not written by featurebank.")
-    return {"known": {k: v for k, v in data.items() if k in names},
-            "extra": {k: v for k, v in data.items() if k not in names}}
+    return ({k: v for k, v in data.items() if k in names},
+            {k: v for k, v in data.items() if k not in names})
 
 
 @dataclass(frozen=True)
@@ -146,12 +147,11 @@ def read_leaderboard(runs: str | os.PathLike) -> Leaderboard:
     path = Path(runs) / LEADERBOARD_JSON
     what, fix = "a featurebank fit's leaderboard", f"rerun featurebank fit --out {runs}"
     data = read_json(path, what, fix, missing="pass the --out folder of a featurebank fit")
-    parts = _split_known(Leaderboard, data, path, what)
-    known = parts["known"]
+    known, extra = _split_known(Leaderboard, data, path, what)
     if "taps" not in known and "tap" in data:  # a single-tap fit of an early featurebank
         known["taps"] = [data["tap"]]
     try:
-        return Leaderboard(path=path, **known, extra=parts["extra"])
+        return Leaderboard(path=path, **known, extra=extra)
     except TypeError as e:
         raise FeatureBankError(f"{str(path)!r} is not {what} ({e}); {fix}.") from None
 
@@ -205,11 +205,10 @@ def read_best_model(folder: str | os.PathLike) -> BestModel:
         raise FeatureBankError(f"{str(folder)!r} is not a fine-tune output folder: "
                                f"{BEST_MODEL_JSON} and {BEST_MODEL} are expected in it.")
     data = read_json(path, what, fix)
-    parts = _split_known(BestModel, data, path, what)
+    known, extra = _split_known(BestModel, data, path, what)
     try:
-        return BestModel(folder=folder, **{**parts["known"],
-                                           "spec": BankSpec.from_json(parts["known"]["spec"])},
-                         extra=parts["extra"])
+        return BestModel(folder=folder, **{**known, "spec": BankSpec.from_json(known["spec"])},
+                         extra=extra)
     except (TypeError, KeyError) as e:
         raise FeatureBankError(f"{str(path)!r} is not {what} ({e}); {fix}.") from None
 
