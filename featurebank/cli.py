@@ -58,7 +58,9 @@ def _extract_parser(e: argparse.ArgumentParser) -> None:
                         "working folder)")
     e.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue an unfinished extraction of the same arguments")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing bank")
+    e.add_argument("--overwrite", action="store_true",
+                   help="extract again over an existing bank (without it, a bank of the same "
+                        "arguments is up to date and one of other arguments is refused)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -85,7 +87,8 @@ def _run_parser(r: argparse.ArgumentParser) -> None:
     r.add_argument("--device", default="auto", choices=_DEVICES,
                    help="auto = CUDA when present (default: auto)")
     r.add_argument("--overwrite", action="store_true",
-                   help="redo the steps whose results in DIR are of other arguments")
+                   help="redo every step (without it, results of the same arguments are kept "
+                        "and results of other arguments in DIR are refused)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 

@@ -193,7 +193,9 @@ def extract(dataset: str | ImageSource = "cifar10", *, out: str | os.PathLike | 
     resume : bool, default=True
         Continue an unfinished extraction of the same arguments (``<out>.partial``).
     overwrite : bool, default=False
-        Replace an existing complete bank at ``out`` (it stays until the new one is complete).
+        Extract again over an existing bank at ``out`` (it stays until the new one is
+        complete). Without it, a bank of the same arguments there is up to date (returned as
+        it is) and one of other arguments is an error.
     progress : bool, default=True
         Show a progress bar with images/s and ETA on stderr.
     config : ExtractConfig, optional
@@ -273,7 +275,8 @@ def output_path(dataset, out, config: ExtractConfig) -> Path:
 def _up_to_date(out: Path, spec: BankSpec, dataset: DatasetInfo, overwrite: bool,
                 progress: bool) -> bool:
     """Whether ``out`` is already the bank these arguments make (same fingerprint: nothing to
-    do); a bank of other arguments is replaced only with ``overwrite``."""
+    do); ``overwrite`` extracts again whatever is there, without it a bank of other arguments
+    is an error."""
     if not out.exists():
         return False
     try:
@@ -282,7 +285,7 @@ def _up_to_date(out: Path, spec: BankSpec, dataset: DatasetInfo, overwrite: bool
         if overwrite:
             return False
         raise
-    if found == bank_fingerprint(spec, dataset):
+    if found == bank_fingerprint(spec, dataset) and not overwrite:
         if progress:
             print(f"{out} is up to date: a complete bank of the same dataset, model, weights, "
                   f"taps and preprocessing (pass overwrite=True, --overwrite, to extract it "

@@ -40,9 +40,9 @@ def run(dataset: str, *, out: str | os.PathLike = "run", heads=("logreg", "mlp")
 
     ``out`` gets ``bank.h5``, ``runs/`` (heads and leaderboard), ``finetune/`` and
     ``report/``. ``config`` / ``**options`` are the extraction's (:class:`ExtractConfig`:
-    ``model``, ``weights``, ``image_size``, ``taps``...). ``overwrite`` redoes every step that
-    finds other arguments' artefacts; without it they are refused, and artefacts of the same
-    arguments are kept.
+    ``model``, ``weights``, ``image_size``, ``taps``...). Without ``overwrite``, each step
+    whose artefact was made with the same arguments is kept and one of other arguments is
+    refused; ``overwrite`` redoes every step.
     """
     from .extraction import extract
     from .fit import fit_heads
