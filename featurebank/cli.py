@@ -111,6 +111,10 @@ def _fit_parser(f: argparse.ArgumentParser) -> None:
     f.add_argument("--seed", type=NON_NEGATIVE_INT.parse, default=0,
                    help="validation split and head seed (default: 0)")
     f.add_argument("--device", default="auto", choices=_DEVICES)
+    f.add_argument("--metric", default="accuracy",
+                   choices=["accuracy", "balanced_accuracy", "f1_macro", "log_loss"],
+                   help="what selects each head's setting and ranks the heads on the validation "
+                        "split; all four are recorded (default: accuracy)")
     f.add_argument("--refit", action="store_true",
                    help="refit each chosen setting on train + validation rows (off by default: "
                         "finetune needs the validation split unseen, and refuses such heads)")
@@ -313,7 +317,8 @@ def _run_fit(args: argparse.Namespace) -> None:
     if not args.quiet:
         print(f"fitting {', '.join(args.heads)} on {args.bank} ...", flush=True)
     board = fit_heads(args.bank, tap=args.tap, heads=args.heads, val_fraction=args.val_fraction,
-                      out=args.out, random_state=args.seed, device=args.device,
+                      out=args.out, random_state=args.seed, metric=args.metric,
+                      device=args.device,
                       refit=args.refit, overwrite=args.overwrite, stream=args.stream,
                       progress=not args.quiet)
     print(f"\n{'taps' if len(board['taps']) > 1 else 'tap'} {', '.join(board['taps'])}: "

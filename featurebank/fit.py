@@ -25,7 +25,8 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 
-from ._io import FRACTION, POSITIVE_INT, atomic_write, progress_bar, write_csv, write_json
+from ._io import (FRACTION, POSITIVE_INT, atomic_write, check_choice, progress_bar, write_csv,
+                  write_json)
 from .artefacts import (LEADERBOARD_CSV, LEADERBOARD_JSON, SPLIT, Leaderboard, head_file,
                         read_json, read_leaderboard)
 from .bank import FeatureBank
@@ -38,6 +39,7 @@ from .rows import CHUNK_ROWS, StreamedRows, chunks, select
 __all__ = ["fit_heads"]
 
 MIN_VAL_PER_CLASS = 20  # below this, a few rows decide the selection
+METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "log_loss")  # log loss: lower is better
 
 
 def _check_features(X, bank: FeatureBank, split: str, tap: str) -> None:
@@ -71,21 +73,27 @@ def _short(params: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
 
 
-def _sweep(name: str, data: dict[str, Any], *, device, random_state, bar):
-    """Fit every setting of the head's grid; return (best estimator, params, val acc, seconds),
-    the whole sweep's seconds, each setting's validation accuracy, and the settings tied with
-    the best."""
+def _merit(scores: dict[str, float], metric: str) -> float:
+    """What the selection maximises: the metric, or minus the log loss."""
+    return -scores[metric] if metric == "log_loss" else scores[metric]
+
+
+def _sweep(name: str, data: dict[str, Any], *, metric, device, random_state, bar):
+    """Fit every setting of the head's grid; return (best estimator, params, its validation
+    scores, seconds), the whole sweep's seconds, each setting's validation value of
+    ``metric``, and the settings tied with the best on it."""
     Xva, yva = data["X_val"], data["y_val"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported per setting instead
         fitted = get_head_spec(name).fit_grid(data["X_train"], data["y_train"],
                                               on_fit=bar.update, shared=data["shared"],
                                               device=device, random_state=random_state)
-    tried = [(est, params, _accuracy(est, Xva, yva), secs)
-             for est, params, secs in fitted]
-    best = max(tried, key=lambda r: r[2])  # first of the best: grids go simple to complex
-    ties = [_short(p) for _, p, a, _ in tried if a == best[2] and p is not best[1]]
-    return best, sum(r[3] for r in tried), [(_short(p), a) for _, p, a, _ in tried], ties
+    tried = [(est, params, scores(est, Xva, yva), secs) for est, params, secs in fitted]
+    best = max(tried, key=lambda r: _merit(r[2], metric))  # the first of the best
+    ties = [_short(p) for _, p, v, _ in tried
+            if _merit(v, metric) == _merit(best[2], metric) and p is not best[1]]
+    return (best, sum(r[3] for r in tried), [(_short(p), v[metric]) for _, p, v, _ in tried],
+            ties)
 
 
 def _refit(name: str, params: dict[str, Any], X, y, *, device, random_state):
@@ -153,7 +161,8 @@ def _selection_notes(y_val: np.ndarray, classes: list[str]) -> list[str]:
 def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | None = None,
               heads: list[str] | tuple[str, ...] = ("logreg", "mlp"), val_fraction: float = 0.1,
               out: str | os.PathLike | None = "runs", random_state: int = 0,
-              device: str = "auto", refit: bool = False, overwrite: bool = False,
+              metric: str = "accuracy", device: str = "auto", refit: bool = False,
+              overwrite: bool = False,
               stream: bool | None = None, chunk_rows: int | None = None,
               progress: bool = True,
               verbose: bool | None = None) -> dict[str, Any]:
@@ -175,6 +184,10 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     random_state : int, default=0
         Seed of the validation split and of the stochastic heads.
     device : {"auto", "cpu", "cuda"}, default="auto"
+    metric : {"accuracy", "balanced_accuracy", "f1_macro", "log_loss"}, default="accuracy"
+        What selects each head's setting and ranks the heads, on the validation split (every
+        one of them is computed and recorded, on validation and test). Balanced accuracy or
+        macro F1 for imbalanced label sets; log loss for heads whose probabilities matter.
     refit : bool, default=False
         Fit each head's chosen setting again on the train and validation rows together. Off
         by default: a fine-tune validates (and stops early) on that split, which must then be
@@ -205,13 +218,15 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
                       "functions do.", DeprecationWarning, stacklevel=2)
         progress = verbose
     chunk_rows = POSITIVE_INT.check("chunk_rows", chunk_rows or CHUNK_ROWS)
+    check_choice("metric", metric, METRICS)
     bank = bank if isinstance(bank, FeatureBank) else FeatureBank(bank)
     taps, heads = _taps(bank, tap), check_head_names(heads)
     stream = _needs_streaming(bank, taps) if stream is None else stream
     if stream:
         _check_streamable(heads)
     out = Path(out) if out is not None else None
-    settings = {"val_fraction": val_fraction, "random_state": random_state, "refit": refit}
+    settings = {"val_fraction": val_fraction, "random_state": random_state, "refit": refit,
+                "metric": metric}
     old_files, done = _check_out(out, overwrite,
                                  lambda b: _same_fit(b, bank, taps, heads, settings))
     if done is not None:
@@ -233,8 +248,8 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
                     "X_val": select(X, val), "y_val": y[val], "test": test, "shared": {}}
             for name in heads:
                 bar.set_description(f"fit {name} on {t}")
-                row, est = _fit_head(name, t, data, device=device, random_state=random_state,
-                                     bar=bar, refit=refit)
+                row, est = _fit_head(name, t, data, metric=metric, device=device,
+                                     random_state=random_state, bar=bar, refit=refit)
                 rows.append(row)
                 if out is not None:
                     _save(row, est, out, bank=bank, val=val, several_taps=len(taps) > 1)
@@ -242,7 +257,7 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
                     bar.write(_row_line(row), file=sys.stdout)
         notes += _selection_notes(y[val], bank.classes)
     board = _board(bank, rows, taps, notes, val_fraction=val_fraction,
-                   random_state=random_state, refit=refit, **sizes)
+                   random_state=random_state, refit=refit, metric=metric, **sizes)
     if out is not None:
         _write(out, board, train, val, old_files)
     for note in board["notes"]:  # what the selection rests on: said even without progress
@@ -260,17 +275,18 @@ def _check_streamable(heads: list[str]) -> None:
             f"stream=False on a machine with more memory.")
 
 
-def _fit_head(name, tap, data: dict[str, Any], *, device, random_state, bar, refit):
+def _fit_head(name, tap, data: dict[str, Any], *, metric, device, random_state, bar, refit):
     """One head on one tap: its sweep, the chosen setting (refitted when asked), its row."""
-    (est, params, val_acc, fit_s), sweep_s, tried, ties = _sweep(
-        name, data, device=device, random_state=random_state, bar=bar)
+    (est, params, val, fit_s), sweep_s, tried, ties = _sweep(
+        name, data, metric=metric, device=device, random_state=random_state, bar=bar)
     if refit:  # the train and validation rows are all the rows
         est, fit_s = _refit(name, params, data["X"], data["y"], device=device,
                             random_state=random_state)
-    test = data["test"]
-    row = {"head": name, "tap": tap, "params": _short(params), "val_accuracy": val_acc,
+    test = scores(est, *data["test"]) if data["test"] is not None else None
+    row = {"head": name, "tap": tap, "params": _short(params), "val_accuracy": val["accuracy"],
            "n_val": int(len(data["y_val"])),
-           "test_accuracy": _accuracy(est, *test) if test is not None else None,
+           "test_accuracy": test["accuracy"] if test is not None else None,
+           "metric": metric, "val_scores": val, "test_scores": test,
            "fit_seconds": fit_s, "sweep_seconds": sweep_s, "tried": tried, "tied_with": ties,
            "refit": refit, "graftable": get_head_spec(name).graftable}
     return row, est
@@ -278,21 +294,24 @@ def _fit_head(name, tap, data: dict[str, Any], *, device, random_state, bar, ref
 
 def _board(bank: FeatureBank, rows: list[dict[str, Any]], taps: list[str], notes: list[str],
            **fields: Any) -> dict[str, Any]:
-    """The leaderboard: rows best first, the best graftable one marked, the selection notes."""
-    rows.sort(key=lambda r: -r["val_accuracy"])
+    """The leaderboard: rows best first by the selection metric, the best graftable one
+    marked, the selection notes."""
+    metric = fields["metric"]
+    said = metric.replace("_", " ")
+    rows.sort(key=lambda r: -_merit(r["val_scores"], metric))
     best = next((r for r in rows if r["graftable"]), None)
     for r in rows:
         r["best"] = r is best
         if r["tied_with"]:
             notes.append(f"{r['head']} on {r['tap']}: settings {r['tied_with']} scored the same "
-                         f"validation accuracy as the chosen {r['params']} (the first of them in "
+                         f"validation {said} as the chosen {r['params']} (the first of them in "
                          f"the head's grid order was kept; a tie says the validation split "
                          f"cannot tell them apart).")
-    if len(rows) > 1 and rows[0]["val_accuracy"] == rows[1]["val_accuracy"]:
-        tied = [f"{r['head']} on {r['tap']}" for r in rows
-                if r["val_accuracy"] == rows[0]["val_accuracy"]]
-        notes.append(f"{', '.join(tied)} tie for the best validation accuracy; the ranking "
-                     f"among them is arbitrary.")
+    top = [r for r in rows if r["val_scores"][metric] == rows[0]["val_scores"][metric]]
+    if len(top) > 1:
+        tied = ", ".join(f"{r['head']} on {r['tap']}" for r in top)
+        notes.append(f"{tied} tie for the best validation {said}; the ranking among them is "
+                     f"arbitrary.")
     return {"bank": str(bank.path), "bank_fingerprint": bank.fingerprint, "tap": taps[0],
             "taps": taps, **fields, "best_head": best["head"] if best else None,
             "best_file": best.get("file") if best else None, "notes": notes, "rows": rows}
@@ -309,10 +328,25 @@ def _features(bank: FeatureBank, split: str, tap: str, stream: int | bool):
     return StreamedRows(bank.features(split, tap), chunk=int(stream)), bank.labels(split)
 
 
-def _accuracy(est, X, y: np.ndarray) -> float:
-    """Accuracy of ``est`` on features in memory or streamed, chunk by chunk."""
-    return float(sum(int((est.predict(c) == y[s:s + len(c)]).sum()) for s, c in chunks(X))
-                 / len(y))
+def scores(est, X, y: np.ndarray) -> dict[str, float]:
+    """Every selection metric of ``est`` on features in memory or streamed, chunk by chunk:
+    accuracy, balanced accuracy, macro F1 (from ``predict``) and log loss (from the class
+    probabilities; the softmax of the scores for heads that have none)."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss
+
+    from .heads import class_probabilities
+
+    parts = [(est.predict(c), class_probabilities(est, c)) for _, c in chunks(X)]
+    pred = np.concatenate([p for p, _ in parts])
+    proba = np.concatenate([q for _, q in parts])
+    labels = np.asarray(est.classes_)
+    with warnings.catch_warnings():  # a class absent from a small split: scored all the same
+        warnings.simplefilter("ignore")
+        return {"accuracy": float((pred == y).mean()),
+                "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+                "f1_macro": float(f1_score(y, pred, labels=labels, average="macro",
+                                           zero_division=0)),
+                "log_loss": float(log_loss(y, np.clip(proba, 1e-15, 1), labels=labels))}
 
 
 def _needs_streaming(bank: FeatureBank, taps: list[str]) -> bool:
@@ -351,42 +385,62 @@ def _save(row: dict[str, Any], est, out: Path, *, bank: FeatureBank, val: np.nda
     row["file"] = head_file(row["head"], row["tap"], several_taps)
     save_head(est, out / row["file"], bank=bank, tap=row["tap"], name=row["head"],
               params=row["params"], val_rows=val, refit=row["refit"],
-              metrics={k: row[k] for k in ("val_accuracy", "n_val", "test_accuracy",
+              metrics={k: row[k] for k in ("val_accuracy", "n_val", "test_accuracy", "metric",
+                                           "val_scores", "test_scores",
                                            "fit_seconds")})
 
 
+def _value(row: dict[str, Any], split: str) -> str:
+    """The row's selection metric on ``split`` (``val``, ``test``) as text, ``-`` if none
+    (leaderboards of earlier versions hold accuracy alone)."""
+    scores = row.get(f"{split}_scores") or {"accuracy": row.get(f"{split}_accuracy")}
+    value = scores.get(row.get("metric", "accuracy"))
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _row_line(row: dict[str, Any]) -> str:
-    test = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
-    return (f"  {row['head']:<11} {row['tap']:<8} val {row['val_accuracy']:.4f} "
-            f"({row['n_val']})  test {test}  fit {row['fit_seconds']:7.2f}s  sweep "
-            f"{row['sweep_seconds']:7.2f}s  {row['params']}")
+    return (f"  {row['head']:<11} {row['tap']:<8} val {_value(row, 'val')} "
+            f"({row['n_val']})  test {_value(row, 'test')}  fit {row['fit_seconds']:7.2f}s  "
+            f"sweep {row['sweep_seconds']:7.2f}s  {row['params']}")
 
 
 _CSV_COLUMNS = ["head", "tap", "val_accuracy", "n_val", "test_accuracy", "fit_seconds",
-                "sweep_seconds", "params", "refit", "graftable", "best", "file"]
+                "sweep_seconds", "params", "refit", "graftable", "best", "file", "metric",
+                *(f"{split}_{m}" for split in ("val", "test") for m in METRICS[1:])]
+
+
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    flat = {f"{split}_{m}": v for split in ("val", "test")
+            for m, v in (row.get(f"{split}_scores") or {}).items()}
+    return {**row, **flat, "params": json.dumps(row["params"])}
 
 
 def _write(out: Path, board: dict[str, Any], train: np.ndarray, val: np.ndarray,
            old_files: list[str]) -> None:
     atomic_write(out / SPLIT, lambda f: np.savez(f, train_rows=train, val_rows=val))
     write_json(out / LEADERBOARD_JSON, {**board, "split": SPLIT})
-    write_csv(out / LEADERBOARD_CSV, [{**r, "params": json.dumps(r["params"])}
-                                        for r in board["rows"]], _CSV_COLUMNS)
+    write_csv(out / LEADERBOARD_CSV, [_csv_row(r) for r in board["rows"]], _CSV_COLUMNS)
     for name in set(old_files) - {r.get("file") for r in board["rows"]}:
         (out / name).unlink(missing_ok=True)  # heads of the replaced fit that this one lacks
 
 
 def format_leaderboard(board: dict[str, Any]) -> str:
     """The leaderboard as a text table, best first, with the validation size."""
-    lines = [f"{'head':<11} {'tap':<9} {'val acc':>8} {'test acc':>8} {'fit s':>8} "
-             f"{'sweep s':>8}  params", "-" * 80]
+    metric = board.get("metric", "accuracy")
+    short = _SHORT[metric]
+    lines = [f"{'head':<11} {'tap':<9} {'val ' + short:>12} {'test ' + short:>13} {'fit s':>8} "
+             f"{'sweep s':>8}  params", "-" * 88]
     for r in board["rows"]:
-        test = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
         mark = "  <- best graftable" if r["best"] else ""
-        lines.append(f"{r['head']:<11} {r['tap']:<9} {r['val_accuracy']:8.4f} {test:>8} "
-                     f"{r['fit_seconds']:8.2f} {r['sweep_seconds']:8.2f}  "
-                     f"{json.dumps(r['params'])}{mark}")
-    lines.append(f"(validation accuracy on {board['n_val']} held-out train rows"
-                 + (", heads refitted on train + validation" if board.get("refit") else "")
-                 + ")")
+        lines.append(f"{r['head']:<11} {r['tap']:<9} {_value(r, 'val'):>12} "
+                     f"{_value(r, 'test'):>13} {r['fit_seconds']:8.2f} "
+                     f"{r['sweep_seconds']:8.2f}  {json.dumps(r['params'])}{mark}")
+    lines.append(f"(validation {metric.replace('_', ' ')} on {board['n_val']} held-out train "
+                 f"rows, which selected each setting"
+                 + ("; heads refitted on train + validation" if board.get("refit") else "")
+                 + "; leaderboard.json holds all four metrics)")
     return "\n".join(lines)
+
+
+_SHORT = {"accuracy": "acc", "balanced_accuracy": "bal acc", "f1_macro": "F1 macro",
+          "log_loss": "log loss"}

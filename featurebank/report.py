@@ -83,7 +83,8 @@ def _confusion_png(cm: list[list[int]], names: list[str], title: str) -> bytes:
     return _png(fig)
 
 
-def _sweep_png(tried: list[tuple[dict, float]], chosen: dict, title: str) -> bytes:
+def _sweep_png(tried: list[tuple[dict, float]], chosen: dict, title: str,
+               metric: str = "accuracy") -> bytes:
     fig = _figure(6, 3.6)
     ax = fig.add_subplot()
     keys = list(tried[0][0]) if tried else []
@@ -100,7 +101,7 @@ def _sweep_png(tried: list[tuple[dict, float]], chosen: dict, title: str) -> byt
         ax.bar(range(len(tried)), [a for _, a in tried],
                color=["tab:red" if p == chosen else "tab:blue" for p, _ in tried])
         ax.set_xticks(range(len(tried)), labels, rotation=30, ha="right", fontsize=7)
-    ax.set(ylabel="validation accuracy", title=title)
+    ax.set(ylabel=f"validation {metric.replace('_', ' ')}", title=title)
     return _png(fig)
 
 
@@ -187,9 +188,11 @@ def _head_sections(board: Leaderboard, bank: FeatureBank, images: _Images):
         proba[:, np.asarray(est.classes_)] = class_probabilities(est, X)  # columns: the bank's classes
         title = f"{row['head']} on {row['tap']}"
         result, plots = _section(title, proba, y, names, images)
+        metric = row.get("metric", "accuracy")
         plots["sweep"] = _sweep_png([(p, a) for p, a in row["tried"]], row["params"],
-                                    f"{title}: regulariser sweep")
+                                    f"{title}: regulariser sweep (selected by {metric})", metric)
         yield title, {**result, "params": row["params"], "val_accuracy": row["val_accuracy"],
+                      "selected_by": metric, "val_scores": row.get("val_scores"),
                       "n_val": row["n_val"], "best": row["best"]}, plots
 
 
@@ -318,6 +321,10 @@ def _html(sections, board: Leaderboard, bank: FeatureBank, note: str, finetune) 
     parts.append(_table(summary, ["model", "test accuracy", "top-5", "balanced accuracy"]))
     for title, result, plots in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")
+        if result.get("val_scores"):
+            rows = [[m.replace("_", " "), f"{v:.4f}"] for m, v in result["val_scores"].items()]
+            parts.append(_table(rows, [f"validation (selected by "
+                                       f"{result['selected_by'].replace('_', ' ')})", "value"]))
         if "per_class" in result:
             rows = [[c, *(f"{v[m]:.3f}" for m in ("precision", "recall", "f1-score")),
                      int(v["support"])] for c, v in result["per_class"].items()

@@ -238,3 +238,62 @@ def test_fit_streams_a_bank_it_cannot_hold(tmp_path, monkeypatch):
     with pytest.raises(FeatureBankError, match=r"heads \['ridge'\] need their features in "
                                                r"memory"):
         fit_heads(bank, heads=["ridge", "logreg"], out=None, progress=False, stream=True)
+
+
+def _imbalanced_bank(path):
+    """A bank of a 94/6 problem whose minority class needs weak regularisation to be seen."""
+    from featurebank.bank import BankWriter
+    from featurebank.records import BankSpec, DatasetInfo
+
+    def draw(n, seed):
+        rng = np.random.default_rng(seed)
+        y = (rng.random(n) < 0.06).astype(np.int64)
+        X = rng.standard_normal((n, 20)).astype(np.float32)
+        X[y == 1, :3] += 1.2
+        return X, y
+
+    data = {"train": draw(2300, 1), "test": draw(800, 3)}
+    spec = {"model": "toy", "weights": "none", "weights_path": None, "taps": ["f"],
+            "tap_layers": {"f": {"module": "f", "where": "output", "activation_shape": [20],
+                                 "pool": "none", "dim": 20}},
+            "image_size": 8, "resize": "device", "interpolation": "bilinear", "antialias": True,
+            "mean": [0.5] * 3, "std": [0.25] * 3, "preprocessing_source": "test",
+            "dtype": "float32"}
+    dataset = {"name": "npz", "source": "generated", "classes": ["common", "rare"],
+               "splits": {k: len(v[1]) for k, v in data.items()}, "resize": "device",
+               "fingerprint": "9" * 64}
+    w = BankWriter(path, spec=BankSpec.from_json(spec), dataset=DatasetInfo.from_json(dataset),
+                   resume=False)
+    for split, (X, y) in data.items():
+        w.write(split, features={"f": X}, labels=y, index=np.arange(len(y)),
+                sources_done=len(y))
+    w.commit({})
+    w.close()
+    from featurebank import FeatureBank
+
+    return FeatureBank(path)
+
+
+def test_the_selection_metric_chooses_the_setting_and_every_metric_is_recorded(tmp_path,
+                                                                               capsys):
+    bank = _imbalanced_bank(tmp_path / "imb.h5")
+    kw = dict(heads=["logreg"], val_fraction=0.35, progress=False)
+    by_acc = fit_heads(bank, out=None, **kw)["rows"][0]
+    by_bal = fit_heads(bank, out=tmp_path / "runs", metric="balanced_accuracy", **kw)
+    row = by_bal["rows"][0]
+    assert set(row["val_scores"]) == {"accuracy", "balanced_accuracy", "f1_macro", "log_loss"}
+    assert by_acc["metric"] == "accuracy" and by_bal["metric"] == "balanced_accuracy"
+    # accuracy keeps the majority-leaning setting; balanced accuracy wants the rare class seen
+    assert row["params"]["C"] > by_acc["params"]["C"]
+    assert row["val_scores"]["balanced_accuracy"] > by_acc["val_scores"]["balanced_accuracy"]
+    assert max(v for _, v in row["tried"]) == row["val_scores"]["balanced_accuracy"]
+    by_loss = fit_heads(bank, out=None, metric="log_loss", **kw)["rows"][0]
+    assert min(v for _, v in by_loss["tried"]) == by_loss["val_scores"]["log_loss"]
+    header = (tmp_path / "runs" / "leaderboard.csv").read_text().splitlines()[0]
+    assert "metric" in header and "val_balanced_accuracy" in header and "test_log_loss" in header
+    assert main(["fit", str(bank.path), "--heads", "logreg", "--val-fraction", "0.35",
+                 "--metric", "f1_macro", "--out", str(tmp_path / "f1")]) == 0
+    out = capsys.readouterr().out
+    assert "val F1 macro" in out and "validation f1 macro on" in out
+    with pytest.raises(Exception, match=r"the 'metric' parameter must be one of"):
+        fit_heads(bank, out=None, metric="auc", **kw)
