@@ -141,6 +141,12 @@ class Leaderboard:
         """The heads' file names."""
         return [r["file"] for r in self.rows if r.get("file")]
 
+    def to_json(self) -> dict[str, Any]:
+        """The leaderboard as :func:`featurebank.fit_heads` returns it (and the file holds)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("path", "extra")}
+        return {**self.extra, **out}
+
 
 def read_leaderboard(runs: str | os.PathLike) -> Leaderboard:
     """The leaderboard of a ``featurebank fit`` output folder."""

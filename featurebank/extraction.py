@@ -285,7 +285,8 @@ def _up_to_date(out: Path, spec: BankSpec, dataset: DatasetInfo, overwrite: bool
         if overwrite:
             return False
         raise
-    if found == bank_fingerprint(spec, dataset) and not overwrite:
+    wanted = bank_fingerprint(spec, dataset)
+    if found == wanted and not overwrite:
         if progress:
             print(f"{out} is up to date: a complete bank of the same dataset, model, weights, "
                   f"taps and preprocessing (pass overwrite=True, --overwrite, to extract it "
@@ -293,8 +294,8 @@ def _up_to_date(out: Path, spec: BankSpec, dataset: DatasetInfo, overwrite: bool
         return True
     if not overwrite:
         raise BankError(f"feature bank {str(out)!r} exists already, extracted with other "
-                        f"arguments (fingerprint {found[:12]}, these make "
-                        f"{bank_fingerprint(spec, dataset)[:12]}); pass overwrite=True "
+                        f"arguments (fingerprint {found[:12]}, these make {wanted[:12]}); "
+                        f"pass overwrite=True "
                         f"(--overwrite) to replace it, or choose another out= path.")
     return False
 

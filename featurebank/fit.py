@@ -28,7 +28,7 @@ from sklearn.model_selection import train_test_split
 from ._io import (FRACTION, POSITIVE_INT, atomic_write, check_choice, progress_bar, write_csv,
                   write_json)
 from .artefacts import (LEADERBOARD_CSV, LEADERBOARD_JSON, SPLIT, Leaderboard, head_file,
-                        read_json, read_leaderboard)
+                        read_leaderboard)
 from .bank import FeatureBank
 from .exceptions import BankError, FeatureBankError
 from .heads.persist import save_head
@@ -162,9 +162,8 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
               heads: list[str] | tuple[str, ...] = ("logreg", "mlp"), val_fraction: float = 0.1,
               out: str | os.PathLike | None = "runs", random_state: int = 0,
               metric: str = "accuracy", device: str = "auto", refit: bool = False,
-              overwrite: bool = False,
-              stream: bool | None = None, chunk_rows: int | None = None,
-              progress: bool = True,
+              overwrite: bool = False, stream: bool | None = None,
+              chunk_rows: int | None = None, progress: bool = True,
               verbose: bool | None = None) -> dict[str, Any]:
     """Fit, select and rank heads on a feature bank.
 
@@ -201,10 +200,8 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     chunk_rows : int, optional
         Rows per read when streaming (default 16,384: 128 MiB of 4,096 float16 features).
     progress : bool, default=True
-        A progress bar and each head's line as it finishes. The selection notes (``note:``
-        lines on stderr) are printed either way.
-    verbose : bool, optional
-        Deprecated spelling of ``progress``.
+        A progress bar and each head's line as it finishes (``verbose``: its deprecated name).
+        The selection notes (``note:`` lines on stderr) are printed either way.
 
     Returns
     -------
@@ -217,6 +214,34 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
         warnings.warn("fit_heads(verbose=) is deprecated; use progress=, as the other "
                       "functions do.", DeprecationWarning, stacklevel=2)
         progress = verbose
+    bank, taps, heads, stream = _arguments(bank, tap, heads, metric, stream, chunk_rows)
+    out = Path(out) if out is not None else None
+    settings = dict(val_fraction=val_fraction, random_state=random_state, refit=refit,
+                    metric=metric)
+    old_files, done = _check_out(out, overwrite,
+                                 lambda b: _same_fit(b, bank, taps, heads, settings))
+    if done is not None:
+        if progress:
+            print(f"{out}/ is up to date: a fit of the same bank, taps, heads and settings "
+                  f"(pass overwrite=True, --overwrite, to fit again)", file=sys.stderr)
+        return done.to_json()
+    rows, (train, val, y_val, sizes) = _fit_taps(
+        bank, taps, heads, out, metric=metric, val_fraction=val_fraction,
+        random_state=random_state, device=device, refit=refit, stream=stream,
+        progress=progress)
+    board = _board(bank, rows, taps, _selection_notes(y_val, bank.classes),
+                   val_fraction=val_fraction, random_state=random_state, refit=refit,
+                   metric=metric, **sizes)
+    if out is not None:
+        _write(out, board, train, val, old_files)
+    for note in board["notes"]:  # what the selection rests on: said even without progress
+        print(f"note: {note}", file=sys.stderr)
+    return board
+
+
+def _arguments(bank, tap, heads, metric: str, stream: bool | None, chunk_rows: int | None):
+    """The bank, its taps, the heads, and the rows per read when streaming (0: in memory),
+    each checked."""
     chunk_rows = POSITIVE_INT.check("chunk_rows", chunk_rows or CHUNK_ROWS)
     check_choice("metric", metric, METRICS)
     bank = bank if isinstance(bank, FeatureBank) else FeatureBank(bank)
@@ -224,22 +249,19 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     stream = _needs_streaming(bank, taps) if stream is None else stream
     if stream:
         _check_streamable(heads)
-    out = Path(out) if out is not None else None
-    settings = {"val_fraction": val_fraction, "random_state": random_state, "refit": refit,
-                "metric": metric}
-    old_files, done = _check_out(out, overwrite,
-                                 lambda b: _same_fit(b, bank, taps, heads, settings))
-    if done is not None:
-        if progress:
-            print(f"{out}/ is up to date: a fit of the same bank, taps, heads and settings "
-                  f"(pass overwrite=True, --overwrite, to fit again)", file=sys.stderr)
-        return read_json(done.path, "a featurebank fit's leaderboard", "rerun with --overwrite")
-    rows, notes, sizes = [], [], {}
+    return bank, taps, heads, chunk_rows if stream else 0
+
+
+def _fit_taps(bank: FeatureBank, taps: list[str], heads: list[str], out: Path | None, *,
+              metric, val_fraction, random_state, device, refit, stream, progress):
+    """Every head on every tap, each saved as it finishes: the leaderboard's rows, and the
+    split (train and validation rows, the validation labels, the split sizes)."""
+    rows = []
     n_settings = sum(len(get_head_spec(h).candidates()) for h in heads) * len(taps)
     with progress_bar(total=n_settings, unit="fit", desc="fit", leave=False,
                       enabled=progress) as bar:
         for t in taps:
-            X, y, test = _load(bank, t, stream and chunk_rows)
+            X, y, test = _load(bank, t, stream)
             train, val = _validation_split(y, val_fraction, random_state)
             sizes = {"n_train": int(len(train)), "n_val": int(len(val)),
                      "n_test": 0 if test is None else int(len(test[1]))}
@@ -255,14 +277,7 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
                     _save(row, est, out, bank=bank, val=val, several_taps=len(taps) > 1)
                 if progress:
                     bar.write(_row_line(row), file=sys.stdout)
-        notes += _selection_notes(y[val], bank.classes)
-    board = _board(bank, rows, taps, notes, val_fraction=val_fraction,
-                   random_state=random_state, refit=refit, metric=metric, **sizes)
-    if out is not None:
-        _write(out, board, train, val, old_files)
-    for note in board["notes"]:  # what the selection rests on: said even without progress
-        print(f"note: {note}", file=sys.stderr)
-    return board
+    return rows, (train, val, y[val], sizes)
 
 
 def _check_streamable(heads: list[str]) -> None:

@@ -9,9 +9,11 @@ Two image sets: CIFAR-sized 32 x 32 and ImageNet-sized 400 x 350 JPEGs. From the
 rates it prints how many decoding workers a GPU extracting at a given rate needs. Then the
 400 x 350 set is read through each dataset format (a folder of files, WebDataset tar shards,
 a folder of Parquet files through Hugging Face ``datasets``, a CSV of paths), by the source's
-own opener and the call a DataLoader worker makes (``Decoding.read``), one core. Example::
+own opener and the call a DataLoader worker makes (``Decoding.read``), one core; with
+``--real DIR``, also real JPEG files from a folder tree (every format holds their bytes).
+Example::
 
-    python scripts/bench_input.py --n 400
+    python scripts/bench_input.py --n 400 --real CIFAR-10-images/train
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def rate(decode: str, paths: list[Path], size: int, batch: int = 256) -> float:
     shorter side resized to ``size``, centre-cropped; ``gpu`` a batch at a time on CUDA."""
     d = Decoding(size, "bilinear", decoder=decode)
     if decode != "gpu":
+        d.load(paths[0])  # untimed: the first call pays imports and the decoder's probe
         t = time.perf_counter()
         for p in paths:
             d.load(p)
@@ -127,6 +130,7 @@ def source_rates(data: list[bytes], size: int) -> None:
             rates = []
             for decode in ("pil", "tensor"):
                 d = Decoding(size, "bilinear", decoder=decode)
+                d.read(items[0])  # untimed warm-up, as in rate()
                 t = time.perf_counter()
                 for item in items:
                     d.read(item)
@@ -139,6 +143,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=400, help="images per set")
     p.add_argument("--size", type=int, default=224, help="network input size")
+    p.add_argument("--real", default=None, metavar="DIR",
+                   help="also read the dataset formats with the first --n JPEGs of DIR "
+                        "(searched recursively, spread over its sub-folders)")
     p.add_argument("--gpu-rates", type=float, nargs="+", default=[2000, 5000, 10000, 20000],
                    help="extraction rates (images/s) to size the workers for")
     args = p.parse_args()
@@ -165,6 +172,13 @@ def main() -> None:
                   if "GPU" not in decoder else f"  {decoder:<22} {r:9.1f} img/s {unit}")
         if w > 32:
             source_rates(data, args.size)
+    if args.real:
+        files = sorted(Path(args.real).rglob("*.jpg"))
+        picked = files[::max(1, len(files) // args.n)][:args.n]
+        data = [f.read_bytes() for f in picked]
+        print(f"real JPEGs from {args.real} ({len(data)} files, "
+              f"{np.mean([len(b) for b in data]) / 1024:.1f} KiB each):")
+        source_rates(data, args.size)
 
 
 if __name__ == "__main__":
