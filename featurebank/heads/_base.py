@@ -11,6 +11,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from .._io import as_float32
+from ..exceptions import ParameterError
 from ..rows import StreamedRows
 
 
@@ -25,15 +26,83 @@ def check_classes(y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     return classes, y_idx.astype(np.int64)
 
 
-def blockwise_mean_scale(blocks) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and scale over row blocks (numpy arrays or torch tensors on any device).
+def check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
+    """``sample_weight`` as a float64 ``(n,)`` array (a scalar: every row that weight), or None;
+    ValueError naming the problem for a wrong shape, negative or non-finite weights, or weights
+    that are all zero."""
+    if sample_weight is None:
+        return None
+    sw = np.asarray(sample_weight, dtype=np.float64)
+    sw = np.full(n, float(sw)) if sw.ndim == 0 else sw
+    if sw.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},), one weight per row of X; got "
+                         f"shape {sw.shape}.")
+    if not np.isfinite(sw).all() or (sw < 0).any():
+        raise ValueError("sample_weight must hold finite, non-negative numbers; got "
+                         f"{'negative' if (sw < 0).any() else 'NaN or infinite'} values.")
+    if not sw.any():
+        raise ValueError("sample_weight must contain at least one non-zero weight; all the "
+                         f"{n} weights are zero.")
+    return sw.copy()
+
+
+def class_weight_vector(class_weight, classes: np.ndarray, y_idx: np.ndarray,
+                        sample_weight: np.ndarray | None) -> np.ndarray | None:
+    """One weight per class of ``classes``, with scikit-learn's meanings: ``"balanced"`` is
+    ``sum(w) / (n_classes * w_c)`` (``w_c`` the class's summed sample weights: its row count
+    without them), a dict maps class labels to weights (others 1); None: no class weights."""
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ParameterError(f"class_weight must be None, 'balanced' or a dict of class "
+                                 f"weights; got {class_weight!r}.")
+        counts = np.bincount(y_idx, weights=sample_weight, minlength=len(classes))
+        with np.errstate(divide="ignore"):
+            return np.where(counts > 0, counts.sum() / (len(classes) * counts), 0.0)
+    if not isinstance(class_weight, dict):
+        raise ParameterError(f"class_weight must be None, 'balanced' or a dict of class "
+                             f"weights; got {type(class_weight).__name__}.")
+    known = {c.item() if hasattr(c, "item") else c for c in classes}
+    unknown = [c for c in class_weight if c not in known]
+    if unknown:
+        raise ParameterError(f"class_weight names classes {unknown} that are not in y "
+                             f"(classes {sorted(known, key=str)}).")
+    weights = np.array([float(class_weight.get(c.item() if hasattr(c, "item") else c, 1.0))
+                        for c in classes])
+    if not np.isfinite(weights).all() or (weights < 0).any():
+        raise ParameterError(f"class_weight values must be finite and non-negative; got "
+                             f"{class_weight!r}.")
+    return weights
+
+
+def row_weights(sample_weight, class_weight, classes: np.ndarray, y_idx: np.ndarray
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(sample weights, loss weights)`` per row: the checked ``sample_weight`` (what the
+    standardisation weighs, as a ``StandardScaler`` given them would), and those times the class
+    weights (what the loss weighs, as scikit-learn's classifiers fold ``class_weight`` into
+    ``sample_weight``). None where all are 1."""
+    sw = check_sample_weight(sample_weight, len(y_idx))
+    cw = class_weight_vector(class_weight, classes, y_idx, sw)
+    loss_w = sw if cw is None else (np.ones(len(y_idx)) if sw is None else sw) * cw[y_idx]
+    if loss_w is not None and not loss_w.any():
+        raise ValueError("the class weights times sample_weight are zero on every row; give "
+                         "some row of a class with a non-zero class_weight a positive weight.")
+    return sw, loss_w
+
+
+def blockwise_mean_scale(blocks, weights: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale over row blocks (numpy arrays or torch tensors on any device), each row
+    weighted by ``weights`` (aligned with the blocks' rows in order) when given, as scikit-
+    learn's ``StandardScaler.fit(X, sample_weight=)`` weighs them.
 
     Within a block, its mean and centred sum of squares in float32 (cache-sized, so the
     block is read from memory once); across blocks, Chan et al.'s exact pairwise update in
     float64. No full-size or float64 copy is ever made, and there is no cancellation from
     ``E[x^2] - E[x]^2``. A constant feature gets scale 1, as in scikit-learn's StandardScaler.
     """
-    n, mean, m2 = 0, 0.0, 0.0
+    n, mean, m2, offset = 0.0, 0.0, 0.0, 0
     for block in blocks:
         if isinstance(block, torch.Tensor):
             parts = [block.float()]
@@ -41,20 +110,25 @@ def blockwise_mean_scale(blocks) -> tuple[np.ndarray, np.ndarray]:
             block = np.asarray(block)
             parts = [block[s:s + 256] for s in range(0, len(block), 256)]
         for part in parts:
-            nb = len(part)
+            w = None if weights is None else weights[offset:offset + len(part)]
+            offset += len(part)
+            nb = len(part) if w is None else float(w.sum())
             if nb == 0:
                 continue
             if isinstance(part, torch.Tensor):
-                bmean = part.mean(0)
+                wt = None if w is None else torch.as_tensor(w, device=part.device).float()
+                bmean = part.mean(0) if wt is None else (wt @ part) / nb
                 c = part - bmean
-                bmean, bm2 = bmean.double().cpu().numpy(), (c * c).sum(0).double().cpu().numpy()
+                c = c * c
+                bm2 = c.sum(0) if wt is None else wt @ c
+                bmean, bm2 = bmean.double().cpu().numpy(), bm2.double().cpu().numpy()
             else:
                 part = part.astype(np.float32, copy=False)
-                ones = np.ones(nb, dtype=np.float32)
-                bmean = (ones @ part) / nb  # BLAS: faster than numpy's column reduction
+                wv = np.ones(len(part), np.float32) if w is None else w.astype(np.float32)
+                bmean = (wv @ part) / np.float32(nb)  # BLAS: faster than a column reduction
                 c = part - bmean
                 np.multiply(c, c, out=c)
-                bmean, bm2 = bmean.astype(np.float64), (ones @ c).astype(np.float64)
+                bmean, bm2 = bmean.astype(np.float64), (wv @ c).astype(np.float64)
             total = n + nb
             delta = bmean - mean
             mean = mean + delta * (nb / total)
@@ -73,20 +147,21 @@ def fold_standardization(W: np.ndarray, b: np.ndarray, mean, scale):
     return W, b - W @ np.broadcast_to(mean, (W.shape[1],))
 
 
-def standardization(X, standardize: bool, rows: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and scale (float64 numpy) of ``X`` (numpy or torch), or of its rows
-    ``rows``, read 8,192 rows at a time (never a copy of the whole); (0, 1) when not
-    standardising."""
+def standardization(X, standardize: bool, rows: np.ndarray | None = None,
+                    sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale (float64 numpy) of ``X`` (numpy, torch or streamed), or of
+    its rows ``rows``, weighted by ``sample_weight`` (one per row of ``X``) when given, read
+    8,192 rows at a time (never a copy of the whole); (0, 1) when not standardising."""
     if not standardize:
         return np.zeros(X.shape[1]), np.ones(X.shape[1])
+    w = sample_weight if sample_weight is None or rows is None else sample_weight[rows]
     if isinstance(X, StreamedRows):  # read from disk, a chunk at a time
-        return blockwise_mean_scale(chunk for _, chunk in X.chunks())
+        return blockwise_mean_scale((chunk for _, chunk in X.chunks()), w)
     if rows is None:
-        return blockwise_mean_scale(X[s:s + 8192] for s in range(0, X.shape[0], 8192))
+        return blockwise_mean_scale((X[s:s + 8192] for s in range(0, X.shape[0], 8192)), w)
     if isinstance(X, torch.Tensor):
         rows = torch.as_tensor(rows, device=X.device)
-    return blockwise_mean_scale(X[rows[s:s + 8192]] for s in range(0, len(rows), 8192))
+    return blockwise_mean_scale((X[rows[s:s + 8192]] for s in range(0, len(rows), 8192)), w)
 
 
 def on_device(X: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -101,10 +176,12 @@ def on_device(X: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def principal_directions(X, mean: np.ndarray, scale: np.ndarray, rank: int,
-                         rng: np.random.RandomState, sample: int = 4096):
+                         rng: np.random.RandomState, sample: int = 4096,
+                         sample_weight: np.ndarray | None = None):
     """The top ``rank`` principal directions of the standardised rows of ``X`` (numpy or a
     torch tensor on any device), from a randomised range finder with one power iteration on
-    ``sample`` sampled rows, in float32 (plenty for a preconditioner or a projection).
+    ``sample`` sampled rows, in float32 (plenty for a preconditioner or a projection); with
+    ``sample_weight`` (one per row of ``X``), of the weighted rows.
 
     Returns ``(V, eigenvalues, mean_square)``: ``V`` (d, rank) float64 with orthonormal
     columns, the leading eigenvalues of the sample covariance (``rank + 16`` of them, largest
@@ -116,14 +193,19 @@ def principal_directions(X, mean: np.ndarray, scale: np.ndarray, rank: int,
     rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
     mu, sd = (torch.from_numpy(np.asarray(v)).float().to(dev) for v in (mean, scale))
     S = (Xt[torch.from_numpy(rows).to(dev)].float() - mu) / sd
+    total = float(len(rows))
+    if sample_weight is not None:  # rows scaled by sqrt(w): S^T S is the weighted scatter
+        w = np.asarray(sample_weight, np.float64)[rows]
+        S = S * torch.from_numpy(np.sqrt(w)).float().to(dev)[:, None]
+        total = max(float(w.sum()), 1e-300)
     omega = torch.from_numpy(rng.standard_normal((d, min(d, rank + 16)))).float().to(dev)
     Q = torch.linalg.qr(S.T @ (S @ omega)).Q
     Q = torch.linalg.qr(S.T @ (S @ Q)).Q
     B = S @ Q
-    ev, U = torch.linalg.eigh((B.T @ B).double() / len(rows))
+    ev, U = torch.linalg.eigh((B.T @ B).double() / total)
     ev, U = ev.flip(0).cpu().numpy(), U.flip(1)
     V = (Q.double() @ U[:, :rank]).cpu().numpy()
-    return V, ev, float((S * S).sum()) / (len(rows) * d)
+    return V, ev, float((S * S).sum()) / (total * d)
 
 
 class LinearPredictMixin:

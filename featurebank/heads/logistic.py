@@ -5,6 +5,9 @@ features when ``standardize=True``::
 
     mean_i CE(x_i W + b, y_i) + ||W||^2 / (2 C n)          (binary: one logit, as scikit-learn)
 
+(with sample or class weights ``w``: ``sum_i w_i CE_i / sum_i w_i + ||W||^2 / (2 C sum_i w_i)``,
+scikit-learn's weighted objective)
+
 with the same stopping rule (largest gradient component ``<= tol``, or L-BFGS-B's relative
 decrease ``ftol``), so ``C``, ``tol`` and ``max_iter`` mean what they mean there. What differs
 is how it gets there:
@@ -34,9 +37,9 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from .._io import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT,
                    resolve_device)
-from ..rows import StreamedRows, chunks, is_streamed
-from ._base import (LinearPredictMixin, ProbaMixin, affine_to_torch, blockwise_mean_scale,
-                    check_classes, fold_standardization, on_device, principal_directions,
+from ..rows import StreamedRows, is_streamed
+from ._base import (LinearPredictMixin, ProbaMixin, affine_to_torch, check_classes,
+                    fold_standardization, on_device, principal_directions, row_weights,
                     standardization)
 from ._lbfgs import lbfgs_many
 
@@ -50,10 +53,11 @@ def _one_hot(y: np.ndarray, k: int) -> np.ndarray:
     return (y[:, None] == (np.arange(k) if k > 1 else 1)).astype(np.float32)
 
 
-def _scores_grad_numpy(X, Wr, br, y, k, binary, block=256):
+def _scores_grad_numpy(X, Wr, br, y, k, binary, w=None, block=256):
     """Loss sums ``(m,)``, score gradient ``(m k, d)`` and bias gradient ``(m k,)`` of ``m``
-    problems that share the features ``X`` and the labels ``y`` (class indices), in float32
-    numpy (the CPU path). Rows of ``Wr`` and ``br`` are problem 0's ``k``, then problem 1's...
+    problems that share the features ``X`` and the labels ``y`` (class indices), each row's
+    loss weighted by ``w`` (float32, or None: all 1), in float32 numpy (the CPU path). Rows of
+    ``Wr`` and ``br`` are problem 0's ``k``, then problem 1's...
 
     ``X`` is an array, or a :class:`StreamedRows` read from disk chunk by chunk. Several
     problems make one product of ``m k`` columns instead of ``m`` products of ``k``: OpenBLAS
@@ -75,36 +79,45 @@ def _scores_grad_numpy(X, Wr, br, y, k, binary, block=256):
         # each row's loss in float32, their sum in float64: a float32 sum over a block
         # resolves the objective to ~1e-6 only, and L-BFGS then stops short of the optimum
         if binary:  # log(1 + e^z) - y z, as scikit-learn's binary model
-            loss += np.sum(np.logaddexp(0, z) - Tb * z, axis=(0, 2), dtype=np.float64)
+            rows = (np.logaddexp(0, z) - Tb * z)[..., 0]
             G = 1 / (1 + np.exp(-z)) - Tb
         else:  # log sum e^(z - max) - (z_y - max): no large terms to cancel
             z -= z.max(2, keepdims=True)
             e = np.exp(z)
             ssum = e.sum(2, keepdims=True)
-            loss += np.sum(np.log(ssum[..., 0]) - (z * Tb).sum(2), axis=0, dtype=np.float64)
+            rows = np.log(ssum[..., 0]) - (z * Tb).sum(2)
             G = e / ssum - Tb
         G = G.reshape(len(Xb), m * k)
+        if w is not None:  # weighted rows: their losses and gradients scaled alike
+            wb = w[s:s + len(Xb), None]
+            rows *= wb
+            G *= wb
+        loss += rows.sum(0, dtype=np.float64)
         gW += G.T @ Xb
         gb += G.sum(0, dtype=np.float64)
     return loss, gW, gb
 
 
-def _scores_grad_torch(X, Wr, br, y, k, binary, block=1 << 16):
+def _scores_grad_torch(X, Wr, br, y, k, binary, w=None, block=1 << 16):
     """The same in torch (the CUDA path), over row blocks of ``block``; ``X`` may be stored in
     float16, each block's products run in float32."""
     if X.dtype != torch.float32 or len(X) > block:
-        parts = [_scores_grad_torch(X[s:s + block].float(), Wr, br, y[s:s + block], k, binary)
+        parts = [_scores_grad_torch(X[s:s + block].float(), Wr, br, y[s:s + block], k, binary,
+                                    None if w is None else w[s:s + block])
                  for s in range(0, len(X), block)]
         return tuple(sum(p[i] for p in parts) for i in range(3))
     z = torch.nn.functional.linear(X, Wr, br).reshape(len(X), -1, k)
     Tb = (y[:, None] == (torch.arange(k, device=y.device) if k > 1 else 1)).float()[:, None, :]
     if binary:
-        loss = (torch.nn.functional.softplus(z) - Tb * z).sum((0, 2), dtype=torch.float64)
+        rows = (torch.nn.functional.softplus(z) - Tb * z)[..., 0]
         G = torch.sigmoid(z) - Tb
     else:
-        loss = (torch.logsumexp(z, 2) - (z * Tb).sum(2)).sum(0, dtype=torch.float64)
+        rows = torch.logsumexp(z, 2) - (z * Tb).sum(2)
         G = torch.softmax(z, 2) - Tb
     G = G.reshape(len(X), -1)
+    if w is not None:
+        rows, G = rows * w[:, None], G * w[:, None]
+    loss = rows.sum(0, dtype=torch.float64)
     return (loss.cpu().numpy(), (G.T @ X).double().cpu().numpy(),
             G.sum(0).double().cpu().numpy())
 
@@ -128,12 +141,15 @@ class _Preconditioner:
 
     @classmethod
     def from_sketch(cls, X, mean: np.ndarray, scale: np.ndarray, rank: int,
-                    rng: np.random.RandomState) -> _Preconditioner | None:
-        """From the principal directions of a row sample of standardised X."""
+                    rng: np.random.RandomState, sample_weight: np.ndarray | None = None
+                    ) -> _Preconditioner | None:
+        """From the principal directions of a row sample of standardised X (its rows
+        weighted by ``sample_weight``, as the standardisation weighs them)."""
         r = min(rank, X.shape[1] - 1)
         if r < 1:
             return None
-        V, ev, mean_square = principal_directions(X, mean, scale, r, rng, _SKETCH_ROWS)
+        V, ev, mean_square = principal_directions(X, mean, scale, r, rng, _SKETCH_ROWS,
+                                                  sample_weight)
         # never stretch a direction, and keep P well away from singular on degenerate data
         floor = max(ev[r], 1e-2 * mean_square, 1e-12)
         s = np.sqrt(floor / np.maximum(ev[:r], floor)) - 1.0
@@ -151,7 +167,9 @@ class _Problem:
     def __init__(self, X: np.ndarray, y_idx: np.ndarray, n_classes: int, *, standardize: bool,
                  fit_intercept: bool, device: torch.device, preconditioner_rank: int,
                  random_state=None, torch_kernels: bool | None = None,
-                 standardization_: tuple[np.ndarray, np.ndarray] | None = None):
+                 standardization_: tuple[np.ndarray, np.ndarray] | None = None,
+                 sample_weight: np.ndarray | None = None,
+                 loss_weight: np.ndarray | None = None):
         # torch tensors and kernels on CUDA (tests run them on CPU tensors), numpy otherwise
         self.use_torch = device.type == "cuda" if torch_kernels is None else torch_kernels
         self.streamed = isinstance(X, StreamedRows)
@@ -162,18 +180,29 @@ class _Problem:
         self.fit_intercept = fit_intercept
         self.X = on_device(X, device) if self.use_torch else X
         self.y = torch.from_numpy(y_idx).to(device) if self.use_torch else y_idx
+        # the objective's rows: sum_i w_i CE_i / sum_i w_i (scikit-learn's, w = sample times
+        # class weights), and the penalty over the same sum
+        self.w, self.w_sum = None, float(self.n)
+        if loss_weight is not None:
+            self.w_sum = float(loss_weight.sum())
+            w = loss_weight.astype(np.float32)
+            self.w = torch.from_numpy(w).to(device) if self.use_torch else w
         # statistics a caller already has (fit's shared ones) are not computed again
         self.mean, self.scale = (
             standardization_ if standardize and standardization_ is not None
-            else blockwise_mean_scale(c for _, c in chunks(X)) if self.streamed and standardize
-            else standardization(self.X, standardize))
+            and sample_weight is None
+            else standardization(X if self.streamed else self.X, standardize,
+                                 sample_weight=sample_weight))
         self.precond = None
         if preconditioner_rank > 0:
             rng = check_random_state(random_state)
-            sample = (X.take(np.sort(rng.choice(self.n, min(self.n, _SKETCH_ROWS), replace=False)))
-                      if self.streamed else self.X)  # a sample read from disk, or all rows
-            self.precond = _Preconditioner.from_sketch(sample, self.mean, self.scale,
-                                                       preconditioner_rank, rng)
+            picked = (np.sort(rng.choice(self.n, min(self.n, _SKETCH_ROWS), replace=False))
+                      if self.streamed else None)
+            sample = X.take(picked) if self.streamed else self.X  # read from disk, or all rows
+            self.precond = _Preconditioner.from_sketch(
+                sample, self.mean, self.scale, preconditioner_rank, rng,
+                None if sample_weight is None
+                else sample_weight[picked] if self.streamed else sample_weight)
 
     def raw(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Parameters (standardised space) to raw-feature-space ``coef`` (k, d), ``intercept``."""
@@ -189,7 +218,7 @@ class _Problem:
                        ) -> list[tuple[float, np.ndarray]]:
         """Objective and gradient of several parameter vectors (each with its C), from one
         pass over the data."""
-        k, d, n = self.k, self.d, self.n
+        k, d, n = self.k, self.d, self.w_sum
         raws = [self.raw(theta) for theta in thetas]
         Wr = np.concatenate([w for w, _ in raws])
         br = np.concatenate([b for _, b in raws])
@@ -197,10 +226,11 @@ class _Problem:
             dev = self.X.device
             loss, gWr, gbr = _scores_grad_torch(self.X, torch.from_numpy(Wr).float().to(dev),
                                                 torch.from_numpy(br).float().to(dev), self.y,
-                                                k, k == 1)
+                                                k, k == 1, self.w)
         else:
             loss, gWr, gbr = _scores_grad_numpy(self.X, Wr.astype(np.float32),
-                                                br.astype(np.float32), self.y, k, k == 1)
+                                                br.astype(np.float32), self.y, k, k == 1,
+                                                self.w)
         out = []
         for i, (theta, C) in enumerate(zip(thetas, Cs)):
             W = theta[: k * d].reshape(k, d)
@@ -248,7 +278,12 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
 
     Same objective and meaning of ``C`` as scikit-learn's
     ``make_pipeline(StandardScaler(), LogisticRegression(C=C))`` (or of a bare
-    ``LogisticRegression`` with ``standardize=False``), fitted with the same L-BFGS-B.
+    ``LogisticRegression`` with ``standardize=False``), fitted with the same L-BFGS-B. With
+    weights, the objective is scikit-learn's weighted one,
+    ``sum_i w_i CE_i / sum_i w_i + ||W||^2 / (2 C sum_i w_i)`` with ``w`` the sample weights
+    times the class weights, and the standardisation weighs rows by ``sample_weight`` alone:
+    the pipeline above fitted with ``sample_weight`` given to both steps and ``class_weight``
+    to the ``LogisticRegression``.
 
     Parameters
     ----------
@@ -264,6 +299,10 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
         Stop when the largest gradient component is below ``tol``.
     warm_start : bool, default=False
         Start from the previous solution (same data), as in scikit-learn.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the loss, as in scikit-learn: ``"balanced"`` weighs each
+        class by ``n_samples / (n_classes * class count)`` (counts weighted by
+        ``sample_weight``); a dict maps class labels to weights (others 1).
     preconditioner_rank : int, default=128
         Number of top principal directions of the standardised features that L-BFGS sees
         shrunk to the level of the rest (estimated from a random sketch of at most 4,096
@@ -288,13 +327,15 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
 
     def __init__(self, C: float = 1.0, *, standardize: bool = True, fit_intercept: bool = True,
                  max_iter: int = 100, tol: float = 1e-4, warm_start: bool = False,
-                 preconditioner_rank: int = 128, random_state=0, device: str = "auto"):
+                 class_weight=None, preconditioner_rank: int = 128, random_state=0,
+                 device: str = "auto"):
         self.C = C
         self.standardize = standardize
         self.fit_intercept = fit_intercept
         self.max_iter = max_iter
         self.tol = tol
         self.warm_start = warm_start
+        self.class_weight = class_weight
         self.preconditioner_rank = preconditioner_rank
         self.random_state = random_state
         self.device = device
@@ -305,7 +346,8 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
         NON_NEGATIVE_FLOAT.check("tol", self.tol)
         NON_NEGATIVE_INT.check("preconditioner_rank", self.preconditioner_rank)
 
-    def _prepare(self, X, y, standardization_=None) -> tuple[_Problem, np.ndarray]:
+    def _prepare(self, X, y, standardization_=None, sample_weight=None
+                 ) -> tuple[_Problem, np.ndarray]:
         self._check_params()
         if is_streamed(X):  # larger than memory: streamed
             X = X if isinstance(X, StreamedRows) else StreamedRows(X)
@@ -316,20 +358,25 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
         else:
             X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], order="C")
         classes, y_idx = check_classes(y, type(self).__name__)
+        sample_weight, loss_weight = row_weights(sample_weight, self.class_weight, classes, y_idx)
         problem = _Problem(X, y_idx, len(classes), standardize=self.standardize,
                            fit_intercept=self.fit_intercept, device=resolve_device(self.device),
                            preconditioner_rank=self.preconditioner_rank,
-                           random_state=self.random_state, standardization_=standardization_)
+                           random_state=self.random_state, standardization_=standardization_,
+                           sample_weight=sample_weight, loss_weight=loss_weight)
         return problem, classes
 
-    def fit(self, X, y) -> LogisticHead:
+    def fit(self, X, y, sample_weight=None) -> LogisticHead:
         """Fit on features ``X`` (n_samples, n_features) and labels ``y``.
 
         ``X`` may also be an HDF5 dataset (``bank.features("train", "fc7")``): it is then read
         in chunks on every pass, never whole, float16 on disk and float32 in each chunk's
         products (banks larger than memory; the same optimum, one disk read per pass).
+
+        ``sample_weight`` (n_samples,) weighs each row's loss and its part in the
+        standardisation, as scikit-learn's does: a weight of 2 is the row twice.
         """
-        problem, classes = self._prepare(X, y)
+        problem, classes = self._prepare(X, y, sample_weight=sample_weight)
         theta0 = problem.zeros()
         if self.warm_start and getattr(self, "_theta", np.empty(0)).shape == theta0.shape:
             theta0 = self._theta
@@ -372,7 +419,8 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
         return tags
 
 
-def logistic_path(X, y, Cs, *, standardization_=None, **params) -> list[LogisticHead]:
+def logistic_path(X, y, Cs, *, sample_weight=None, standardization_=None,
+                  **params) -> list[LogisticHead]:
     """Fit one :class:`LogisticHead` per ``C``, all in the same passes over the data.
 
     The data are validated, moved to the device, standardised and preconditioned once for the
@@ -387,8 +435,11 @@ def logistic_path(X, y, Cs, *, standardization_=None, **params) -> list[Logistic
     X : array-like of shape (n_samples, n_features)
     y : array-like of shape (n_samples,)
     Cs : sequence of float
+    sample_weight : array-like of shape (n_samples,), optional
+        As in :meth:`LogisticHead.fit`.
     standardization_ : tuple of ndarray, optional
-        The features' ``(mean, scale)`` when the caller has them already.
+        The features' ``(mean, scale)`` when the caller has them already (unweighted: ignored
+        with ``sample_weight``).
     **params
         Other :class:`LogisticHead` parameters.
 
@@ -400,7 +451,7 @@ def logistic_path(X, y, Cs, *, standardization_=None, **params) -> list[Logistic
     if not Cs:
         raise ValueError("Cs must hold at least one value of C.")
     template = LogisticHead(**params)
-    problem, classes = template._prepare(X, y, standardization_)
+    problem, classes = template._prepare(X, y, standardization_, sample_weight)
     unique = sorted(set(Cs))
     solved = problem.solve_many(unique, [problem.zeros()] * len(unique), template.max_iter,
                                 template.tol)

@@ -40,9 +40,11 @@ from ._base import (
     affine_to_torch,
     blockwise_mean_scale,
     check_classes,
+    check_sample_weight,
     fold_standardization,
     on_device,
     principal_directions,
+    row_weights,
     standardization,
 )
 
@@ -83,11 +85,11 @@ class _MemoryRows:
     def take(self, idx: np.ndarray) -> torch.Tensor:
         return self.X[torch.as_tensor(idx, device=self.X.device)].float()
 
-    def standardization(self, train: np.ndarray, standardize: bool):
+    def standardization(self, train: np.ndarray, standardize: bool, sample_weight=None):
         # the training rows only; on the CPU as numpy arrays, which the shared helper reduces
         # with BLAS (faster than torch there)
         X = self.X.numpy() if self.X.device.type == "cpu" else self.X
-        mean, scale = standardization(X, standardize, rows=train)
+        mean, scale = standardization(X, standardize, rows=train, sample_weight=sample_weight)
         return (torch.from_numpy(mean).float().to(self.X.device),
                 torch.from_numpy(scale).float().to(self.X.device))
 
@@ -122,15 +124,16 @@ class _StreamedRows:
                 out[sel] = self._read(s, s + self.block)[idx[sel] - s]
         return torch.from_numpy(out).to(self.device)
 
-    def standardization(self, train: np.ndarray, standardize: bool):
+    def standardization(self, train: np.ndarray, standardize: bool, sample_weight=None):
         d = self.ds.shape[1]
         if not standardize:
             return torch.zeros(d, device=self.device), torch.ones(d, device=self.device)
         mask = np.zeros(self.ds.shape[0], bool)
         mask[train] = True
         mean, scale = blockwise_mean_scale(
-            self._read(s, s + self.block)[mask[s:s + self.block]]
-            for s in range(0, self.ds.shape[0], self.block))
+            (self._read(s, s + self.block)[mask[s:s + self.block]]
+             for s in range(0, self.ds.shape[0], self.block)),
+            None if sample_weight is None else sample_weight[mask])
         return (torch.from_numpy(mean).float().to(self.device),
                 torch.from_numpy(scale).float().to(self.device))
 
@@ -167,6 +170,9 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
     batch_size : int, default=256
     max_iter : int, default=100
         Maximum number of epochs.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the cross-entropy, with scikit-learn's meanings (see
+        :class:`LogisticHead`).
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the training rows (stratified), stop when their loss
         has not improved by ``tol`` for ``n_iter_no_change`` epochs, and restore the best
@@ -207,7 +213,8 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
 
     def __init__(self, hidden_layer_sizes=(512,), *, activation: str = "relu",
                  dropout: float = 0.0, weight_decay: float = 1e-4, learning_rate: float = 1e-3,
-                 batch_size: int = 256, max_iter: int = 100, early_stopping: bool = True,
+                 batch_size: int = 256, max_iter: int = 100, class_weight=None,
+                 early_stopping: bool = True,
                  validation_fraction: float = 0.1, n_iter_no_change: int = 5, tol: float = 1e-4,
                  standardize: bool = True, n_components: int | None = None, random_state=None,
                  device: str = "auto"):
@@ -218,6 +225,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.batch_size = batch_size
         self.max_iter = max_iter
+        self.class_weight = class_weight
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -253,39 +261,48 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         layers.append(nn.Linear(d, k))
         return nn.Sequential(*layers)
 
-    def fit(self, X, y) -> MLPHead:
+    def fit(self, X, y, sample_weight=None) -> MLPHead:
         """Fit on features ``X`` (n_samples, n_features) and labels ``y``.
 
         ``X`` may also be an HDF5 dataset, e.g. ``bank.features("train", "fc7")``: it is then
         streamed in blocks of rows and never loaded whole (banks larger than memory). Each
         epoch visits the blocks in a random order and shuffles the rows within each block.
-        """
-        return self._fit(X, y)
 
-    def _fit(self, X, y, projection=None) -> MLPHead:
+        ``sample_weight`` (n_samples,) weighs each row's cross-entropy (times its class
+        weight), in training and in the early-stopping loss, and its part in the
+        standardisation and the principal directions. Each mini-batch's loss is
+        ``sum_b w_i CE_i / (|b| mean_train(w))``: an unbiased estimate of the weighted mean.
+        """
+        return self._fit(X, y, sample_weight=sample_weight)
+
+    def _fit(self, X, y, projection=None, sample_weight=None) -> MLPHead:
         """``fit``, optionally with the ``(mean, scale, components)`` of :meth:`_projection`
-        computed already (a grid shares one)."""
+        computed already (a grid shares one; computed without ``sample_weight``)."""
         sizes = self._check_params()
         dev = resolve_device(self.device)
-        rows, y, projection = self._rows(X, y, dev, projection)
+        sw = check_sample_weight(sample_weight, len(X)) if hasattr(X, "__len__") else None
+        rows, y, projection = self._rows(X, y, dev, projection, sw)
         classes, y_idx = check_classes(y, type(self).__name__)
+        sw, loss_w = row_weights(sw, self.class_weight, classes, y_idx)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         train, val = self._holdout(y_idx, len(classes), seed)
         k = 1 if len(classes) == 2 else len(classes)
         yt = torch.as_tensor(y_idx).to(dev)
-        mean, scale = rows.standardization(train, self.standardize)
+        wt = (None if loss_w is None  # scaled to mean 1 over the training rows
+              else torch.as_tensor(loss_w / max(loss_w[train].mean(), 1e-300)).float().to(dev))
+        mean, scale = rows.standardization(train, self.standardize, sw)
         devices = [dev] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # seeded init and dropout, no global leak
             torch.manual_seed(seed)
             net = self._network(rows.n_features, sizes, k).to(dev)
-            self._train(net, rows, yt, train, val, mean, scale, k, seed)
+            self._train(net, rows, (yt, wt), train, val, mean, scale, k, seed)
         self._export(net, mean, scale)
         if projection is not None:
             self._unproject(*projection)
         self.classes_ = classes
         return self
 
-    def _rows(self, X, y, dev: torch.device, projection):
+    def _rows(self, X, y, dev: torch.device, projection, sample_weight=None):
         """The training rows as the network sees them: streamed from HDF5, in memory, or
         projected onto principal directions (in memory: they are small); and the projection
         ``(mean, scale, components)``, or None."""
@@ -305,24 +322,26 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
             X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
             if self.n_components is None:
                 return _MemoryRows(X, dev), y, None
-        projection = projection or self._projection(X)
+        projection = projection or self._projection(X, sample_weight=sample_weight)
         return _MemoryRows(_project(X, *projection), dev), y, projection
 
-    def _projection(self, X, standardization_=None) -> tuple[np.ndarray, np.ndarray,
-                                                              np.ndarray]:
-        """``(mean, scale, components)``: the standardisation of ``X`` (given, or computed)
-        and its top ``n_components`` principal directions."""
+    def _projection(self, X, standardization_=None, sample_weight=None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(mean, scale, components)``: the standardisation of ``X`` (given, or computed;
+        weighted by ``sample_weight``) and its top ``n_components`` principal directions."""
         blocks = (chunk for _, chunk in chunks(X))
         if not self.standardize:
             mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
         else:
-            mean, scale = standardization_ or blockwise_mean_scale(blocks)
+            mean, scale = standardization_ or blockwise_mean_scale(blocks, sample_weight)
         rank = min(self.n_components, X.shape[1])
         rng = check_random_state(self.random_state)
+        sw = sample_weight
         if not isinstance(X, np.ndarray):  # on disk: read the sketch's sample rows only
             picked = np.sort(rng.choice(X.shape[0], min(X.shape[0], 4096), replace=False))
             X = X.take(picked) if isinstance(X, StreamedRows) else as_float32(X[picked])
-        V, ev, _ = principal_directions(X, mean, scale, rank, rng)
+            sw = None if sw is None else sw[picked]
+        V, ev, _ = principal_directions(X, mean, scale, rank, rng, sample_weight=sw)
         # directions the sample cannot tell from noise (fewer rows than components, dead
         # features) would be standardised up to unit variance: drop them
         keep = max(1, int((ev[:V.shape[1]] > 1e-6 * ev[0]).sum()))
@@ -348,28 +367,37 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         return np.sort(train), np.sort(val)
 
     @staticmethod
-    def _loss(net, x, y, mean, scale, k) -> torch.Tensor:
+    def _loss(net, x, y, mean, scale, k, w=None) -> torch.Tensor:
+        """Mean cross-entropy of the batch, each row's times ``w`` when given."""
         logits = net((x - mean) / scale)
+        reduction = "mean" if w is None else "none"
         if k == 1:
-            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y.float())
-        return nn.functional.cross_entropy(logits, y)
+            rows = nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y.float(),
+                                                                 reduction=reduction)
+        else:
+            rows = nn.functional.cross_entropy(logits, y, reduction=reduction)
+        return rows if w is None else (rows * w).mean()
 
     @torch.no_grad()
-    def _eval_loss(self, net, x, y, mean, scale, k) -> float:
+    def _eval_loss(self, net, x, y, w, mean, scale, k) -> float:
+        """The (weighted) mean loss of held-out rows."""
         net.eval()
         total = 0.0
         for s in range(0, len(y), 8192):
-            total += float(self._loss(net, x[s:s + 8192], y[s:s + 8192], mean, scale, k)) * len(
-                y[s:s + 8192])
+            part = None if w is None else w[s:s + 8192]
+            total += float(self._loss(net, x[s:s + 8192], y[s:s + 8192], mean, scale, k,
+                                      part)) * len(y[s:s + 8192])
         net.train()
-        return total / len(y)
+        return total / (len(y) if w is None else max(float(w.sum()), 1e-300))
 
-    def _train(self, net, rows, yt, train, val, mean, scale, k, seed) -> None:
+    def _train(self, net, rows, targets, train, val, mean, scale, k, seed) -> None:
+        yt, wt = targets
         opt = torch.optim.AdamW(net.parameters(), lr=self.learning_rate,
                                 weight_decay=self.weight_decay)
         gen = torch.Generator().manual_seed(seed)
         if val is not None:
-            x_val, y_val = rows.take(val), yt[torch.as_tensor(val, device=yt.device)]
+            at = torch.as_tensor(val, device=yt.device)
+            x_val, y_val, w_val = rows.take(val), yt[at], None if wt is None else wt[at]
         best, best_state, stale = np.inf, None, 0
         self.loss_curve_, self.validation_loss_curve_ = [], []
         net.train()
@@ -377,14 +405,15 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         for epoch in range(1, self.max_iter + 1):
             total = torch.zeros((), device=yt.device)  # summed on the device: no sync per step
             for x, idx in rows.epoch(train, self.batch_size, gen):
-                loss = self._loss(net, x, yt[idx], mean, scale, k)
+                loss = self._loss(net, x, yt[idx], mean, scale, k,
+                                  None if wt is None else wt[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 total += loss.detach() * len(idx)
             self.loss_curve_.append(float(total) / len(train))
             if val is not None:
-                watched = self._eval_loss(net, x_val, y_val, mean, scale, k)
+                watched = self._eval_loss(net, x_val, y_val, w_val, mean, scale, k)
                 self.validation_loss_curve_.append(watched)
             else:
                 watched = self.loss_curve_[-1]
