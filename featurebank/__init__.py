@@ -34,7 +34,7 @@ _EXPORTS = {
     "Trainer": "finetuning", "finetune": "finetuning",
     "fit_heads": "fit",
     "LogisticHead": "heads", "MLPHead": "heads", "load_head": "heads", "save_head": "heads",
-    "to_torch": "heads",
+    "TemperatureScaledClassifier": "heads", "to_torch": "heads",
     "BackboneTransformer": "transformer",
     "Predictor": "predictor", "load_model": "predictor", "build_report": "report",
     "RunResult": "pipeline", "run": "pipeline",
@@ -48,7 +48,7 @@ __all__ = [
     "BankLockedError", "Callback", "DataError", "FeatureBank", "FeatureBankError",
     "FinetuneConfig", "FinetuneError", "GraftedNetwork", "HeadError", "ImageSource",
     "LogisticHead", "MLPHead", "ParameterError", "Predictor", "Preprocessing", "RunResult",
-    "TapNetwork",
+    "TapNetwork", "TemperatureScaledClassifier",
     "Trainer", "WeightsId",
     "build_report", "extract", "finetune", "fit_heads", "from_arrays", "get_backbone", "list_backbones",
     "list_datasets", "list_taps", "load_head", "load_model", "open_source", "reopen_source", "run",
@@ -81,7 +81,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .exceptions import (BackboneError, BankError, BankLockedError, DataError,
                              FeatureBankError, FinetuneError, HeadError, ParameterError)
     from .fit import fit_heads
-    from .heads import LogisticHead, MLPHead, load_head, save_head, to_torch
+    from .heads import (LogisticHead, MLPHead, TemperatureScaledClassifier, load_head,
+                        save_head, to_torch)
     from .pipeline import RunResult, run
     from .predictor import Predictor, load_model
     from .records import BankSpec, DatasetInfo, TapLayer, TapSelection

@@ -57,6 +57,7 @@ class ModelCard:
     classes: tuple[str, ...]
     source: str
     model_sha256: str | None = None  # the trained model's content (artefacts.model_sha256)
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature)
 
     def to_json(self) -> dict[str, Any]:
         spec, size = self.spec, self.spec.image_size
@@ -64,7 +65,9 @@ class ModelCard:
             "input": {"name": "images", "dtype": "float32", "shape": ["batch", 3, size, size],
                       "layout": "NCHW, RGB"},
             "output": {"name": "logits", "shape": ["batch", len(self.classes)],
-                       "softmax": "probabilities in 'classes' order"},
+                       "softmax": "softmax(logits / temperature): probabilities in 'classes' "
+                                  "order",
+                       "temperature": self.temperature},
             "preprocessing": {
                 "steps": ["decode to RGB uint8", _resize_step(spec),
                           "x = pixels / 255", "x = (x - mean) / std per channel"],

@@ -178,6 +178,12 @@ class BestModel:
         The head's layers (``describe_head``); None in folders of early featurebanks.
     weights_sha256 : str or None
         SHA-256 of ``best_model.pt``, verified by :func:`load_best_weights`.
+    temperature : float
+        What the logits are divided by before the softmax (``finetune --calibrate``; 1.0
+        without it).
+    calibration : dict or None
+        With ``--calibrate``: the temperature's effect, the log loss and the reliability
+        (expected calibration error, 15 bins) before and after, on validation and test.
     """
 
     folder: Path
@@ -191,6 +197,8 @@ class BestModel:
     best_epoch: int
     head_module: dict[str, Any] | None = None
     weights_sha256: str | None = None
+    temperature: float = 1.0
+    calibration: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
 

@@ -115,6 +115,13 @@ def _fit_parser(f: argparse.ArgumentParser) -> None:
                    choices=["accuracy", "balanced_accuracy", "f1_macro", "log_loss"],
                    help="what selects each head's setting and ranks the heads on the validation "
                         "split; all four are recorded (default: accuracy)")
+    f.add_argument("--class-weight", default="none", choices=["none", "balanced"],
+                   help="class weights in every head's loss that takes them (all but knn): "
+                        "balanced weighs each class by n / (n_classes * its count), as "
+                        "scikit-learn's class_weight='balanced' (default: none)")
+    f.add_argument("--calibrate", action="store_true",
+                   help="fit a temperature to each chosen head on the validation split (by log "
+                        "loss): calibrated probabilities, unchanged predictions")
     f.add_argument("--refit", action="store_true",
                    help="refit each chosen setting on train + validation rows (off by default: "
                         "finetune needs the validation split unseen, and refuses such heads)")
@@ -318,7 +325,8 @@ def _run_fit(args: argparse.Namespace) -> None:
         print(f"fitting {', '.join(args.heads)} on {args.bank} ...", flush=True)
     board = fit_heads(args.bank, tap=args.tap, heads=args.heads, val_fraction=args.val_fraction,
                       out=args.out, random_state=args.seed, metric=args.metric,
-                      device=args.device,
+                      class_weight=None if args.class_weight == "none" else args.class_weight,
+                      calibrate=args.calibrate, device=args.device,
                       refit=args.refit, overwrite=args.overwrite, stream=args.stream,
                       progress=not args.quiet)
     print(f"\n{'taps' if len(board['taps']) > 1 else 'tap'} {', '.join(board['taps'])}: "

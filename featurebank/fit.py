@@ -30,7 +30,9 @@ from ._io import (FRACTION, POSITIVE_INT, atomic_write, check_choice, progress_b
 from .artefacts import (LEADERBOARD_CSV, LEADERBOARD_JSON, SPLIT, Leaderboard, head_file,
                         read_leaderboard)
 from .bank import FeatureBank
-from .exceptions import BankError, FeatureBankError
+from .exceptions import BankError, FeatureBankError, ParameterError
+from .heads import class_probabilities
+from .heads.calibration import TemperatureScaledClassifier, calibration_record, head_logits
 from .heads.persist import save_head
 from .heads.registry import check_head_names, get_head_spec
 from .records import TapSelection, tap_selections
@@ -78,7 +80,16 @@ def _merit(scores: dict[str, float], metric: str) -> float:
     return -scores[metric] if metric == "log_loss" else scores[metric]
 
 
-def _sweep(name: str, data: dict[str, Any], *, metric, device, random_state, bar):
+def _build_kwargs(name: str, *, device, random_state, class_weight) -> dict[str, Any]:
+    """What every setting of a head is built with: the device, the seed, and the class
+    weights where the head takes them."""
+    kw = {"device": device, "random_state": random_state}
+    if class_weight is not None and get_head_spec(name).class_weights:
+        kw["class_weight"] = class_weight
+    return kw
+
+
+def _sweep(name: str, data: dict[str, Any], *, metric, build, bar):
     """Fit every setting of the head's grid; return (best estimator, params, its validation
     scores, seconds), the whole sweep's seconds, each setting's validation value of
     ``metric``, and the settings tied with the best on it."""
@@ -87,7 +98,7 @@ def _sweep(name: str, data: dict[str, Any], *, metric, device, random_state, bar
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported per setting instead
         fitted = get_head_spec(name).fit_grid(data["X_train"], data["y_train"],
                                               on_fit=bar.update, shared=data["shared"],
-                                              device=device, random_state=random_state)
+                                              **build)
     tried = [(est, params, scores(est, Xva, yva), secs) for est, params, secs in fitted]
     best = max(tried, key=lambda r: _merit(r[2], metric))  # the first of the best
     ties = [_short(p) for _, p, v, _ in tried
@@ -96,9 +107,9 @@ def _sweep(name: str, data: dict[str, Any], *, metric, device, random_state, bar
             ties)
 
 
-def _refit(name: str, params: dict[str, Any], X, y, *, device, random_state):
+def _refit(name: str, params: dict[str, Any], X, y, *, build):
     """The chosen setting fitted again on the train and validation rows together."""
-    est = get_head_spec(name).build(**params, device=device, random_state=random_state)
+    est = get_head_spec(name).build(**params, **build)
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -120,8 +131,12 @@ def _same_fit(board: Leaderboard, bank: FeatureBank, taps: list[str], heads: lis
     """Whether an earlier fit's leaderboard is what these arguments would make."""
     return (board.bank_fingerprint == bank.fingerprint and board.taps == taps
             and sorted({r["head"] for r in board.rows}) == sorted(heads)
-            and all(board.extra.get(k) == v for k, v in settings.items())
+            and all(board.extra.get(k, _BEFORE.get(k)) == v for k, v in settings.items())
             and all((board.folder / f).is_file() for f in board.files()))
+
+
+# what a leaderboard of an earlier version that lacks a setting was fitted with
+_BEFORE = {"metric": "accuracy", "class_weight": None, "calibrate": False}
 
 
 def _check_out(out: Path | None, overwrite: bool, same: Any) -> tuple[list[str], Any]:
@@ -146,22 +161,63 @@ def _check_out(out: Path | None, overwrite: bool, same: Any) -> tuple[list[str],
     return board.files(), None
 
 
-def _selection_notes(y_val: np.ndarray, classes: list[str]) -> list[str]:
+def _selection_notes(y_val: np.ndarray, classes: list[str], metric: str) -> list[str]:
+    """Why the validation split may not tell settings apart on ``metric``: a class with
+    fewer than 20 rows there. Balanced accuracy and macro F1 weigh every class equally, so
+    each of a small class's rows moves them by about ``1 / (n_classes n_c)``: the classes
+    under 20 are named with that step."""
     counts = np.bincount(y_val, minlength=len(classes))
     present = counts[counts > 0]
     if present.min() >= MIN_VAL_PER_CLASS:
         return []
+    fix = "raise val_fraction (--val-fraction) or use more data."
+    if metric in ("balanced_accuracy", "f1_macro"):
+        small = [(classes[c], int(counts[c])) for c in np.argsort(counts, kind="stable")
+                 if 0 < counts[c] < MIN_VAL_PER_CLASS]
+        named = ", ".join(f"{name!r} {n} (step {1 / (len(present) * n):.3f})"
+                          for name, n in small[:5]) + (" ..." if len(small) > 5 else "")
+        return [f"{metric.replace('_', ' ')} weighs every class equally, and {len(small)} "
+                f"classes have fewer than {MIN_VAL_PER_CLASS} validation rows ({named}: what "
+                f"one of their rows moves the metric by): those rows decide which setting and "
+                f"head win; {fix}"]
     small = int(np.flatnonzero(counts == present.min())[0])
     return [f"the validation split has {len(y_val)} rows, {present.min()} of class "
             f"{classes[small]!r} (fewer than {MIN_VAL_PER_CLASS} per class): a few rows decide "
-            f"which setting and head win; raise val_fraction (--val-fraction) or use more "
-            f"data."]
+            f"which setting and head win; {fix}"]
+
+
+def _weight_notes(heads: list[str], class_weight) -> list[str]:
+    unweighted = [h for h in heads if not get_head_spec(h).class_weights]
+    if class_weight is None or not unweighted:
+        return []
+    return [f"{', '.join(unweighted)} take no class weights: fitted unweighted (their rows' "
+            f"class_weight is null)."]
+
+
+def _class_weight(class_weight, classes: list[str]):
+    """``class_weight`` for the heads: None, "balanced", or a dict from class index to weight
+    (given by the bank's class names or indices)."""
+    if class_weight is None or class_weight == "balanced":
+        return class_weight
+    if not isinstance(class_weight, dict):
+        raise ParameterError(f"class_weight must be None, 'balanced' or a dict of class "
+                             f"weights; got {class_weight!r}.")
+    index = {name: i for i, name in enumerate(classes)}
+    out = {}
+    for key, weight in class_weight.items():
+        i = index.get(key, key if isinstance(key, (int, np.integer)) else None)
+        if i is None or not 0 <= int(i) < len(classes):
+            raise ParameterError(f"class_weight names class {key!r}, which the bank lacks "
+                                 f"(classes {classes[:10]}{' ...' if len(classes) > 10 else ''}).")
+        out[int(i)] = float(weight)
+    return out
 
 
 def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | None = None,
               heads: list[str] | tuple[str, ...] = ("logreg", "mlp"), val_fraction: float = 0.1,
               out: str | os.PathLike | None = "runs", random_state: int = 0,
-              metric: str = "accuracy", device: str = "auto", refit: bool = False,
+              metric: str = "accuracy", class_weight=None, calibrate: bool = False,
+              device: str = "auto", refit: bool = False,
               overwrite: bool = False, stream: bool | None = None,
               chunk_rows: int | None = None, progress: bool = True,
               verbose: bool | None = None) -> dict[str, Any]:
@@ -187,6 +243,16 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
         What selects each head's setting and ranks the heads, on the validation split (every
         one of them is computed and recorded, on validation and test). Balanced accuracy or
         macro F1 for imbalanced label sets; log loss for heads whose probabilities matter.
+    class_weight : None, "balanced" or dict, default=None
+        Class weights in every head's loss that takes them (all but ``knn``), with
+        scikit-learn's meanings; a dict maps the bank's class names (or indices) to weights.
+        ``"balanced"`` for imbalanced label sets, usually with a ``metric`` that weighs the
+        classes equally too.
+    calibrate : bool, default=False
+        Fit a temperature to each head's chosen setting on the validation split (by log
+        loss): the saved head's probabilities are calibrated, its predictions unchanged. The
+        leaderboard records the temperature and, on validation and test, the log loss and
+        expected calibration error before and after.
     refit : bool, default=False
         Fit each head's chosen setting again on the train and validation rows together. Off
         by default: a fine-tune validates (and stops early) on that split, which must then be
@@ -215,9 +281,14 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
                       "functions do.", DeprecationWarning, stacklevel=2)
         progress = verbose
     bank, taps, heads, stream = _arguments(bank, tap, heads, metric, stream, chunk_rows)
+    class_weight = _class_weight(class_weight, bank.classes)
+    if calibrate and refit:
+        raise ParameterError("calibrate=True (--calibrate) fits the temperature on the "
+                             "validation split, which refit=True (--refit) trains on; pass "
+                             "one of them.")
     out = Path(out) if out is not None else None
     settings = dict(val_fraction=val_fraction, random_state=random_state, refit=refit,
-                    metric=metric)
+                    metric=metric, class_weight=_as_json(class_weight), calibrate=calibrate)
     old_files, done = _check_out(out, overwrite,
                                  lambda b: _same_fit(b, bank, taps, heads, settings))
     if done is not None:
@@ -228,10 +299,9 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     rows, (train, val, y_val, sizes) = _fit_taps(
         bank, taps, heads, out, metric=metric, val_fraction=val_fraction,
         random_state=random_state, device=device, refit=refit, stream=stream,
-        progress=progress)
-    board = _board(bank, rows, taps, _selection_notes(y_val, bank.classes),
-                   val_fraction=val_fraction, random_state=random_state, refit=refit,
-                   metric=metric, **sizes)
+        progress=progress, class_weight=class_weight, calibrate=calibrate)
+    notes = _selection_notes(y_val, bank.classes, metric) + _weight_notes(heads, class_weight)
+    board = _board(bank, rows, taps, notes, **settings, **sizes)
     if out is not None:
         _write(out, board, train, val, old_files)
     for note in board["notes"]:  # what the selection rests on: said even without progress
@@ -253,7 +323,8 @@ def _arguments(bank, tap, heads, metric: str, stream: bool | None, chunk_rows: i
 
 
 def _fit_taps(bank: FeatureBank, taps: list[str], heads: list[str], out: Path | None, *,
-              metric, val_fraction, random_state, device, refit, stream, progress):
+              metric, val_fraction, random_state, device, refit, stream, progress,
+              class_weight, calibrate):
     """Every head on every tap, each saved as it finishes: the leaderboard's rows, and the
     split (train and validation rows, the validation labels, the split sizes)."""
     rows = []
@@ -271,7 +342,8 @@ def _fit_taps(bank: FeatureBank, taps: list[str], heads: list[str], out: Path | 
             for name in heads:
                 bar.set_description(f"fit {name} on {t}")
                 row, est = _fit_head(name, t, data, metric=metric, device=device,
-                                     random_state=random_state, bar=bar, refit=refit)
+                                     random_state=random_state, bar=bar, refit=refit,
+                                     class_weight=class_weight, calibrate=calibrate)
                 rows.append(row)
                 if out is not None:
                     _save(row, est, out, bank=bank, val=val, several_taps=len(taps) > 1)
@@ -290,21 +362,50 @@ def _check_streamable(heads: list[str]) -> None:
             f"stream=False on a machine with more memory.")
 
 
-def _fit_head(name, tap, data: dict[str, Any], *, metric, device, random_state, bar, refit):
-    """One head on one tap: its sweep, the chosen setting (refitted when asked), its row."""
-    (est, params, val, fit_s), sweep_s, tried, ties = _sweep(
-        name, data, metric=metric, device=device, random_state=random_state, bar=bar)
+def _fit_head(name, tap, data: dict[str, Any], *, metric, device, random_state, bar, refit,
+              class_weight, calibrate):
+    """One head on one tap: its sweep, the chosen setting (refitted or calibrated when
+    asked), its row."""
+    build = _build_kwargs(name, device=device, random_state=random_state,
+                          class_weight=class_weight)
+    (est, params, val, fit_s), sweep_s, tried, ties = _sweep(name, data, metric=metric,
+                                                             build=build, bar=bar)
     if refit:  # the train and validation rows are all the rows
-        est, fit_s = _refit(name, params, data["X"], data["y"], device=device,
-                            random_state=random_state)
+        est, fit_s = _refit(name, params, data["X"], data["y"], build=build)
+    calibration = None
+    if calibrate:  # one temperature on the validation split; the argmax does not move
+        est, calibration = _calibrate(est, data)
+        val = scores(est, data["X_val"], data["y_val"])
     test = scores(est, *data["test"]) if data["test"] is not None else None
     row = {"head": name, "tap": tap, "params": _short(params), "val_accuracy": val["accuracy"],
            "n_val": int(len(data["y_val"])),
            "test_accuracy": test["accuracy"] if test is not None else None,
            "metric": metric, "val_scores": val, "test_scores": test,
            "fit_seconds": fit_s, "sweep_seconds": sweep_s, "tried": tried, "tied_with": ties,
-           "refit": refit, "graftable": get_head_spec(name).graftable}
+           "refit": refit, "graftable": get_head_spec(name).graftable,
+           "class_weight": _as_json(build.get("class_weight")),
+           "temperature": calibration["temperature"] if calibration else None,
+           "calibration": calibration}
     return row, est
+
+
+def _calibrate(est, data: dict[str, Any]):
+    """The head with a temperature fitted on the validation split, and the record of what it
+    does (:func:`~featurebank.heads.calibration.calibration_record`)."""
+    calibrated = TemperatureScaledClassifier(est).fit(data["X_val"], data["y_val"])
+    splits = {"val": (data["X_val"], data["y_val"]), "test": data["test"]}
+    record = calibration_record(
+        {split: (head_logits(est, X), np.searchsorted(calibrated.classes_, y))
+         for split, (X, y) in ((k, v) for k, v in splits.items() if v is not None)},
+        calibrated.temperature_)
+    return calibrated, record
+
+
+def _as_json(class_weight) -> Any:
+    """A class-weight rule as leaderboards record it: None, "balanced", or {class: weight}."""
+    if isinstance(class_weight, dict):
+        return {str(k): float(v) for k, v in class_weight.items()}
+    return class_weight
 
 
 def _board(bank: FeatureBank, rows: list[dict[str, Any]], taps: list[str], notes: list[str],
@@ -347,9 +448,7 @@ def scores(est, X, y: np.ndarray) -> dict[str, float]:
     """Every selection metric of ``est`` on features in memory or streamed, chunk by chunk:
     accuracy, balanced accuracy, macro F1 (from ``predict``) and log loss (from the class
     probabilities; the softmax of the scores for heads that have none)."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss
-
-    from .heads import class_probabilities
+    from sklearn.metrics import balanced_accuracy_score, f1_score
 
     parts = [(est.predict(c), class_probabilities(est, c)) for _, c in chunks(X)]
     pred = np.concatenate([p for p, _ in parts])
@@ -361,7 +460,15 @@ def scores(est, X, y: np.ndarray) -> dict[str, float]:
                 "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
                 "f1_macro": float(f1_score(y, pred, labels=labels, average="macro",
                                            zero_division=0)),
-                "log_loss": float(log_loss(y, np.clip(proba, 1e-15, 1), labels=labels))}
+                "log_loss": _log_loss(y, proba, labels)}
+
+
+def _log_loss(y: np.ndarray, proba: np.ndarray, labels) -> float:
+    from sklearn.metrics import log_loss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(log_loss(y, np.clip(proba, 1e-15, 1), labels=labels))
 
 
 def _needs_streaming(bank: FeatureBank, taps: list[str]) -> bool:
@@ -401,8 +508,8 @@ def _save(row: dict[str, Any], est, out: Path, *, bank: FeatureBank, val: np.nda
     save_head(est, out / row["file"], bank=bank, tap=row["tap"], name=row["head"],
               params=row["params"], val_rows=val, refit=row["refit"],
               metrics={k: row[k] for k in ("val_accuracy", "n_val", "test_accuracy", "metric",
-                                           "val_scores", "test_scores",
-                                           "fit_seconds")})
+                                           "val_scores", "test_scores", "fit_seconds",
+                                           "class_weight", "temperature")})
 
 
 def _value(row: dict[str, Any], split: str) -> str:
@@ -421,13 +528,19 @@ def _row_line(row: dict[str, Any]) -> str:
 
 _CSV_COLUMNS = ["head", "tap", "val_accuracy", "n_val", "test_accuracy", "fit_seconds",
                 "sweep_seconds", "params", "refit", "graftable", "best", "file", "metric",
-                *(f"{split}_{m}" for split in ("val", "test") for m in METRICS[1:])]
+                *(f"{split}_{m}" for split in ("val", "test") for m in METRICS[1:]),
+                "class_weight", "temperature",
+                *(f"{split}_ece_{when}" for split in ("val", "test")
+                  for when in ("before", "after"))]
 
 
 def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
     flat = {f"{split}_{m}": v for split in ("val", "test")
             for m, v in (row.get(f"{split}_scores") or {}).items()}
-    return {**row, **flat, "params": json.dumps(row["params"])}
+    ece = {k: v for k, v in (row.get("calibration") or {}).items() if "_ece_" in k}
+    weights = row.get("class_weight")
+    return {**row, **flat, **ece, "params": json.dumps(row["params"]),
+            "class_weight": json.dumps(weights) if isinstance(weights, dict) else weights}
 
 
 def _write(out: Path, board: dict[str, Any], train: np.ndarray, val: np.ndarray,
@@ -450,10 +563,22 @@ def format_leaderboard(board: dict[str, Any]) -> str:
         lines.append(f"{r['head']:<11} {r['tap']:<9} {_value(r, 'val'):>12} "
                      f"{_value(r, 'test'):>13} {r['fit_seconds']:8.2f} "
                      f"{r['sweep_seconds']:8.2f}  {json.dumps(r['params'])}{mark}")
+    weights = board.get("class_weight")
     lines.append(f"(validation {metric.replace('_', ' ')} on {board['n_val']} held-out train "
                  f"rows, which selected each setting"
                  + ("; heads refitted on train + validation" if board.get("refit") else "")
+                 + (f"; class weights {json.dumps(weights)}" if weights is not None else "")
+                 + ("; probabilities calibrated by a temperature on validation"
+                    if board.get("calibrate") else "")
                  + "; leaderboard.json holds all four metrics)")
+    calibrated = [r for r in board["rows"] if r.get("calibration")]
+    for r in calibrated:
+        c, split = r["calibration"], "test" if "test_ece_after" in r["calibration"] else "val"
+        lines.append(f"  {r['head']} on {r['tap']}: temperature {c['temperature']:.3f}, "
+                     f"{split} ECE {c[f'{split}_ece_before']:.4f} -> "
+                     f"{c[f'{split}_ece_after']:.4f}, log loss "
+                     f"{c[f'{split}_log_loss_before']:.4f} -> "
+                     f"{c[f'{split}_log_loss_after']:.4f}")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from .exceptions import FinetuneError
+from .heads.calibration import calibrated_parts
 from .heads.export import to_torch
 from .records import BankSpec, TapSelection
 
@@ -69,6 +70,7 @@ def _head_standardization(est: Any, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """The standardisation a fitted head applies before its first layer, as one
     ``(x - mean) / scale``: its pipeline's StandardScalers, then its own ``mean_``/``scale_``
     (LogisticHead, MLPHead), composed."""
+    est = calibrated_parts(est)[0]
     steps = [s for _, s in est.steps] if isinstance(est, Pipeline) else [est]
     mean, scale = np.zeros(dim), np.ones(dim)
     for step in steps:

@@ -100,11 +100,16 @@ class Predictor:
         The bank's spec: model, weights, taps, image size, resize policy, mean, std.
     source : str
         What was loaded.
+    temperature : float
+        The logits are divided by it before the softmax: a calibrated model's (``fit
+        --calibrate``, ``finetune --calibrate``), 1.0 otherwise. Predictions do not depend on
+        it.
     """
 
     def __init__(self, backbone: TapNetwork, *, classes: np.ndarray, spec: BankSpec,
                  tap: str, head: nn.Module | None = None, estimator: Any = None,
-                 source: str = "", device: str = "auto", batch_size: int | None = None):
+                 source: str = "", device: str = "auto", batch_size: int | None = None,
+                 temperature: float = 1.0):
         self.device = resolve_device(device)
         self.spec, self.estimator, self.source = BankSpec.from_json(spec), estimator, source
         self.classes_ = np.asarray(classes)
@@ -116,6 +121,7 @@ class Predictor:
                         if head is not None else None)
         self.backbone = backbone.to(self.device).eval()
         self.head = self.network.head if self.network is not None else None
+        self.temperature = float(temperature)  # probabilities: softmax(logits / temperature)
         self.model_sha256: str | None = None  # what load_model loaded, by content
 
     def __repr__(self) -> str:
@@ -161,7 +167,7 @@ class Predictor:
             est = self.estimator
             proba = class_probabilities(est, X)
             return self.classes_[np.searchsorted(est.classes_, est.predict(X))], proba
-        proba = torch.softmax(self.head(feats), 1).cpu().double().numpy()
+        proba = torch.softmax(self.head(feats) / self.temperature, 1).cpu().double().numpy()
         return self.classes_[proba.argmax(1)], proba
 
     def _input(self, arrays: list[np.ndarray]) -> torch.Tensor:
@@ -244,7 +250,7 @@ class Predictor:
                                    f"torch form); export a linear or MLP head, or a fine-tuned "
                                    f"model.")
         card = ModelCard(self.spec, tuple(str(c) for c in self.classes_), self.source,
-                         self.model_sha256)
+                         self.model_sha256, self.temperature)
         return export(self.network, Path(path), format=format, card=card, overwrite=overwrite)
 
 
@@ -309,10 +315,11 @@ def _load_finetuned(folder: Path, **kw: Any) -> Predictor:
     net = load_finetuned(best)
     classes = np.asarray(best.classes)[np.asarray(best.head_classes)]
     return Predictor(net.backbone, classes=classes, spec=best.spec, tap=best.tap, head=net.head,
-                     **kw)
+                     temperature=best.temperature, **kw)
 
 
 def _load_head(path: Path, bank, **kw: Any) -> Predictor:
+    from .heads.calibration import calibrated_parts
     from .heads.export import is_graftable, to_torch
     from .heads.persist import load_head
 
@@ -328,4 +335,5 @@ def _load_head(path: Path, bank, **kw: Any) -> Predictor:
         names = np.asarray(classes)[names]
     head = to_torch(est) if is_graftable(est) else None
     return Predictor(spec.rebuild_backbone(info["tap"]), classes=names, spec=spec,
-                     tap=info["tap"], head=head, estimator=est, **kw)
+                     tap=info["tap"], head=head, estimator=est,
+                     temperature=calibrated_parts(est)[1], **kw)

@@ -297,3 +297,81 @@ def test_the_selection_metric_chooses_the_setting_and_every_metric_is_recorded(t
     assert "val F1 macro" in out and "validation f1 macro on" in out
     with pytest.raises(Exception, match=r"the 'metric' parameter must be one of"):
         fit_heads(bank, out=None, metric="auc", **kw)
+
+
+def test_class_weights_reach_every_head_that_takes_them(tmp_path, capsys):
+    bank = _imbalanced_bank(tmp_path / "imb.h5")
+    kw = dict(val_fraction=0.35, progress=False)
+    plain = fit_heads(bank, heads=["logreg"], out=None, **kw)["rows"][0]
+    board = fit_heads(bank, heads=["logreg", "mlp", "sk-logreg", "knn"], out=tmp_path / "runs",
+                      class_weight="balanced", metric="balanced_accuracy", **kw)
+    rows = {r["head"]: r for r in board["rows"]}
+    assert board["class_weight"] == "balanced"
+    assert {h: r["class_weight"] for h, r in rows.items()} == {
+        "logreg": "balanced", "mlp": "balanced", "sk-logreg": "balanced", "knn": None}
+    assert any("knn take no class weights" in n for n in board["notes"])
+    # the weighted logreg sees the rare class: its recall (and balanced accuracy) goes up
+    assert (rows["logreg"]["test_scores"]["balanced_accuracy"]
+            > plain["test_scores"]["balanced_accuracy"] + 0.05)
+    head = load_head(tmp_path / "runs" / rows["logreg"]["file"])
+    assert head.class_weight == "balanced"
+    assert head.featurebank_["metrics"]["class_weight"] == "balanced"
+    sk = load_head(tmp_path / "runs" / rows["sk-logreg"]["file"])
+    assert sk[-1].class_weight == "balanced"
+    # a dict names the bank's classes; another weight rule is another fit
+    by_name = fit_heads(bank, heads=["logreg"], out=None, class_weight={"rare": 10.0}, **kw)
+    assert by_name["rows"][0]["class_weight"] == {"1": 10.0}
+    with pytest.raises(FeatureBankError, match="other arguments"):
+        fit_heads(bank, heads=["logreg", "mlp", "sk-logreg", "knn"], out=tmp_path / "runs",
+                  metric="balanced_accuracy", **kw)
+    with pytest.raises(FeatureBankError, match="class_weight names class 'missing'"):
+        fit_heads(bank, heads=["logreg"], out=None, class_weight={"missing": 2.0}, **kw)
+    assert main(["fit", str(bank.path), "--heads", "logreg", "--class-weight", "balanced",
+                 "--out", str(tmp_path / "cli"), "-q"]) == 0
+    assert 'class weights "balanced"' in capsys.readouterr().out
+
+
+def test_small_classes_are_noted_with_what_one_row_moves_the_metric(tmp_path):
+    bank = _imbalanced_bank(tmp_path / "imb.h5")  # 6% rare: ~14 rare rows at val_fraction 0.1
+    board = fit_heads(bank, heads=["ridge"], out=None, progress=False,
+                      metric="balanced_accuracy")
+    import re
+
+    note = next(n for n in board["notes"] if "weighs every class equally" in n)
+    n_rare, step = re.search(r"'rare' (\d+) \(step ([0-9.]+)\)", note).groups()
+    assert int(n_rare) < 20 and float(step) == pytest.approx(1 / (2 * int(n_rare)), abs=5e-4)
+    assert "1 classes have fewer than 20" in note and "'common'" not in note
+    # accuracy keeps the plain note
+    plain = fit_heads(bank, heads=["ridge"], out=None, progress=False)
+    assert any("fewer than 20 per class" in n for n in plain["notes"])
+
+
+def test_calibrate_fits_a_temperature_and_keeps_the_predictions(tmp_path):
+    from featurebank.heads import TemperatureScaledClassifier
+
+    bank = write_feature_bank(tmp_path / "bank.h5", n_train=600, n_test=300, d=16,
+                              n_classes=4)
+    kw = dict(heads=["logreg", "mlp", "linear-svc"], progress=False, random_state=0)
+    plain = fit_heads(bank, out=tmp_path / "plain", **kw)
+    board = fit_heads(bank, out=tmp_path / "cal", calibrate=True, **kw)
+    assert board["calibrate"] is True
+    for row in board["rows"]:
+        c = row["calibration"]
+        assert row["temperature"] == c["temperature"] > 0
+        assert c["val_log_loss_after"] <= c["val_log_loss_before"] + 1e-9  # fitted by it
+        assert row["val_scores"]["log_loss"] == pytest.approx(c["val_log_loss_after"])
+        assert sum(c["test_reliability_after"]["count"]) == board["n_test"]
+        assert 0 <= c["test_ece_after"] <= 1
+        before = next(r for r in plain["rows"] if r["head"] == row["head"])
+        assert row["params"] == before["params"]  # selected as without calibration
+        assert row["test_accuracy"] == before["test_accuracy"]  # the argmax did not move
+        est = load_head(tmp_path / "cal" / row["file"])
+        assert isinstance(est, TemperatureScaledClassifier)
+        X, y = bank.load("test", "fc7")
+        raw = load_head(tmp_path / "plain" / before["file"])
+        np.testing.assert_array_equal(est.predict(X), raw.predict(X))
+        assert est.featurebank_["metrics"]["temperature"] == row["temperature"]
+    csv_row = next(csv.DictReader(open(tmp_path / "cal" / "leaderboard.csv")))
+    assert float(csv_row["temperature"]) > 0 and csv_row["test_ece_after"]
+    with pytest.raises(FeatureBankError, match="calibrate=True.*refit=True"):
+        fit_heads(bank, out=None, calibrate=True, refit=True, **kw)

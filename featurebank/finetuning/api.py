@@ -24,6 +24,7 @@ from ..artefacts import (BEST_MODEL, BEST_MODEL_JSON, CHECKPOINT, METRICS_CSV, M
 from ..bank import FeatureBank
 from ..data import reopen_source
 from ..exceptions import FeatureBankError, FinetuneError
+from ..heads.calibration import calibration_record
 from ..heads.persist import load_head
 from .checkpoint import load_checkpoint
 from .config import FinetuneConfig
@@ -143,9 +144,9 @@ def _finished_run(out: Path, run_config: dict[str, Any], overwrite: bool, resume
     over."""
     if not (out / SUMMARY).is_file():
         return None
-    keys = _CONTEXT_KEYS + FinetuneConfig.result_keys() + ("head",)
-    try:
-        saved = read_best_model(out).config
+    keys = _CONTEXT_KEYS + FinetuneConfig.result_keys() + ("head", "calibrate")
+    try:  # a folder of an earlier version, without a setting, had its default
+        saved = {"calibrate": False, **read_best_model(out).config}
     except FeatureBankError:
         saved = {}
     if not overwrite and all(saved.get(k) == run_config.get(k) for k in keys):
@@ -174,6 +175,18 @@ def _checkpoint_to_resume(out: Path, run_config: dict[str, Any], resume: bool):
                                 f"that run, or choose another out= (--out).")
         return None
     return load_checkpoint(path, run_config, _CONTEXT_KEYS + FinetuneConfig.result_keys())
+
+
+def _calibration(trainer: Trainer, test_logits, bank: FeatureBank, est: Any) -> dict[str, Any]:
+    """A temperature for the final network, fitted on its validation logits by log loss, and
+    the log loss and reliability before and after on validation and test."""
+    val = trainer.val_rows
+    splits = {"val": (trainer.logits(val, "train").cpu().double().numpy(),
+                      trainer.y[torch.as_tensor(val, device=trainer.device)].cpu().numpy())}
+    if test_logits is not None:
+        splits["test"] = (test_logits.cpu().double().numpy(),
+                          np.searchsorted(np.asarray(est.classes_), bank.labels("test")))
+    return calibration_record(splits)
 
 
 def _rows(bank: FeatureBank, est: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -210,21 +223,28 @@ def _finish(trainer: Trainer, bank: FeatureBank, est: Any, head_path: Path,
                "best_val_accuracy": next(r["val_accuracy"] for r in st["history"]
                                          if r["epoch"] == st["best_epoch"]),
                "head_test_accuracy": None, "test_accuracy": None}
-    if "test" in bank.splits and bank.num_rows("test"):
+    has_test = "test" in bank.splits and bank.num_rows("test")
+    test_logits = trainer.logits(np.arange(bank.num_rows("test")), "test") if has_test else None
+    calibration = _calibration(trainer, test_logits, bank, est) if trainer.config.calibrate \
+        else None
+    temperature = calibration["temperature"] if calibration else 1.0
+    if has_test:
         Xt, yt = bank.load("test", tap)
         summary["head_test_accuracy"] = float(est.score(Xt, yt))
         rows = np.arange(len(yt))
-        proba = torch.softmax(trainer.logits(rows, "test"), 1).cpu().numpy()
+        proba = torch.softmax(test_logits / temperature, 1).cpu().numpy()
         target = np.searchsorted(np.asarray(est.classes_), yt)
         summary["test_accuracy"] = float((proba.argmax(1) == target).mean())
         # for `featurebank report`: columns in head_classes order, labels as in the bank
         atomic_write(out / TEST_PREDICTIONS, lambda f: np.savez(
             f, proba=proba.astype(np.float32), labels=yt, rows=rows))
+    summary["temperature"] = temperature
     write_json(out / BEST_MODEL_JSON, {
         "bank": str(bank.path), "bank_fingerprint": bank.fingerprint, "spec": bank.spec.to_json(),
         "classes": list(bank.classes), "head_classes": np.asarray(est.classes_).tolist(),
         "tap": tap, "head_module": describe_head(trainer.net.head),
         "config": trainer.run_config, "best_epoch": st["best_epoch"],
+        "temperature": temperature, "calibration": calibration,
         "versions": versions(), "weights_sha256": sha256_file(out / BEST_MODEL)})
     write_json(out / METRICS_JSON, st["history"])
     write_csv(out / METRICS_CSV, st["history"], list(st["history"][0]))

@@ -55,6 +55,9 @@ class FinetuneConfig(Options):
                                            "each epoch's end)",
                                            check=Interval(int, 1, None, none_ok=True),
                                            result=False, metavar="STEPS")
+    calibrate: bool = _option(False, "fit a temperature to the final model on the validation "
+                                     "split (by log loss): predict and export give calibrated "
+                                     "probabilities; training is unchanged", result=False)
     handoff_samples: int = _option(512, "training images in the hand-off check",
                                    check=POSITIVE_INT, result=False, metavar="N")
     keep: str = _option("last", "what stays on disk at the end: best (best_model.pt only: "

@@ -18,11 +18,13 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._base import affine_to_torch, fold_standardization
+from .calibration import calibrated_parts
 
 __all__ = ["is_graftable", "to_torch"]
 
 
 def _split_pipeline(estimator: Any) -> tuple[list[Any], Any]:
+    estimator = calibrated_parts(estimator)[0]  # a temperature changes no logit's argmax
     if isinstance(estimator, Pipeline):
         steps = [s for _, s in estimator.steps if s not in (None, "passthrough")]
         return steps[:-1], steps[-1]
@@ -44,7 +46,8 @@ def to_torch(estimator: Any) -> nn.Module:
 
     ``to_torch(head)(x).argmax(1)`` equals the index of ``head.predict(x)`` in ``classes_``, and
     for linear heads the logits equal ``decision_function`` (binary heads give the two logits
-    ``(0, s)``).
+    ``(0, s)``). A :class:`TemperatureScaledClassifier` gives its estimator's logits, before
+    the temperature.
 
     Parameters
     ----------

@@ -48,6 +48,9 @@ class HeadSpec:
     streams : bool
         Whether it fits on features streamed from a bank (``StreamedRows``): banks larger
         than memory.
+    class_weights : bool
+        Whether ``build`` takes ``class_weight`` (scikit-learn's meanings: None, "balanced"
+        or a dict of class weights).
     path : callable, optional
         ``path(X, y, candidates, shared=, on_fit=, **build_kwargs)`` -> ``(estimator,
         seconds)`` per setting: fits the whole grid sharing work between its settings (the
@@ -63,6 +66,7 @@ class HeadSpec:
     graftable: bool = True
     path: Callable[..., list[Any]] | None = None
     streams: bool = False
+    class_weights: bool = True
 
     def candidates(self) -> list[dict[str, Any]]:
         """Every combination of the grid, in order."""
@@ -94,8 +98,9 @@ class HeadSpec:
         return fitted
 
 
-def _logreg(C=1.0, device="auto", random_state=0):
-    return LogisticHead(C=C, max_iter=200, device=device, random_state=random_state)
+def _logreg(C=1.0, device="auto", random_state=0, class_weight=None):
+    return LogisticHead(C=C, max_iter=200, class_weight=class_weight, device=device,
+                        random_state=random_state)
 
 
 def _standardization(X, shared: dict[str, Any]):
@@ -116,10 +121,11 @@ def _logreg_path(X, y, candidates, *, shared, on_fit, **build_kwargs):
     return [(h, per) for h in heads]
 
 
-def _mlp(hidden_layer_sizes=(512,), weight_decay=1e-4, device="auto", random_state=0):
+def _mlp(hidden_layer_sizes=(512,), weight_decay=1e-4, device="auto", random_state=0,
+         class_weight=None):
     return MLPHead(hidden_layer_sizes=hidden_layer_sizes, weight_decay=weight_decay,
-                   dropout=0.2, n_components=_MLP_COMPONENTS, device=device,
-                   random_state=random_state)
+                   dropout=0.2, n_components=_MLP_COMPONENTS, class_weight=class_weight,
+                   device=device, random_state=random_state)
 
 
 def _mlp_path(X, y, candidates, *, shared, on_fit, **build_kwargs):
@@ -138,16 +144,19 @@ def _mlp_path(X, y, candidates, *, shared, on_fit, **build_kwargs):
     return fitted
 
 
-def _sk_logreg(C=1.0, device=None, random_state=None):
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+def _sk_logreg(C=1.0, device=None, random_state=None, class_weight=None):
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000,
+                                                              class_weight=class_weight))
 
 
-def _linear_svc(C=0.01, device=None, random_state=0):
-    return make_pipeline(StandardScaler(), LinearSVC(C=C, random_state=random_state))
+def _linear_svc(C=0.01, device=None, random_state=0, class_weight=None):
+    return make_pipeline(StandardScaler(), LinearSVC(C=C, class_weight=class_weight,
+                                                     random_state=random_state))
 
 
-def _ridge(alpha=1.0, device=None, random_state=None):
-    return make_pipeline(StandardScaler(), RidgeClassifier(alpha=alpha))
+def _ridge(alpha=1.0, device=None, random_state=None, class_weight=None):
+    return make_pipeline(StandardScaler(), RidgeClassifier(alpha=alpha,
+                                                           class_weight=class_weight))
 
 
 def _knn(n_neighbors=10, device=None, random_state=None):
@@ -180,7 +189,7 @@ _REGISTRY = {spec.name: spec for spec in [
              "scikit-learn RidgeClassifier after StandardScaler"),
     HeadSpec("knn", _knn, {"n_neighbors": [5, 20]},
              "scikit-learn KNeighborsClassifier on L2-normalised features (cosine)",
-             graftable=False),
+             graftable=False, class_weights=False),
 ]}
 
 
