@@ -25,6 +25,7 @@ from .artefacts import (METRICS_JSON, REPORT_HTML, REPORT_JSON, SUMMARY, TEST_PR
                         up_to_date)
 from .bank import FeatureBank
 from .exceptions import DataError, FeatureBankError
+from .heads.calibration import Reliability
 
 __all__ = ["build_report"]
 
@@ -103,6 +104,29 @@ def _sweep_png(tried: list[tuple[dict, float]], chosen: dict, title: str,
         ax.set_xticks(range(len(tried)), labels, rotation=30, ha="right", fontsize=7)
     ax.set(ylabel=f"validation {metric.replace('_', ' ')}", title=title)
     return _png(fig)
+
+
+def _calibration(record: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bytes | None]:
+    """The summary of a temperature's effect (on test, else validation) and its reliability
+    diagram: accuracy against confidence per bin, before and after, with each ECE."""
+    if not record:
+        return None, None
+    split = "test" if "test_ece_after" in record else "val"
+    summary = {"temperature": record["temperature"], "split": split,
+               **{f"{m}_{when}": record[f"{split}_{m}_{when}"]
+                  for m in ("ece", "log_loss") for when in ("before", "after")}}
+    fig = _figure(4.6, 4.2)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="perfectly calibrated")
+    for when, colour in (("before", "tab:blue"), ("after", "tab:orange")):
+        rel = Reliability.from_json(record[f"{split}_reliability_{when}"])
+        seen = np.asarray(rel.count) > 0
+        ax.plot(np.asarray(rel.confidence)[seen], np.asarray(rel.accuracy)[seen], "o-",
+                color=colour, label=f"{when} (ECE {rel.ece:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-class probability)",
+           ylabel="accuracy", title=f"reliability on {split}, T = {record['temperature']:.2f}")
+    ax.legend(fontsize=8, loc="upper left")
+    return summary, _png(fig)
 
 
 def _curves_png(history: list[dict[str, Any]]) -> bytes:
@@ -191,8 +215,12 @@ def _head_sections(board: Leaderboard, bank: FeatureBank, images: _Images):
         metric = row.get("metric", "accuracy")
         plots["sweep"] = _sweep_png([(p, a) for p, a in row["tried"]], row["params"],
                                     f"{title}: regulariser sweep (selected by {metric})", metric)
+        calibration, diagram = _calibration(row.get("calibration"))
+        if diagram is not None:
+            plots["reliability"] = diagram
         yield title, {**result, "params": row["params"], "val_accuracy": row["val_accuracy"],
                       "selected_by": metric, "val_scores": row.get("val_scores"),
+                      "class_weight": row.get("class_weight"), "calibration": calibration,
                       "n_val": row["n_val"], "best": row["best"]}, plots
 
 
@@ -211,6 +239,9 @@ def _finetune_section(ft: Path, bank: FeatureBank, images: _Images):
         section, more = _section("fine-tuned", proba, z["labels"], names, images)
         result.update(section)
         plots.update(more)
+    result["calibration"], diagram = _calibration(best.calibration)
+    if diagram is not None:
+        plots["reliability"] = diagram
     return result, plots
 
 
@@ -325,6 +356,13 @@ def _html(sections, board: Leaderboard, bank: FeatureBank, note: str, finetune) 
             rows = [[m.replace("_", " "), f"{v:.4f}"] for m, v in result["val_scores"].items()]
             parts.append(_table(rows, [f"validation (selected by "
                                        f"{result['selected_by'].replace('_', ' ')})", "value"]))
+        if result.get("calibration"):
+            c = result["calibration"]
+            rows = [[m, f"{c[f'{key}_before']:.4f}", f"{c[f'{key}_after']:.4f}"]
+                    for m, key in (("expected calibration error (15 bins)", "ece"),
+                                   ("log loss", "log_loss"))]
+            parts.append(_table(rows, [f"{c['split']} calibration, temperature "
+                                       f"{c['temperature']:.3f}", "before", "after"]))
         if "per_class" in result:
             rows = [[c, *(f"{v[m]:.3f}" for m in ("precision", "recall", "f1-score")),
                      int(v["support"])] for c, v in result["per_class"].items()

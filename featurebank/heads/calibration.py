@@ -93,12 +93,19 @@ class Reliability:
     ece: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"count": list(self.count), "confidence": list(self.confidence),
-                "accuracy": list(self.accuracy), "ece": self.ece}
+        """As JSON; an empty bin's confidence and accuracy are null (JSON has no NaN)."""
+        def nulls(values):
+            return [None if np.isnan(v) else v for v in values]
+
+        return {"count": list(self.count), "confidence": nulls(self.confidence),
+                "accuracy": nulls(self.accuracy), "ece": self.ece}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Reliability:
-        return cls(tuple(d["count"]), tuple(d["confidence"]), tuple(d["accuracy"]),
+        def nans(values):
+            return tuple(float("nan") if v is None else float(v) for v in values)
+
+        return cls(tuple(d["count"]), nans(d["confidence"]), nans(d["accuracy"]),
                    float(d["ece"]))
 
 
