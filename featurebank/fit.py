@@ -32,6 +32,7 @@ from .artefacts import (LEADERBOARD_CSV, LEADERBOARD_JSON, SPLIT, Leaderboard, h
 from .bank import FeatureBank
 from .exceptions import BankError, FeatureBankError, ParameterError
 from .heads import class_probabilities
+from .heads._base import check_class_weight
 from .heads.calibration import TemperatureScaledClassifier, calibration_record, head_logits
 from .heads.persist import save_head
 from .heads.registry import check_head_names, get_head_spec
@@ -176,10 +177,10 @@ def _selection_notes(y_val: np.ndarray, classes: list[str], metric: str) -> list
                  if 0 < counts[c] < MIN_VAL_PER_CLASS]
         named = ", ".join(f"{name!r} {n} (step {1 / (len(present) * n):.3f})"
                           for name, n in small[:5]) + (" ..." if len(small) > 5 else "")
-        return [f"{metric.replace('_', ' ')} weighs every class equally, and {len(small)} "
-                f"classes have fewer than {MIN_VAL_PER_CLASS} validation rows ({named}: what "
-                f"one of their rows moves the metric by): those rows decide which setting and "
-                f"head win; {fix}"]
+        some = "1 class has" if len(small) == 1 else f"{len(small)} classes have"
+        return [f"{metric.replace('_', ' ')} weighs every class equally, and {some} fewer "
+                f"than {MIN_VAL_PER_CLASS} validation rows ({named}: what one of their rows "
+                f"moves the metric by): those rows decide which setting and head win; {fix}"]
     small = int(np.flatnonzero(counts == present.min())[0])
     return [f"the validation split has {len(y_val)} rows, {present.min()} of class "
             f"{classes[small]!r} (fewer than {MIN_VAL_PER_CLASS} per class): a few rows decide "
@@ -197,11 +198,8 @@ def _weight_notes(heads: list[str], class_weight) -> list[str]:
 def _class_weight(class_weight, classes: list[str]):
     """``class_weight`` for the heads: None, "balanced", or a dict from class index to weight
     (given by the bank's class names or indices)."""
-    if class_weight is None or class_weight == "balanced":
+    if not isinstance(check_class_weight(class_weight), dict):
         return class_weight
-    if not isinstance(class_weight, dict):
-        raise ParameterError(f"class_weight must be None, 'balanced' or a dict of class "
-                             f"weights; got {class_weight!r}.")
     index = {name: i for i, name in enumerate(classes)}
     out = {}
     for key, weight in class_weight.items():

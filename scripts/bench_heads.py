@@ -9,11 +9,20 @@ test accuracy and the speed ratios, with the conditions. Examples::
     python scripts/bench_heads.py                          # random ReLU-like 50,000 x 4,096
     python scripts/bench_heads.py --bank cifar10_vgg19_default_224px.h5 --tap fc7
     python scripts/bench_heads.py --skip-mlp --C 1 0.01 --preconditioner-rank 0 128
+    python scripts/bench_heads.py --bank real.h5 --long-tail 100   # CIFAR-10-LT style
+
+``--long-tail RATIO`` keeps, of the bank's train split, class sizes decaying geometrically from
+the largest class's to RATIO times fewer (classes in index order, rows drawn with a seed; the
+test split stays as it is, balanced for CIFAR-10), then runs ``fit`` as it is and with
+``class_weight="balanced", metric="balanced_accuracy"``, and ``--calibrate`` on top: test
+accuracy, balanced accuracy, macro F1 and ECE of what each selects; and the weighted
+logistic path's time per pass against the unweighted one's (the same number of passes).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 import warnings
@@ -76,6 +85,16 @@ def write_relu_bank(path, sizes: dict[str, int], dim: int, k: int, chunk: int = 
     return FeatureBank(path)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def timed(fit):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -97,7 +116,13 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-logistic", action="store_true")
     p.add_argument("--skip-mlp", action="store_true")
+    p.add_argument("--long-tail", type=float, default=None, metavar="RATIO",
+                   help="with --bank: the long-tailed case (largest / smallest class size)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="fit's validation fraction in the long-tailed case (default 0.2)")
     args = p.parse_args()
+    if args.long_tail:
+        return bench_long_tail(args)
 
     if args.bank:
         bank = FeatureBank(args.bank)
@@ -176,6 +201,104 @@ def bench_mlp(args, X, y, Xt, yt, Xs, Xts) -> None:
           f"test acc {a_skm:.4f}")
     print(f"  speed-up {t_skm / t_mlp:.2f}x, accuracy difference {100 * (a_mlp - a_skm):+.2f} "
           f"points")
+
+
+def long_tail_bank(bank: FeatureBank, tap: str, ratio: float, path, seed: int = 0):
+    """A bank of ``bank``'s test split and a long-tailed draw of its train split: class ``i``
+    of ``K`` keeps ``n_max * ratio ** (-i / (K - 1))`` rows (``n_max``: the smallest class's
+    count in the bank, so every class can give its share)."""
+    from featurebank.bank import BankWriter
+    from featurebank.records import DatasetInfo
+
+    X, y = bank.load("train", tap)
+    k, rng = len(bank.classes), np.random.default_rng(seed)
+    n_max = np.bincount(y, minlength=k).min()
+    sizes = [max(1, int(round(n_max * ratio ** (-i / (k - 1))))) for i in range(k)]
+    rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), n, replace=False)
+                                   for c, n in enumerate(sizes)]))
+    Xt, yt = bank.load("test", tap)
+    info = bank.dataset.to_json()
+    info.update(splits={"train": len(rows), "test": len(yt)},
+                fingerprint=f"{int(ratio * 1000):032d}{seed:032d}", source=f"{info['source']} "
+                f"long-tailed 1:{ratio:g}")
+    spec = bank.spec
+    w = BankWriter(path, spec=spec, dataset=DatasetInfo.from_json(info), resume=False)
+    for split, (F, labels) in (("train", (X[rows], y[rows])), ("test", (Xt, yt))):
+        w.write(split, features={tap: F.astype(spec.dtype)}, labels=labels,
+                index=np.arange(len(labels)), sources_done=len(labels))
+    w.commit({})
+    w.close()
+    return FeatureBank(path), sizes
+
+
+def _passes_and_seconds(X, y, Cs, **params):
+    """The logistic path with ``params``: its seconds and its passes over X."""
+    import featurebank.heads.logistic as logistic
+
+    real, passes = logistic._scores_grad_numpy, [0]
+
+    def counted(*a, **kw):
+        passes[0] += 1
+        return real(*a, **kw)
+
+    logistic._scores_grad_numpy = counted
+    try:
+        t = time.perf_counter()
+        logistic.logistic_path(X, y, Cs, **params)
+        return time.perf_counter() - t, passes[0]
+    finally:
+        logistic._scores_grad_numpy = real
+
+
+def bench_long_tail(args) -> None:
+    import tempfile
+
+    from featurebank import fit_heads
+
+    source = FeatureBank(args.bank)
+    tap = args.tap or source.taps[0]
+    tmp = tempfile.mkdtemp(prefix="fb-lt-")
+    bank, sizes = long_tail_bank(source, tap, args.long_tail, f"{tmp}/lt.h5")
+    print(f"featurebank {featurebank.__version__}, torch {torch.__version__}, "
+          f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
+          f"torch threads, device {args.device}")
+    print(f"bank {args.bank} tap {tap} ({source.spec.model}, {source.shape('train', tap)[1]} "
+          f"features): long-tailed train 1:{args.long_tail:g}, class sizes {sizes} "
+          f"({sum(sizes)} rows), test {bank.num_rows('test')} rows as in the bank; "
+          f"val_fraction {args.val_fraction}")
+    heads = [h for h, skip in (("logreg", args.skip_logistic), ("mlp", args.skip_mlp))
+             if not skip]
+    runs = {"plain (accuracy)": {},
+            "plain + calibrate": dict(calibrate=True),
+            "balanced weights, balanced accuracy": dict(class_weight="balanced",
+                                                        metric="balanced_accuracy"),
+            "balanced + calibrate": dict(class_weight="balanced", metric="balanced_accuracy",
+                                         calibrate=True)}
+    print(f"{'run':<38} {'head':<7} {'chosen':<52} {'test acc':>8} {'bal acc':>8} "
+          f"{'F1 macro':>8} {'ECE val, test':>27} {'sweep s':>8}")
+    for name, kw in runs.items():
+        board = fit_heads(bank, heads=heads, out=None, device=args.device, progress=False,
+                          val_fraction=args.val_fraction, **kw)
+        for r in sorted(board["rows"], key=lambda r: r["head"]):
+            t, c = r["test_scores"], r.get("calibration")
+            ece = (f"{c['val_ece_before']:.3f}->{c['val_ece_after']:.3f} "
+                   f"{c['test_ece_before']:.3f}->{c['test_ece_after']:.3f}" if c else "")
+            print(f"{name:<38} {r['head']:<7} {str(r['params']):<52} {t['accuracy']:8.4f} "
+                  f"{t['balanced_accuracy']:8.4f} {t['f1_macro']:8.4f} {ece:>27} "
+                  f"{r['sweep_seconds']:8.2f}")
+    X, y = bank.load("train", tap)
+    Cs = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    common = dict(tol=0.0, max_iter=args.max_iter, device=args.device)  # every C runs max_iter
+    timings = {}
+    for name, kw in (("unweighted", {}), ("class_weight='balanced'", {"class_weight": "balanced"})):
+        few = np.random.default_rng(0).choice(len(y), 500, replace=False)
+        _passes_and_seconds(X[few], y[few], Cs[:1], **common, **kw)  # warm-up, not timed
+        timings[name] = _passes_and_seconds(X, y, Cs, **common, **kw)
+    (t0, p0), (t1, p1) = timings.values()
+    for name, (secs, passes) in timings.items():
+        print(f"logistic path, 5 Cs, tol=0, max_iter={args.max_iter}, {name:<24}: "
+              f"{secs:7.2f} s, {passes} passes, {1000 * secs / passes:7.1f} ms per pass")
+    print(f"weighted / unweighted time per pass: {(t1 / p1) / (t0 / p0):.3f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ HEADS = [
 
 # The one check that needs a fit to reproduce another's iterates to 1e-7: a weight of 2 against
 # the row twice. Both heads minimise the same weighted objective as the repeated rows' (tested
-# on the objective in test_heads.py), but neither reaches it bit for bit.
+# on the objective in test_weights.py), but neither reaches it bit for bit.
 _EXPECTED_FAILURES = {
     "LogisticHead": {
         "check_sample_weight_equivalence_on_dense_data":
@@ -22,13 +22,13 @@ _EXPECTED_FAILURES = {
             "search's limit), and the weighted and repeated problems take different float32 "
             "roundings there: their probabilities agree to ~1e-3, not 1e-7 (scikit-learn's "
             "LogisticRegression declares this check failing at its defaults too); the "
-            "objectives' equality is tested in test_heads.py",
+            "objectives' equality is tested in test_weights.py",
     },
     "MLPHead": {
         "check_sample_weight_equivalence_on_dense_data":
             "mini-batch AdamW: a row of weight 2 is one draw, the row twice is two draws in "
             "other batches, so the iterates differ by design (as scikit-learn's MLPClassifier "
-            "with adam); the weighted loss is tested in test_heads.py",
+            "with adam); the weighted loss is tested in test_weights.py",
     },
 }
 

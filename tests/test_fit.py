@@ -327,8 +327,10 @@ def test_class_weights_reach_every_head_that_takes_them(tmp_path, capsys):
     with pytest.raises(FeatureBankError, match="class_weight names class 'missing'"):
         fit_heads(bank, heads=["logreg"], out=None, class_weight={"missing": 2.0}, **kw)
     assert main(["fit", str(bank.path), "--heads", "logreg", "--class-weight", "balanced",
-                 "--out", str(tmp_path / "cli"), "-q"]) == 0
-    assert 'class weights "balanced"' in capsys.readouterr().out
+                 "--calibrate", "--out", str(tmp_path / "cli"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert 'class weights "balanced"' in out and "probabilities calibrated" in out
+    assert "logreg on f: temperature" in out and "test ECE" in out
 
 
 def test_small_classes_are_noted_with_what_one_row_moves_the_metric(tmp_path):
@@ -340,7 +342,7 @@ def test_small_classes_are_noted_with_what_one_row_moves_the_metric(tmp_path):
     note = next(n for n in board["notes"] if "weighs every class equally" in n)
     n_rare, step = re.search(r"'rare' (\d+) \(step ([0-9.]+)\)", note).groups()
     assert int(n_rare) < 20 and float(step) == pytest.approx(1 / (2 * int(n_rare)), abs=5e-4)
-    assert "1 classes have fewer than 20" in note and "'common'" not in note
+    assert "1 class has fewer than 20" in note and "'common'" not in note
     # accuracy keeps the plain note
     plain = fit_heads(bank, heads=["ridge"], out=None, progress=False)
     assert any("fewer than 20 per class" in n for n in plain["notes"])

@@ -46,23 +46,25 @@ def check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
     return sw.copy()
 
 
+def check_class_weight(class_weight):
+    """``class_weight`` if it is None, ``"balanced"`` or a dict; else ParameterError."""
+    if class_weight is None or class_weight == "balanced" or isinstance(class_weight, dict):
+        return class_weight
+    raise ParameterError(f"class_weight must be None, 'balanced' or a dict of class weights; "
+                         f"got {class_weight!r}.")
+
+
 def class_weight_vector(class_weight, classes: np.ndarray, y_idx: np.ndarray,
                         sample_weight: np.ndarray | None) -> np.ndarray | None:
     """One weight per class of ``classes``, with scikit-learn's meanings: ``"balanced"`` is
     ``sum(w) / (n_classes * w_c)`` (``w_c`` the class's summed sample weights: its row count
     without them), a dict maps class labels to weights (others 1); None: no class weights."""
-    if class_weight is None:
+    if check_class_weight(class_weight) is None:
         return None
-    if isinstance(class_weight, str):
-        if class_weight != "balanced":
-            raise ParameterError(f"class_weight must be None, 'balanced' or a dict of class "
-                                 f"weights; got {class_weight!r}.")
+    if class_weight == "balanced":
         counts = np.bincount(y_idx, weights=sample_weight, minlength=len(classes))
         with np.errstate(divide="ignore"):
             return np.where(counts > 0, counts.sum() / (len(classes) * counts), 0.0)
-    if not isinstance(class_weight, dict):
-        raise ParameterError(f"class_weight must be None, 'balanced' or a dict of class "
-                             f"weights; got {type(class_weight).__name__}.")
     known = {c.item() if hasattr(c, "item") else c for c in classes}
     unknown = [c for c in class_weight if c not in known]
     if unknown:
