@@ -184,6 +184,9 @@ class BestModel:
     calibration : dict or None
         With ``--calibrate``: the temperature's effect, the log loss and the reliability
         (expected calibration error, 15 bins) before and after, on validation and test.
+    world_size : int
+        The torchrun ranks the run ended with (1: one process); ``metrics.json`` has each
+        epoch's.
     """
 
     folder: Path
@@ -199,6 +202,7 @@ class BestModel:
     weights_sha256: str | None = None
     temperature: float = 1.0
     calibration: dict[str, Any] | None = None
+    world_size: int = 1
     versions: dict[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
 

@@ -270,8 +270,15 @@ def _wrote(path, before: int | None) -> str:
     return "up to date:" if before is not None and _stamp(path) == before else "wrote"
 
 
-def _run_extract(args: argparse.Namespace) -> None:
+def _reports() -> bool:
+    """Whether this process prints a command's results: the only one, or torchrun's rank 0."""
     from ._distributed import current_rank
+
+    rank = current_rank()
+    return rank is None or rank.rank == 0
+
+
+def _run_extract(args: argparse.Namespace) -> None:
     from .extraction import ExtractConfig, extract, output_path
 
     config = ExtractConfig.from_namespace(args)
@@ -280,9 +287,8 @@ def _run_extract(args: argparse.Namespace) -> None:
     bank = extract(args.dataset, out=out, data_root=args.data_root,
                    download=args.download, device=args.device, resume=args.resume,
                    overwrite=args.overwrite, progress=not args.quiet, config=config)
-    rank = current_rank()
-    if rank is not None and rank.rank != 0:
-        return  # rank 0 reports the bank
+    if not _reports():
+        return
     print(f"{_wrote(bank.path, before)} {bank.path}")
     if not args.quiet:
         print(bank.info())
@@ -353,6 +359,8 @@ def _run_finetune(args: argparse.Namespace) -> None:
                        device=args.device, out=args.out, resume=args.resume,
                        overwrite=args.overwrite, progress=not args.quiet,
                        config=FinetuneConfig.from_namespace(args))
+    if not _reports():
+        return
     print(f"head test accuracy {summary['head_test_accuracy']}, fine-tuned "
           f"{summary['test_accuracy']} (best epoch {summary['best_epoch']}"
           + ("; training diverged: lower --lr" if summary["diverged"] else "")

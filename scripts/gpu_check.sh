@@ -5,13 +5,13 @@
 #     bash scripts/gpu_check.sh decode sweep    # only these sections
 #
 # Sections (each step has its own time limit, so a slow or hung step cannot take the others'
-# time; the limits of all sections add up to about 12 minutes, so split a run across calls
+# time; the limits of all sections add up to about 13.5 minutes, so split a run across calls
 # where one call may take 10 minutes, e.g. `heads extract torchrun sweep` then the rest):
 #   heads     LogisticHead vs scikit-learn on the GPU
 #   extract   CIFAR-10-sized extraction at 224 px (VGG19 fc7)
 #   torchrun  the same through torchrun on one GPU: a shard and the virtual bank
 #   sweep     the whole `fit --heads logreg,mlp` sweep on a 50,000 x 4,096 bank
-#   finetune  fine-tune steps at 224 px
+#   finetune  fine-tune steps at 224 px, in one process and under torchrun (DDP, NCCL)
 #   decode    decoding rates (PIL, tensor, nvJPEG) and a folder of 8,000 400x350 JPEGs
 #             extracted with --decode pil, tensor and gpu
 #   tests     the test files whose code takes the CUDA branches when a GPU is present
@@ -60,6 +60,9 @@ sweep() {
 finetune() {
     step bench_finetune 60 python scripts/bench_finetune.py --device cuda --image-size 224 \
         --batch-size 128
+    # the same step under torchrun on one GPU: DistributedDataParallel, NCCL, cuda:LOCAL_RANK
+    step torchrun_finetune 90 torchrun --standalone --nproc-per-node 1 \
+        scripts/bench_finetune.py --device cuda --image-size 224 --batch-size 128
 }
 
 decode() {
@@ -94,7 +97,8 @@ PY
 tests() {
     step tests_cuda 150 python -m pytest -q -rfE -p no:cacheprovider tests/test_heads.py \
         tests/test_extract.py tests/test_finetune.py tests/test_transformer.py \
-        tests/test_distributed.py tests/test_predictor.py tests/test_decode.py
+        tests/test_distributed.py tests/test_finetune_distributed.py tests/test_predictor.py \
+        tests/test_decode.py
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$out/gpu.txt"

@@ -311,3 +311,18 @@ def trained(tmp_path_factory):
     finetune(bank, runs=tmp / "runs", out=tmp / "ft", epochs=1, batch_size=32,
              handoff_samples=64, progress=False)
     return tmp, bank
+
+
+def rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of ``rank`` (a child of ``parent``), from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(entry.name)
+    return None

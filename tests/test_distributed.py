@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, write_folder, write_npz, write_wds
+from conftest import REPO, rank_pid, write_folder, write_npz, write_wds
 from featurebank import BankError, FeatureBank, extract
 from featurebank.bank import merge_bank
 from featurebank.data import shard_rows
@@ -169,21 +169,6 @@ def test_merge_makes_one_self_contained_file(tmp_path):
         merge_bank(tmp_path / "b.h5")
 
 
-def _rank_pid(parent: int, rank: int) -> int | None:
-    """The pid of torchrun's worker of ``rank`` (a child of ``parent``), from /proc."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if ppid == parent and f"RANK={rank}".encode() in env:
-            return int(entry.name)
-    return None
-
-
 def _rows_done(partial: Path) -> int:
     try:
         with h5py.File(partial, "r", locking=False) as f:
@@ -204,7 +189,7 @@ def test_a_killed_rank_resumes_to_the_bank_an_uninterrupted_run_writes(tmp_path)
     while _rows_done(partial) < 32:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.05)
-    os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)  # no chance to clean up
+    os.kill(rank_pid(proc.pid, 1), signal.SIGKILL)  # no chance to clean up
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and not (tmp_path / "b.h5").exists()
     assert 32 <= _rows_done(partial) < 400

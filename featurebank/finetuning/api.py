@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._distributed import Rank, current_rank, on_rank_zero, process_group
 from .._io import (atomic_write, resolve_device, sha256_file, versions, write_csv,
                    write_json)
 from ..artefacts import (BEST_MODEL, BEST_MODEL_JSON, CHECKPOINT, METRICS_CSV, METRICS_JSON,
@@ -88,30 +90,61 @@ def finetune(bank: FeatureBank | str | os.PathLike, *, head: str | os.PathLike |
     out = Path(out)
     run_config = {"bank_fingerprint": bank.fingerprint, "tap": est.featurebank_["tap"],
                   "classes": list(bank.classes), "head": str(head_path), **config.to_dict()}
-    done = _finished_run(out, run_config, overwrite, resume)
+    dev, rank = resolve_device(device), current_rank()
+    job = _Run(bank, est, head_path, out, run_config, config, data_root, callbacks)
+    if rank is None:
+        return _train(job, dev, None, resume=resume, overwrite=overwrite, progress=progress)
+    if dev.type == "cuda":  # one GPU per rank
+        dev = torch.device("cuda", rank.local)
+        torch.cuda.set_device(dev)
+    with process_group(rank, dev.type == "cuda"):
+        return _train(job, dev, rank, resume=resume, overwrite=overwrite,
+                      progress=progress and rank.rank == 0)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a fine-tune trains and where, as :func:`finetune` resolved it."""
+
+    bank: FeatureBank
+    est: Any
+    head_path: Path
+    out: Path
+    run_config: dict[str, Any]
+    config: FinetuneConfig
+    data_root: str | os.PathLike | None
+    callbacks: Sequence[Callback]
+
+
+def _train(job: _Run, dev: torch.device, rank: Rank | None, *, resume: bool, overwrite: bool,
+           progress: bool) -> dict[str, Any]:
+    """The fine-tune itself, in one process or as one torchrun rank: what is decided once
+    (up to date, the hand-off) is rank 0's, given to all."""
+    bank, est, out, config = job.bank, job.est, job.out, job.config
+    done = on_rank_zero(lambda: _finished_run(out, job.run_config, overwrite, resume), rank)
     if done is not None:
         if progress:
             print(f"{out}/ is up to date: a finished fine-tune of the same bank, head and "
                   f"settings (pass overwrite=True, --overwrite, to train it again)",
                   file=sys.stderr, flush=True)
         return done
-    ckpt = _checkpoint_to_resume(out, run_config, resume)
-    dev = resolve_device(device)
-    source = reopen_source(bank.dataset, data_root=data_root)
+    ckpt = _checkpoint_to_resume(out, job.run_config, resume)
+    source = reopen_source(bank.dataset, data_root=job.data_root)
     torch.manual_seed(config.seed)
-    net = graft(bank.spec, est, run_config["tap"]).to(dev)
+    net = graft(bank.spec, est, job.run_config["tap"]).to(dev)
     if dev.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     images = BankImages(source, bank, net.backbone.preprocess, dev)
     targets, train_rows, val_rows = _rows(bank, est)
-    handoff = _handoff(net, est, bank, images, config, progress)
+    handoff = on_rank_zero(lambda: _handoff(net, est, bank, images, config, progress), rank)
     freeze(net.backbone, config.freeze_until)
     trainer = Trainer(net, config, images, targets, train_rows=train_rows, val_rows=val_rows,
-                      out=out, run_config=run_config, callbacks=callbacks, progress=progress)
+                      out=out, run_config=job.run_config, callbacks=job.callbacks,
+                      progress=progress, rank=rank)
     if ckpt is not None:
         trainer.restore(ckpt)
     stopped_early = trainer.run()
-    return _finish(trainer, bank, est, head_path, handoff, stopped_early)
+    return _finish(trainer, bank, est, job.head_path, handoff, stopped_early)
 
 
 def _resolve_head(bank: FeatureBank, head, runs) -> tuple[Any, Path]:
@@ -228,26 +261,29 @@ def _finish(trainer: Trainer, bank: FeatureBank, est: Any, head_path: Path,
     calibration = _calibration(trainer, test_logits, bank, est) if trainer.config.calibrate \
         else None
     temperature = calibration["temperature"] if calibration else 1.0
+    summary.update(temperature=temperature, world_size=trainer.world_size)
     if has_test:
         Xt, yt = bank.load("test", tap)
         summary["head_test_accuracy"] = float(est.score(Xt, yt))
-        rows = np.arange(len(yt))
         proba = torch.softmax(test_logits / temperature, 1).cpu().numpy()
         target = np.searchsorted(np.asarray(est.classes_), yt)
         summary["test_accuracy"] = float((proba.argmax(1) == target).mean())
-        # for `featurebank report`: columns in head_classes order, labels as in the bank
+    if not trainer.writer:  # rank 0 writes the run's files
+        return summary
+    if has_test:  # for `featurebank report`: columns in head_classes order, labels as the bank's
         atomic_write(out / TEST_PREDICTIONS, lambda f: np.savez(
-            f, proba=proba.astype(np.float32), labels=yt, rows=rows))
-    summary["temperature"] = temperature
+            f, proba=proba.astype(np.float32), labels=yt, rows=np.arange(len(yt))))
     write_json(out / BEST_MODEL_JSON, {
         "bank": str(bank.path), "bank_fingerprint": bank.fingerprint, "spec": bank.spec.to_json(),
         "classes": list(bank.classes), "head_classes": np.asarray(est.classes_).tolist(),
         "tap": tap, "head_module": describe_head(trainer.net.head),
         "config": trainer.run_config, "best_epoch": st["best_epoch"],
         "temperature": temperature, "calibration": calibration,
+        "world_size": trainer.world_size,
         "versions": versions(), "weights_sha256": sha256_file(out / BEST_MODEL)})
     write_json(out / METRICS_JSON, st["history"])
-    write_csv(out / METRICS_CSV, st["history"], list(st["history"][0]))
+    write_csv(out / METRICS_CSV, st["history"], list(dict.fromkeys(
+        k for row in st["history"] for k in row)))  # rows of older versions lack world_size
     if trainer.config.keep == "best":  # the training state goes: the run cannot be resumed
         (out / CHECKPOINT).unlink(missing_ok=True)
     summary["kept"] = sorted(p.name for p in out.iterdir() if p.suffix == ".pt")

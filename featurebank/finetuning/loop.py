@@ -14,6 +14,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._distributed import Rank, all_sum, gather_parts, part_of, sync
 from .._io import amp_dtype, autocast, progress_bar
 from ..artefacts import BEST_MODEL, CHECKPOINT, epoch_checkpoint
 from ..bank import FeatureBank
 from ..data import ImageSource
-from .augment import random_crop_flip
+from ..exceptions import ParameterError
+from .augment import CropFlip, crop_flip, draw_crop_flip
 from .checkpoint import checkpoint_record, save, set_rng_state
 from .config import FinetuneConfig
 
@@ -38,9 +41,10 @@ DIVERGED = 10  # an epoch's train loss this many times where it started: the run
 class BankImages:
     """Normalised network input for rows of a bank, read from the bank's image source.
 
-    ``images(rows, split, gen)``: the source images behind those bank rows (through the
+    ``images(rows, split, draws)``: the source images behind those bank rows (through the
     bank's ``index``, so skipped images never shift rows), on ``device``, augmented with
-    ``gen`` when given, resized and normalised by the backbone's own preprocessing.
+    ``draws`` (:func:`~featurebank.finetuning.augment.draw_crop_flip`) when given, resized
+    and normalised by the backbone's own preprocessing.
     """
 
     def __init__(self, source: ImageSource, bank: FeatureBank,
@@ -50,17 +54,18 @@ class BankImages:
         self.decoding = bank.spec.decoding
 
     def __call__(self, rows: np.ndarray, split: str = "train",
-                 gen: torch.Generator | None = None) -> torch.Tensor:
-        return self.prepare(torch.from_numpy(self.uint8(rows, split)), gen)
+                 draws: CropFlip | None = None) -> torch.Tensor:
+        return self.prepare(torch.from_numpy(self.uint8(rows, split)), draws)
 
     def uint8(self, rows: np.ndarray, split: str = "train") -> np.ndarray:
         """The images behind bank rows ``rows``: uint8 ``(N, S, S, 3)`` on the CPU."""
         return self.source.splits[split].take(self.index[split][rows], decoding=self.decoding)
 
-    def prepare(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        """A uint8 batch to normalised network input on the device (augmented with ``gen``)."""
+    def prepare(self, x: torch.Tensor, draws: CropFlip | None = None) -> torch.Tensor:
+        """A uint8 batch to normalised network input on the device (augmented by ``draws``,
+        one per image)."""
         x = x.to(self.device, non_blocking=True)
-        return self.preprocess(random_crop_flip(x, gen) if gen is not None else x,
+        return self.preprocess(crop_flip(x, draws) if draws is not None else x,
                                self.decoding.image_size)
 
     def stream(self, batches: list[np.ndarray], split: str, workers: int):
@@ -105,6 +110,26 @@ class Callback:
         epoch 0 too (the grafted head before any step, validated; no checkpoint yet)."""
 
 
+def _data_parallel(net: nn.Module, rank: Rank | None, config: FinetuneConfig,
+                   device: torch.device) -> nn.Module:
+    """``net`` under DistributedDataParallel for a torchrun rank (itself for one process);
+    with ``train_bn``, its BatchNorm layers become SyncBatchNorm (CUDA only), so the batch
+    statistics are the global batch's."""
+    if rank is None:
+        return net
+    if config.train_bn:
+        if device.type != "cuda":
+            raise ParameterError(
+                f"--train-bn with {rank.world} CPU ranks: BatchNorm would see each rank's part "
+                f"of the batch only, and SyncBatchNorm needs CUDA; fine-tune on GPUs, in one "
+                f"process, or without --train-bn.")
+        nn.SyncBatchNorm.convert_sync_batchnorm(net)  # replaces the layers in place
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                   else None)
+
+
 def _schedule(total: int, warm: int) -> Callable[[int], float]:
     """Linear warm-up over ``warm`` steps, then cosine decay to zero at step ``total``."""
     def factor(step: int) -> float:
@@ -146,19 +171,29 @@ class Trainer:
     callbacks : sequence of Callback
     progress : bool
         A bar per epoch and a log line per epoch on stderr.
+    rank : Rank, optional
+        This process's place under torchrun: the network trains under
+        DistributedDataParallel, each rank on its part of every global batch
+        (``batch_size`` stays the global batch), and rank 0 alone writes and reports.
     """
 
     def __init__(self, net: nn.Module, config: FinetuneConfig, images: Callable, targets,
                  *, train_rows: np.ndarray, val_rows: np.ndarray, out: str | Path,
                  run_config: dict[str, Any] | None = None,
-                 callbacks: Sequence[Callback] = (), progress: bool = False):
-        self.net, self.config, self.images = net, config, images
+                 callbacks: Sequence[Callback] = (), progress: bool = False,
+                 rank: Rank | None = None):
+        self.net, self.config, self.images, self.rank = net, config, images, rank
         self.device = next(net.parameters()).device
         self.amp = amp_dtype(self.device)
         self.train_rows, self.val_rows = train_rows, val_rows
         self.y = torch.as_tensor(np.asarray(targets), device=self.device)
         self.out, self.run_config = Path(out), run_config or {}
-        self.callbacks, self.progress = list(callbacks), progress
+        self.writer = rank is None or rank.rank == 0  # who writes files and reports
+        self.callbacks, self.progress = list(callbacks), progress and self.writer
+        self.model = _data_parallel(net, rank, config, self.device)  # what the steps run
+        self.n_outputs = [m for m in net.head.modules()
+                          if isinstance(m, nn.Linear)][-1].out_features
+        self._side: int | None = None  # the uint8 images' side (what augmentation pads)
         self.gen = torch.Generator().manual_seed(config.seed)  # augmentation draws
         backbone_params = [p for p in net.backbone.parameters() if p.requires_grad]
         self.opt = _optimizer(net, backbone_params, config)
@@ -180,38 +215,66 @@ class Trainer:
 
     # -- one step, one evaluation ---------------------------------------------------------
     def step(self, rows: np.ndarray, images: torch.Tensor | None = None) -> float:
-        """One training step on bank rows ``rows`` (their uint8 ``images`` when decoded
-        already); returns its loss."""
-        gen = self.gen if self.config.augment else None
-        x = (self.images.prepare(images, gen) if images is not None
-             else self.images(rows, "train", gen))
+        """One training step on the global batch of bank rows ``rows`` (this rank's part of
+        them as uint8 ``images`` when decoded already); returns the batch's mean loss.
+
+        Under torchrun each rank takes its :func:`part_of` the batch and the augmentation
+        draws of those images from the draws for the whole batch (the same generator on
+        every rank); its loss is its rows' sum over the global batch size times the rank
+        count, so DistributedDataParallel's average of the gradients is the gradient of
+        the global batch's mean, for any split of it."""
+        part = part_of(len(rows), self.rank)
+        local = rows[part]
+        if images is None:
+            images = torch.from_numpy(self.images.uint8(local, "train"))
+        draws = None
+        if self.config.augment:
+            whole = draw_crop_flip(len(rows), self._image_side(rows, images), self.gen)
+            draws = tuple(d[part] for d in whole)
+        x = self.images.prepare(images, draws)
+        target = self.y[torch.as_tensor(local, device=self.device)]
         with self._autocast():
-            loss = nn.functional.cross_entropy(
-                self.net(x).float(), self.y[torch.as_tensor(rows, device=self.device)])
+            logits = self.model(x).float()
+            loss = (nn.functional.cross_entropy(logits, target) if self.rank is None else
+                    nn.functional.cross_entropy(logits, target, reduction="sum")
+                    * (self.rank.world / len(rows)))
         self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        with warnings.catch_warnings():
+            # DDP's performance note when a gradient's strides differ from its bucket's (a 1x1
+            # convolution's: the same memory order)
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+            self.scaler.scale(loss).backward()
         if self.config.clip_grad_norm:
             self.scaler.unscale_(self.opt)
             nn.utils.clip_grad_norm_(self.net.parameters(), self.config.clip_grad_norm)
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
-        value = float(loss.detach())
+        value = float(loss.detach()) if self.rank is None else float(all_sum(
+            loss.detach() * (len(rows) / self.rank.world), self.rank)) / len(rows)
         self.state.setdefault("start_loss", value)  # what divergence is measured against
         self.state["train_loss_sum"] += value * len(rows)
         self.state["step"] += 1
         return value
 
+    def _image_side(self, rows: np.ndarray, images: torch.Tensor) -> int:
+        """The side of the batch's uint8 images (a rank whose part is empty reads one)."""
+        if self._side is None:
+            self._side = int((images if len(images) else torch.from_numpy(
+                self.images.uint8(rows[:1], "train"))).shape[1])
+        return self._side
+
     @torch.no_grad()
     def logits(self, rows: np.ndarray, split: str = "train") -> torch.Tensor:
-        """The network's float32 logits for bank rows ``rows`` of ``split`` (eval mode)."""
+        """The network's float32 logits for bank rows ``rows`` of ``split`` (eval mode); under
+        torchrun each rank computes its part and every rank gets them all."""
         self.net.eval()
-        bs = self.config.batch_size
-        out = []
-        for i in range(0, len(rows), bs):
+        bs, local = self.config.batch_size, rows[part_of(len(rows), self.rank)]
+        out = [torch.zeros((0, self.n_outputs), device=self.device)]
+        for i in range(0, len(local), bs):
             with self._autocast():
-                out.append(self.net(self.images(rows[i:i + bs], split)).float())
-        return torch.cat(out)
+                out.append(self.net(self.images(local[i:i + bs], split)).float())
+        return gather_parts(torch.cat(out), len(rows), self.rank)
 
     def evaluate(self, rows: np.ndarray, y: torch.Tensor, split: str = "train"
                  ) -> tuple[float, float]:
@@ -251,7 +314,8 @@ class Trainer:
                           enabled=self.progress) as bar:
             batches = [order[i * bs:(i + 1) * bs]
                         for i in range(st["step"], self.steps_per_epoch)]
-            decoded = (self.images.stream(batches, "train", self.config.workers)
+            mine = [b[part_of(len(b), self.rank)] for b in batches]  # what this rank decodes
+            decoded = (self.images.stream(mine, "train", self.config.workers)
                        if hasattr(self.images, "stream") else iter([None] * len(batches)))
             for rows, images in zip(batches, decoded):
                 for cb in self.callbacks:
@@ -268,7 +332,8 @@ class Trainer:
         val_loss, val_acc = self.validate()
         row = {"epoch": st["epoch"] + 1, "train_loss": st["train_loss_sum"] / len(self.train_rows),
                "val_loss": val_loss, "val_accuracy": val_acc,
-               "lr": self.opt.param_groups[1]["lr"], "seconds": seconds}
+               "lr": self.opt.param_groups[1]["lr"], "seconds": seconds,
+               "world_size": self.world_size}
         st["history"].append(row)
         self.log(f"epoch {row['epoch']}/{self.config.epochs}: train loss {row['train_loss']:.4f}"
                  f"  val loss {val_loss:.4f}  val acc {val_acc:.4f}  ({seconds:.1f} s, "
@@ -283,12 +348,13 @@ class Trainer:
                      f"lower --lr (the best weights so far are kept).")
         if val_loss < st["best_val_loss"]:
             st.update(best_val_loss=val_loss, best_epoch=row["epoch"], stale=0)
-            save(self.net.state_dict(), self.out / BEST_MODEL)
+            if self.writer:
+                save(self.net.state_dict(), self.out / BEST_MODEL)
         else:
             st["stale"] += 1
         st.update(epoch=row["epoch"], step=0, train_loss_sum=0.0, order=None)
         self.checkpoint()
-        if self.config.keep == "all":  # every epoch's state, beside the last one
+        if self.config.keep == "all" and self.writer:  # every epoch's state, beside the last
             shutil.copyfile(self.out / CHECKPOINT, self.out / epoch_checkpoint(row["epoch"]))
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)
@@ -299,10 +365,11 @@ class Trainer:
         must beat it."""
         val_loss, val_acc = self.validate()
         row = {"epoch": 0, "train_loss": None, "val_loss": val_loss, "val_accuracy": val_acc,
-               "lr": 0.0, "seconds": 0.0}
+               "lr": 0.0, "seconds": 0.0, "world_size": self.world_size}
         self.state["history"].append(row)
         self.state.update(best_val_loss=val_loss, best_epoch=0)
-        save(self.net.state_dict(), self.out / BEST_MODEL)
+        if self.writer:
+            save(self.net.state_dict(), self.out / BEST_MODEL)
         self.log(f"epoch 0 (head as grafted): val loss {val_loss:.4f}  val acc {val_acc:.4f}")
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)
@@ -315,6 +382,7 @@ class Trainer:
         while (self.state["epoch"] < self.config.epochs
                and self.state["stale"] < self.config.patience):
             self.epoch()
+        sync(self.rank)  # rank 0 has written the best weights
         self.net.load_state_dict(torch.load(self.out / BEST_MODEL, map_location=self.device,
                                             weights_only=True))
         return self.state["stale"] >= self.config.patience
@@ -325,7 +393,15 @@ class Trainer:
                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
                 "generator": self.gen.get_state(), "state": self.state}
 
+    @property
+    def world_size(self) -> int:
+        return 1 if self.rank is None else self.rank.world
+
     def checkpoint(self) -> None:
+        """The full training state to ``out/checkpoint.pt`` (rank 0: every rank holds the
+        same state, and a checkpoint continues on any rank count)."""
+        if not self.writer:
+            return
         path = self.out / CHECKPOINT
         save(checkpoint_record(self.run_config, self.state_dict()), path)
         for cb in self.callbacks:
