@@ -25,8 +25,9 @@ Decoders (``spec.decode``, ``--decode``):
 With bilinear and bicubic resizing all three agree with PIL to within 2 levels per pixel
 (tested; with nearest, a row or column can come from its neighbour at some scales). The decoder
 is recorded so a resumed extraction, the fine-tune, the predictor and the report use the same
-one (``gpu`` banks are read back on the CPU with the same resize: only the JPEG decoder itself,
-nvJPEG against libjpeg-turbo, can differ).
+one (the fine-tune's workers decode a ``gpu`` bank on its device, as the extraction did; the
+predictor, the report and inline reads decode it on the CPU with the same resize: only the JPEG
+decoder itself, nvJPEG against libjpeg-turbo, can differ).
 """
 
 from __future__ import annotations

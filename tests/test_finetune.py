@@ -1,6 +1,7 @@
 """Fine-tune on a tiny learnable task: a seeded random ResNet-18 at 32 px, a few hundred images."""
 
 import json
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -270,6 +271,33 @@ def test_folder_images_decode_in_worker_processes_to_the_same_run(tmp_path):
     finetune(bank, runs=tmp_path / "runs", out=tmp_path / "inline", workers=0, **kw)
     finetune(bank, runs=tmp_path / "runs", out=tmp_path / "workers", workers=2, **kw)
     _assert_same_run(tmp_path / "inline", tmp_path / "workers")
+
+
+def test_a_gpu_decoded_bank_decodes_its_files_on_the_training_device(tmp_path):
+    # A `--decode gpu` bank: the workers only read the files and the JPEGs are decoded on the
+    # fine-tune's device (here the CPU, which the same code path takes): the images the
+    # inline reader gives, and an unreadable file is a clear error.
+    import dataclasses
+
+    from conftest import write_folder
+    from featurebank.data import reopen_source
+    from featurebank.finetuning.loop import BankImages
+
+    write_folder(tmp_path / "imgs", n_per_class=6)
+    bank = extract(f"folder:{tmp_path / 'imgs'}", model="resnet18", weights="none",
+                   image_size=32, out=tmp_path / "b.h5", progress=False, decode="tensor")
+    images = BankImages(reopen_source(bank.dataset), bank, lambda x, s: x, torch.device("cpu"))
+    images.decoding = dataclasses.replace(images.decoding, decoder="gpu")
+    batches = [np.array([0, 3, 5]), np.array([1, 2])]
+    streamed = list(images.stream(batches, "train", workers=1))
+    for rows, x in zip(batches, streamed):
+        assert x.dtype == torch.uint8 and x.shape == (len(rows), 32, 32, 3)
+        inline = torch.from_numpy(images.uint8(rows, "train"))  # the bank's CPU read-back
+        assert int((x.int() - inline.int()).abs().max()) <= 2
+    first = images.source.splits["train"].encoded(int(images.index["train"][0]))
+    Path(first).write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="cannot read image"):
+        list(images.stream(batches, "train", workers=1))
 
 
 def test_divergence_is_judged_against_the_grafted_head_and_epoch_0_is_reported(setup,

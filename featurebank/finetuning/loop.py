@@ -28,7 +28,7 @@ from .._io import amp_dtype, autocast, progress_bar
 from ..artefacts import BEST_MODEL, CHECKPOINT, epoch_checkpoint
 from ..bank import FeatureBank
 from ..data import ImageSource
-from ..exceptions import ParameterError
+from ..exceptions import DataError, ParameterError
 from .augment import CropFlip, crop_flip, draw_crop_flip
 from .checkpoint import checkpoint_record, save, set_rng_state
 from .config import FinetuneConfig
@@ -71,16 +71,31 @@ class BankImages:
     def stream(self, batches: list[np.ndarray], split: str, workers: int):
         """The uint8 images of each batch of rows, in order. Image files are decoded in
         ``workers`` DataLoader processes, a bounded few batches ahead, into pinned memory on
-        CUDA; in-memory sources (CIFAR, npz) are sliced here."""
+        CUDA -- for a ``--decode gpu`` bank the workers only read the files and the JPEGs are
+        decoded on this process's device, as the extraction did; in-memory sources (CIFAR,
+        npz) are sliced here."""
         if workers == 0 or not self.source.splits[split].decodes_files:
             return (torch.from_numpy(self.uint8(rows, split)) for rows in batches)
-        return iter(torch.utils.data.DataLoader(
+        on_device = self.decoding.decoder == "gpu"
+        loader = torch.utils.data.DataLoader(
             _Rows(self, split), batch_sampler=batches, num_workers=workers,
-            collate_fn=_stack, pin_memory=self.device.type == "cuda", prefetch_factor=2))
+            collate_fn=list if on_device else _stack,
+            pin_memory=self.device.type == "cuda" and not on_device, prefetch_factor=2)
+        return (self._assemble(parts) for parts in loader) if on_device else iter(loader)
+
+    def _assemble(self, parts: list[Any]) -> torch.Tensor:
+        """Workers' reads of a ``gpu`` bank's files as one uint8 batch on the device."""
+        images, errors = self.decoding.assemble(parts, self.device)
+        bad = next((e for e in errors if e is not None), None)
+        if bad is not None:
+            raise DataError(f"cannot decode an image of this batch ({bad}); the bank's images "
+                            f"changed since the extraction: restore them, or extract again.")
+        return images
 
 
 class _Rows(torch.utils.data.Dataset):
-    """One bank row's decoded image, for DataLoader workers."""
+    """One bank row's decoded image (for a ``gpu`` bank, its file's bytes), for DataLoader
+    workers."""
 
     def __init__(self, images: BankImages, split: str):
         self.images, self.split = images, split
@@ -88,8 +103,15 @@ class _Rows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images.index[self.split])
 
-    def __getitem__(self, row: int) -> np.ndarray:
-        return self.images.uint8(np.array([row]), self.split)[0]
+    def __getitem__(self, row: int) -> Any:
+        images = self.images
+        if images.decoding.decoder != "gpu":
+            return images.uint8(np.array([row]), self.split)[0]
+        encoded = images.source.splits[self.split].encoded(images.index[self.split][row])
+        part, err = images.decoding.read(encoded)
+        if part is None:
+            raise DataError(f"cannot read image {str(encoded)!r} ({err}).")
+        return part
 
 
 def _stack(items: list[np.ndarray]) -> torch.Tensor:
