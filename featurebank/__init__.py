@@ -38,6 +38,7 @@ _EXPORTS = {
     "BackboneTransformer": "transformer",
     "Predictor": "predictor", "load_model": "predictor", "build_report": "report",
     "RunResult": "pipeline", "run": "pipeline",
+    "SuiteConfig": "suites", "suite": "suites",
     "TapNetwork": "backbones",
 }
 
@@ -48,11 +49,11 @@ __all__ = [
     "BankLockedError", "Callback", "DataError", "FeatureBank", "FeatureBankError",
     "FinetuneConfig", "FinetuneError", "GraftedNetwork", "HeadError", "ImageSource",
     "LogisticHead", "MLPHead", "ParameterError", "Predictor", "Preprocessing", "RunResult",
-    "TapNetwork", "TemperatureScaledClassifier",
+    "SuiteConfig", "TapNetwork", "TemperatureScaledClassifier",
     "Trainer", "WeightsId",
     "build_report", "extract", "finetune", "fit_heads", "from_arrays", "get_backbone", "list_backbones",
     "list_datasets", "list_taps", "load_head", "load_model", "open_source", "reopen_source", "run",
-    "save_head",
+    "save_head", "suite",
     "to_torch",
 ]
 
@@ -87,4 +88,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .predictor import Predictor, load_model
     from .records import BankSpec, DatasetInfo, TapLayer, TapSelection
     from .report import build_report
+    from .suites import SuiteConfig, suite
     from .transformer import BackboneTransformer

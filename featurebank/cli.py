@@ -92,6 +92,78 @@ def _run_parser(r: argparse.ArgumentParser) -> None:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _suite_parser(s: argparse.ArgumentParser) -> None:
+    from .heads.registry import list_heads
+
+    s.description = ("A probe suite: every model on every dataset, every tap, head, shot count "
+                     "and seed, in one resumable command and one table (results.csv, "
+                     "summary.csv, report.html). Each bank is extracted once into a cache; "
+                     "rerun the same command to continue a suite that stopped.")
+    s.add_argument("config", nargs="?", metavar="SUITE.toml",
+                   help="the suite as a TOML file (keys: models, datasets, taps, heads, "
+                        "shots, seeds, val_fraction, and an [extract] table); the flags below "
+                        "override it")
+    s.add_argument("--models", metavar="MODEL[,MODEL...]",
+                   help="backbones, as extract --model (vgg19,resnet50,timm:NAME)")
+    s.add_argument("--datasets", metavar="DATASET[,DATASET...]",
+                   help="datasets, as extract --dataset (cifar10,folder:PATH,npz:PATH,...)")
+    s.add_argument("--taps", metavar="TAP[,TAP...]",
+                   help="taps to extract and probe (module names work too), or all: each "
+                        "model's named taps (default: each model's default tap)")
+    s.add_argument("--heads", type=_heads, metavar="HEAD[,HEAD...]",
+                   help=f"heads from {{{','.join(list_heads())}}} (default: logreg)")
+    s.add_argument("--shots", metavar="K[,K...]",
+                   help="training images per class, and all (default: all)")
+    s.add_argument("--seeds", metavar="SEED[,SEED...]", help="seeds of the draws (default: 0)")
+    s.add_argument("--val-fraction", type=FRACTION.parse, default=None,
+                   help="fit's validation fraction for shots 'all' (default: 0.1)")
+    for flag, kind, meta, what in (("--image-size", int, "PX", "input size"),
+                                   ("--weights", str, "W", "pretrained weights (DEFAULT, none, "
+                                                           "NAME, PATH)"),
+                                   ("--dtype", str, "DTYPE", "float16 or float32"),
+                                   ("--batch-size", int, "N", "extraction batch"),
+                                   ("--limit", int, "N", "images per split")):
+        s.add_argument(flag, type=kind, default=None, metavar=meta,
+                       help=f"every bank's {what} (as extract)")
+    s.add_argument("--out", default="suite", metavar="DIR",
+                   help="folder for the results, cells/ and banks/ (default: suite)")
+    s.add_argument("--cache", default=None, metavar="DIR",
+                   help="a folder of banks shared between suites (default: DIR/banks)")
+    s.add_argument("--data-root", default="data", metavar="DIR",
+                   help="folder holding cifar-10-batches-py / cifar-100-python (default: data)")
+    s.add_argument("--download", action="store_true",
+                   help="download CIFAR into --data-root when missing (needs a network)")
+    s.add_argument("--device", default="auto", choices=_DEVICES)
+    s.add_argument("--markdown", action="store_true",
+                   help="print the summary as a markdown table to paste")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or cell lines")
+
+
+def _run_suite(args: argparse.Namespace) -> None:
+    from .suites import SuiteConfig, markdown, summarize, suite
+
+    extract = {k: getattr(args, k) for k in ("image_size", "weights", "dtype", "batch_size",
+                                             "limit") if getattr(args, k) is not None}
+    given = {"models": args.models, "datasets": args.datasets, "taps": args.taps,
+             "heads": args.heads, "shots": args.shots, "seeds": args.seeds,
+             "val_fraction": args.val_fraction}
+    if args.config is not None:
+        config = SuiteConfig.from_toml(args.config, **given, extract=extract)
+    elif args.models is None or args.datasets is None:
+        raise FeatureBankError("a suite needs --models and --datasets (or a SUITE.toml).")
+    else:
+        config = SuiteConfig(**{k: v for k, v in given.items() if v is not None},
+                             extract=extract)
+    rows = suite(config=config, out=args.out, cache=args.cache, data_root=args.data_root,
+                 download=args.download, device=args.device, progress=not args.quiet)
+    if not _reports():
+        return
+    summary = summarize(rows)
+    print(markdown(summary) if args.markdown else
+          f"{len(rows)} results over {len(summary)} settings; wrote {args.out}/: results.json, "
+          f"results.csv, summary.csv, report.html")
+
+
 def _fit_parser(f: argparse.ArgumentParser) -> None:
     from .heads.registry import list_heads
 
@@ -479,6 +551,10 @@ COMMANDS = {c.name: c for c in [
     Command("report", "write an evaluation report (metrics, plots, HTML) of a fit and a "
                       "fine-tune", _report_parser, _run_report,
             lambda a: "the report may be incomplete; rerun the command."),
+    Command("suite", "probe models x datasets x taps x heads x shots x seeds: one table",
+            _suite_parser, _run_suite,
+            lambda a: (f"finished cells are kept in {a.out}/cells/ and a partial bank resumes: "
+                       f"rerun the same command to continue.")),
     Command("taps", "list a model's taps with their shapes and feature sizes", _taps_parser,
             _run_taps, _unchanged),
     Command("merge", "copy a bank written by several processes into one self-contained file",

@@ -137,7 +137,38 @@ def _same_fit(board: Leaderboard, bank: FeatureBank, taps: list[str], heads: lis
 
 
 # what a leaderboard of an earlier version that lacks a setting was fitted with
-_BEFORE = {"metric": "accuracy", "class_weight": None, "calibrate": False}
+_BEFORE = {"metric": "accuracy", "class_weight": None, "calibrate": False, "split_rows": None}
+
+
+def _given_rows(train_rows, val_rows, bank: FeatureBank):
+    """``(train rows, validation rows)`` as sorted int64 arrays, checked, or None."""
+    if train_rows is None and val_rows is None:
+        return None
+    if train_rows is None or val_rows is None:
+        raise ParameterError("train_rows and val_rows go together: pass both, or neither (a "
+                             "stratified val_fraction split of all train rows).")
+    n = bank.num_rows("train") if "train" in bank.splits else 0
+    out = []
+    for name, rows in (("train_rows", train_rows), ("val_rows", val_rows)):
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or not len(rows) or not np.issubdtype(rows.dtype, np.integer):
+            raise ParameterError(f"{name} must be a non-empty 1-D array of row indices; got "
+                                 f"shape {rows.shape}, dtype {rows.dtype}.")
+        if rows.min() < 0 or rows.max() >= n or len(np.unique(rows)) != len(rows):
+            raise ParameterError(f"{name} must be distinct rows of the bank's train split "
+                                 f"(0 to {n - 1}); got values from {rows.min()} to "
+                                 f"{rows.max()}{', with repeats' if len(np.unique(rows)) != len(rows) else ''}.")
+        out.append(np.sort(rows).astype(np.int64))
+    if len(np.intersect1d(*out)):
+        raise ParameterError(f"train_rows and val_rows share {len(np.intersect1d(*out))} rows; "
+                             f"the validation rows must be unseen.")
+    return tuple(out)
+
+
+def _rows_digest(train: np.ndarray, val: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(train.tobytes() + b"|" + val.tobytes()).hexdigest()
 
 
 def _check_out(out: Path | None, overwrite: bool, same: Any) -> tuple[list[str], Any]:
@@ -216,6 +247,7 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
               out: str | os.PathLike | None = "runs", random_state: int = 0,
               metric: str = "accuracy", class_weight=None, calibrate: bool = False,
               device: str = "auto", refit: bool = False,
+              train_rows=None, val_rows=None,
               overwrite: bool = False, stream: bool | None = None,
               chunk_rows: int | None = None, progress: bool = True,
               verbose: bool | None = None) -> dict[str, Any]:
@@ -255,6 +287,10 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
         Fit each head's chosen setting again on the train and validation rows together. Off
         by default: a fine-tune validates (and stops early) on that split, which must then be
         unseen, so ``featurebank finetune`` refuses refitted heads.
+    train_rows, val_rows : array of int, optional
+        Rows of the bank's train split to fit on and to select on, instead of the stratified
+        ``val_fraction`` split of all of them (both or neither; disjoint): a few-shot draw, or
+        a split of your own. Recorded in ``split.npz`` like the default one.
     overwrite : bool, default=False
         Replace the results of an earlier fit in ``out``; without it, that is an error.
     stream : bool, optional
@@ -285,8 +321,10 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
                              "validation split, which refit=True (--refit) trains on; pass "
                              "one of them.")
     out = Path(out) if out is not None else None
+    rows = _given_rows(train_rows, val_rows, bank)
     settings = dict(val_fraction=val_fraction, random_state=random_state, refit=refit,
-                    metric=metric, class_weight=_as_json(class_weight), calibrate=calibrate)
+                    metric=metric, class_weight=_as_json(class_weight), calibrate=calibrate,
+                    split_rows=None if rows is None else _rows_digest(*rows))
     old_files, done = _check_out(out, overwrite,
                                  lambda b: _same_fit(b, bank, taps, heads, settings))
     if done is not None:
@@ -297,7 +335,7 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     rows, (train, val, y_val, sizes) = _fit_taps(
         bank, taps, heads, out, metric=metric, val_fraction=val_fraction,
         random_state=random_state, device=device, refit=refit, stream=stream,
-        progress=progress, class_weight=class_weight, calibrate=calibrate)
+        progress=progress, class_weight=class_weight, calibrate=calibrate, given=rows)
     notes = _selection_notes(y_val, bank.classes, metric) + _weight_notes(heads, class_weight)
     board = _board(bank, rows, taps, notes, **settings, **sizes)
     if out is not None:
@@ -322,7 +360,7 @@ def _arguments(bank, tap, heads, metric: str, stream: bool | None, chunk_rows: i
 
 def _fit_taps(bank: FeatureBank, taps: list[str], heads: list[str], out: Path | None, *,
               metric, val_fraction, random_state, device, refit, stream, progress,
-              class_weight, calibrate):
+              class_weight, calibrate, given):
     """Every head on every tap, each saved as it finishes: the leaderboard's rows, and the
     split (train and validation rows, the validation labels, the split sizes)."""
     rows = []
@@ -331,12 +369,17 @@ def _fit_taps(bank: FeatureBank, taps: list[str], heads: list[str], out: Path | 
                       enabled=progress) as bar:
         for t in taps:
             X, y, test = _load(bank, t, stream)
-            train, val = _validation_split(y, val_fraction, random_state)
+            train, val = given or _validation_split(y, val_fraction, random_state)
             sizes = {"n_train": int(len(train)), "n_val": int(len(val)),
                      "n_test": 0 if test is None else int(len(test[1]))}
             # read, split and standardised once for all heads of this tap
-            data = {"X": X, "y": y, "X_train": select(X, train), "y_train": y[train],
+            data = {"X_train": select(X, train), "y_train": y[train],
                     "X_val": select(X, val), "y_val": y[val], "test": test, "shared": {}}
+            if given is None:  # what refit fits on: every train row, or the rows given
+                data.update(X=X, y=y)
+            else:
+                both = np.union1d(train, val)
+                data.update(X=select(X, both), y=y[both])
             for name in heads:
                 bar.set_description(f"fit {name} on {t}")
                 row, est = _fit_head(name, t, data, metric=metric, device=device,
@@ -445,7 +488,8 @@ def _features(bank: FeatureBank, split: str, tap: str, stream: int | bool):
 def scores(est, X, y: np.ndarray) -> dict[str, float]:
     """Every selection metric of ``est`` on features in memory or streamed, chunk by chunk:
     accuracy, balanced accuracy, macro F1 (from ``predict``) and log loss (from the class
-    probabilities; the softmax of the scores for heads that have none)."""
+    probabilities; the softmax of the scores for heads that have none); and the top-5
+    accuracy (the label among the 5 most probable classes), recorded, never selecting."""
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
     parts = [(est.predict(c), class_probabilities(est, c)) for _, c in chunks(X)]
@@ -454,7 +498,9 @@ def scores(est, X, y: np.ndarray) -> dict[str, float]:
     labels = np.asarray(est.classes_)
     with warnings.catch_warnings():  # a class absent from a small split: scored all the same
         warnings.simplefilter("ignore")
+        top = labels[np.argsort(-proba, axis=1, kind="stable")[:, :5]]
         return {"accuracy": float((pred == y).mean()),
+                "top5_accuracy": float((top == y[:, None]).any(1).mean()),
                 "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
                 "f1_macro": float(f1_score(y, pred, labels=labels, average="macro",
                                            zero_division=0)),
@@ -526,7 +572,8 @@ def _row_line(row: dict[str, Any]) -> str:
 
 _CSV_COLUMNS = ["head", "tap", "val_accuracy", "n_val", "test_accuracy", "fit_seconds",
                 "sweep_seconds", "params", "refit", "graftable", "best", "file", "metric",
-                *(f"{split}_{m}" for split in ("val", "test") for m in METRICS[1:]),
+                *(f"{split}_{m}" for split in ("val", "test")
+                  for m in (*METRICS[1:], "top5_accuracy")),
                 "class_weight", "temperature",
                 *(f"{split}_ece_{when}" for split in ("val", "test")
                   for when in ("before", "after"))]

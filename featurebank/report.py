@@ -368,11 +368,117 @@ def _html(sections, board: Leaderboard, bank: FeatureBank, note: str, finetune) 
                      int(v["support"])] for c, v in result["per_class"].items()
                     if isinstance(v, dict)]
             parts.append(_table(rows, ["class", "precision", "recall", "F1", "support"]))
-        for kind, data in plots.items():
-            parts.append(f'<img alt="{html.escape(title)} {kind}" '
-                         f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+        parts += [_img(f"{title} {kind}", data) for kind, data in plots.items()]
+    return _page("featurebank report", parts)
+
+
+def _img(alt: str, png: bytes) -> str:
+    """A PNG embedded in the page (the page stays one self-contained file)."""
+    return (f'<img alt="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+
+
+def _page(title: str, parts: list[str]) -> str:
     style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:"
              "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:"
              "right}img{max-width:100%;display:block;margin:1em 0}.note{color:#a60}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>featurebank report"
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+# -- a probe suite's page ----------------------------------------------------------------------
+def _largest(shots: list[Any]) -> Any:
+    """The largest shot count: ``all`` when run."""
+    return "all" if "all" in shots else max(shots)
+
+
+def _best(summary: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    """The summary entry with the highest mean test accuracy among those matching."""
+    found = [s for s in summary if all(s[k] == v for k, v in match.items())
+             and s["test_accuracy_mean"] is not None]
+    return max(found, key=lambda s: s["test_accuracy_mean"]) if found else None
+
+
+def _heatmap_png(summary, models, datasets, shots) -> bytes:
+    fig = _figure(1.8 + 1.6 * len(datasets), 1.2 + 0.6 * len(models))
+    ax = fig.add_subplot()
+    grid = np.full((len(models), len(datasets)), np.nan)
+    for i, m in enumerate(models):
+        for j, d in enumerate(datasets):
+            best = _best(summary, model=m, dataset=d, shots=shots)
+            if best is not None:
+                grid[i, j] = best["test_accuracy_mean"]
+                ax.text(j, i, f"{grid[i, j]:.3f}\n{best['tap']}", ha="center", va="center",
+                        fontsize=8)
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right", fontsize=8)
+    ax.set_yticks(range(len(models)), models, fontsize=8)
+    ax.set_title(f"best tap's test accuracy ({shots}{'-shot' if shots != 'all' else ''})")
+    fig.colorbar(image, ax=ax)
+    return _png(fig)
+
+
+def _shots_png(summary, models, dataset, shots) -> bytes:
+    """Test accuracy against shots on one dataset: a line per model, each at the tap and head
+    that are best at the largest shot count."""
+    fig = _figure(5.5, 3.6)
+    ax = fig.add_subplot()
+    for m in models:
+        top = _best(summary, model=m, dataset=dataset, shots=_largest(shots))
+        if top is None:
+            continue
+        ys = [next((s for s in summary if (s["model"], s["dataset"], s["tap"], s["head"],
+                                           s["shots"]) == (m, dataset, top["tap"],
+                                                           top["head"], k)), None)
+              for k in shots]
+        xs = [i for i, s in enumerate(ys) if s is not None]
+        ax.errorbar(xs, [ys[i]["test_accuracy_mean"] for i in xs],
+                    yerr=[ys[i]["test_accuracy_std"] for i in xs], marker="o", capsize=3,
+                    label=f"{m} ({top['tap']}, {top['head']})")
+    ax.set_xticks(range(len(shots)), [str(k) for k in shots])
+    ax.set(xlabel="training images per class", ylabel="test accuracy", title=dataset)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _taps_png(summary, models, dataset, shots) -> bytes:
+    """Test accuracy per tap (the layer sweep) on one dataset, at the largest shot count."""
+    fig = _figure(5.5, 3.6)
+    ax = fig.add_subplot()
+    for m in models:
+        taps = list(dict.fromkeys(s["tap"] for s in summary if s["model"] == m))
+        values = [_best(summary, model=m, dataset=dataset, shots=shots, tap=t) for t in taps]
+        ax.plot(range(len(taps)), [v["test_accuracy_mean"] if v else np.nan for v in values],
+                "o-", label=m)
+        for i, t in enumerate(taps):
+            ax.annotate(t, (i, values[i]["test_accuracy_mean"] if values[i] else 0),
+                        fontsize=6, rotation=30)
+    ax.set(xlabel="tap (in the model's order)", ylabel="test accuracy",
+           title=f"{dataset}: per tap ({shots}{'-shot' if shots != 'all' else ''})")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def suite_page(path: Path, record: dict[str, Any]) -> Path:
+    """A probe suite's self-contained page: a model x dataset heatmap of the best tap,
+    accuracy against shots per dataset, accuracy per tap per model, and the summary table."""
+    summary, config = record["summary"], record["config"]
+    models, datasets = list(config["models"]), list(config["datasets"])
+    shots = list(config["shots"])
+    plots = [("heatmap", _heatmap_png(summary, models, datasets, _largest(shots)))]
+    for d in datasets:
+        plots.append((f"shots {d}", _shots_png(summary, models, d, shots)))
+        plots.append((f"taps {d}", _taps_png(summary, models, d, _largest(shots))))
+    rows = [[s["dataset"], s["model"], s["tap"], s["head"], s["shots"], s["seeds"],
+             *(f"{s[f'{m}_mean']:.4f} ± {s[f'{m}_std']:.4f}" if s[f"{m}_mean"] is not None
+               else "-" for m in ("test_accuracy", "test_top5_accuracy",
+                                  "test_balanced_accuracy"))] for s in summary]
+    parts = [f"<h1>featurebank suite</h1><p>{len(models)} models × {len(datasets)} datasets, "
+             f"shots {shots}, seeds {list(config['seeds'])}, heads {list(config['heads'])}; "
+             f"extraction {record['seconds']['extract']:.1f} s, fits "
+             f"{record['seconds']['fit']:.1f} s</p>",
+             _table(rows, ["dataset", "model", "tap", "head", "shots", "seeds", "test accuracy",
+                           "top-5", "balanced accuracy"])]
+    parts += [_img(name, data) for name, data in plots]
+    page = _page("featurebank suite", parts).encode()
+    return atomic_write(path, lambda f: f.write(page))

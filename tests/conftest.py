@@ -326,3 +326,30 @@ def rank_pid(parent: int, rank: int) -> int | None:
         if ppid == parent and f"RANK={rank}".encode() in env:
             return int(entry.name)
     return None
+
+
+def images_a_browser_renders(page: Path, tmp_path: Path) -> tuple[int, int]:
+    """``(images, images decoded)`` of an HTML page rendered by headless Chromium (Debian's
+    chromium here: apt-get install chromium); skips where none is installed (the pages'
+    tests parse the HTML and decode its images on every machine)."""
+    import shutil
+    import re
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on this machine; the HTML is parsed and its images decoded "
+                    "by the page's other test")
+    probe = tmp_path / "probe.html"  # the page, plus a script that counts decoded images
+    probe.write_text(page.read_text().replace("</body>", (
+        "<script>addEventListener('load', () => {const i = [...document.images];"
+        "document.body.dataset.images = i.length + ':' + i.filter(x => x.complete && "
+        "x.naturalWidth > 0).length;});</script></body>")))
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--no-first-run", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}",
+                           "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r'data-images="(\d+):(\d+)"', proc.stdout)
+    assert found, proc.stderr[-2000:]
+    return int(found.group(1)), int(found.group(2))

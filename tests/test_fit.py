@@ -281,7 +281,8 @@ def test_the_selection_metric_chooses_the_setting_and_every_metric_is_recorded(t
     by_acc = fit_heads(bank, out=None, **kw)["rows"][0]
     by_bal = fit_heads(bank, out=tmp_path / "runs", metric="balanced_accuracy", **kw)
     row = by_bal["rows"][0]
-    assert set(row["val_scores"]) == {"accuracy", "balanced_accuracy", "f1_macro", "log_loss"}
+    assert set(row["val_scores"]) == {"accuracy", "top5_accuracy", "balanced_accuracy",
+                                      "f1_macro", "log_loss"}
     assert by_acc["metric"] == "accuracy" and by_bal["metric"] == "balanced_accuracy"
     # accuracy keeps the majority-leaning setting; balanced accuracy wants the rare class seen
     assert row["params"]["C"] > by_acc["params"]["C"]
@@ -377,3 +378,27 @@ def test_calibrate_fits_a_temperature_and_keeps_the_predictions(tmp_path):
     assert float(csv_row["temperature"]) > 0 and csv_row["test_ece_after"]
     with pytest.raises(FeatureBankError, match="calibrate=True.*refit=True"):
         fit_heads(bank, out=None, calibrate=True, refit=True, **kw)
+
+
+def test_rows_of_your_own_are_what_is_fitted_and_selected_on(tmp_path, bank):
+    train, val = np.arange(0, 120), np.arange(200, 260)
+    board = fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", progress=False,
+                      train_rows=train, val_rows=val[::-1])
+    assert (board["n_train"], board["n_val"]) == (120, 60)
+    split = np.load(tmp_path / "runs" / "split.npz")
+    np.testing.assert_array_equal(split["train_rows"], train)
+    np.testing.assert_array_equal(split["val_rows"], val)
+    assert board["rows"][0]["test_scores"]["top5_accuracy"] == 1.0  # 3 classes: always
+    again = fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", progress=False,
+                      train_rows=train, val_rows=val)
+    assert again["rows"][0]["fit_seconds"] == board["rows"][0]["fit_seconds"]  # up to date
+    with pytest.raises(FeatureBankError, match="other arguments"):
+        fit_heads(bank, heads=["logreg"], out=tmp_path / "runs", progress=False,
+                  train_rows=train[1:], val_rows=val)
+    with pytest.raises(FeatureBankError, match="share 10 rows"):
+        fit_heads(bank, heads=["logreg"], out=None, train_rows=train, val_rows=train[:10])
+    with pytest.raises(FeatureBankError, match="go together"):
+        fit_heads(bank, heads=["logreg"], out=None, train_rows=train)
+    with pytest.raises(FeatureBankError, match=r"distinct rows of the bank's train split \(0 "
+                                                r"to 299\)"):
+        fit_heads(bank, heads=["logreg"], out=None, train_rows=[1, 400], val_rows=val)

@@ -55,7 +55,8 @@ def test_every_command_says_what_an_interrupt_leaves(monkeypatch, capsys):
 
     argv = {"run": ["cifar10"], "extract": [], "info": ["b.h5"], "fit": ["b.h5"], "finetune": ["--bank", "b",
             "--runs", "r"], "predict": ["m", "i.png"], "export": ["m", "--out", "x"],
-            "report": ["r"], "taps": ["resnet18"], "merge": ["b.h5"]}
+            "report": ["r"], "taps": ["resnet18"], "merge": ["b.h5"],
+            "suite": ["--models", "resnet18", "--datasets", "cifar10"]}
     assert set(argv) == set(COMMANDS)  # a new command must be added here too
     for name, command in COMMANDS.items():
         monkeypatch.setitem(cli.COMMANDS, name, replace(command, run=interrupt))

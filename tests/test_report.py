@@ -88,25 +88,9 @@ def test_fit_and_finetune_say_how_to_make_the_report(trained, tmp_path):
 
 def test_every_image_of_the_page_renders_in_a_browser(trained, tmp_path):
     # the parse above holds on every machine; a real engine where one is installed
-    # (Debian's chromium here: apt-get install chromium)
-    import shutil
+    from conftest import images_a_browser_renders
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("no chromium on this machine; the HTML is parsed and its images decoded "
-                    "by test_report_of_a_fit_and_a_fine_tune")
     tmp, _ = trained
     page = build_report(tmp / "runs", tmp / "ft", out=tmp_path / "r")
-    probe = tmp_path / "probe.html"  # the page, plus a script that counts decoded images
-    probe.write_text(page.read_text().replace("</body>", (
-        "<script>addEventListener('load', () => {const i = [...document.images];"
-        "document.body.dataset.images = i.length + ':' + i.filter(x => x.complete && "
-        "x.naturalWidth > 0).length;});</script></body>")))
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                           "--no-first-run", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={tmp_path / 'profile'}",
-                           "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                          capture_output=True, text=True, timeout=120)
     n = len(list((tmp_path / "r").glob("*.png")))
-    assert f'data-images="{n}:{n}"' in proc.stdout, proc.stderr[-2000:]
+    assert images_a_browser_renders(page, tmp_path) == (n, n)
