@@ -46,10 +46,7 @@ def _extract_parser(e: argparse.ArgumentParser) -> None:
                      "resumes it.")
     e.add_argument("--dataset", default="cifar10",
                    help=f"one of {', '.join(list_datasets())} (default: cifar10)")
-    e.add_argument("--data-root", default="data", metavar="DIR",
-                   help="folder holding cifar-10-batches-py / cifar-100-python (default: data)")
-    e.add_argument("--download", action="store_true",
-                   help="download CIFAR into --data-root when missing (needs a network)")
+    _cifar_arguments(e)
     ExtractConfig.add_arguments(e)
     e.add_argument("--device", default="auto", choices=_DEVICES,
                    help="auto = CUDA when present (default: auto)")
@@ -64,6 +61,14 @@ def _extract_parser(e: argparse.ArgumentParser) -> None:
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _cifar_arguments(p: argparse.ArgumentParser) -> None:
+    """Where CIFAR is, and whether to download it: every command that opens a dataset."""
+    p.add_argument("--data-root", default="data", metavar="DIR",
+                   help="folder holding cifar-10-batches-py / cifar-100-python (default: data)")
+    p.add_argument("--download", action="store_true",
+                   help="download CIFAR into --data-root when missing (needs a network)")
+
+
 def _run_parser(r: argparse.ArgumentParser) -> None:
     from .data import list_datasets
     from .extraction import ExtractConfig
@@ -75,10 +80,7 @@ def _run_parser(r: argparse.ArgumentParser) -> None:
     r.add_argument("dataset", metavar="DATASET", help=f"one of {', '.join(list_datasets())}")
     r.add_argument("--out", default="run", metavar="DIR",
                    help="folder for bank.h5, runs/, finetune/ and report/ (default: run)")
-    r.add_argument("--data-root", default="data", metavar="DIR",
-                   help="folder holding cifar-10-batches-py / cifar-100-python (default: data)")
-    r.add_argument("--download", action="store_true",
-                   help="download CIFAR into --data-root when missing (needs a network)")
+    _cifar_arguments(r)
     ExtractConfig.add_arguments(r)
     r.add_argument("--heads", default="logreg,mlp", type=_heads, metavar="HEAD[,HEAD...]",
                    help="heads to fit (default: logreg,mlp)")
@@ -129,10 +131,7 @@ def _suite_parser(s: argparse.ArgumentParser) -> None:
                    help="folder for the results, cells/ and banks/ (default: suite)")
     s.add_argument("--cache", default=None, metavar="DIR",
                    help="a folder of banks shared between suites (default: DIR/banks)")
-    s.add_argument("--data-root", default="data", metavar="DIR",
-                   help="folder holding cifar-10-batches-py / cifar-100-python (default: data)")
-    s.add_argument("--download", action="store_true",
-                   help="download CIFAR into --data-root when missing (needs a network)")
+    _cifar_arguments(s)
     s.add_argument("--device", default="auto", choices=_DEVICES)
     s.add_argument("--markdown", action="store_true",
                    help="print the summary as a markdown table to paste")
