@@ -13,6 +13,7 @@ ties) is reported as such.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -35,7 +36,7 @@ from .heads import class_probabilities
 from .heads._base import check_class_weight
 from .heads.calibration import TemperatureScaledClassifier, calibration_record, head_logits
 from .heads.persist import save_head
-from .heads.registry import check_head_names, get_head_spec
+from .heads.registry import check_head_names, fit_weights, get_head_spec
 from .records import TapSelection, tap_selections
 from .rows import CHUNK_ROWS, StreamedRows, chunks, select
 
@@ -85,7 +86,7 @@ def _build_kwargs(name: str, *, device, random_state, class_weight) -> dict[str,
     """What every setting of a head is built with: the device, the seed, and the class
     weights where the head takes them."""
     kw = {"device": device, "random_state": random_state}
-    if class_weight is not None and get_head_spec(name).class_weights:
+    if class_weight is not None and get_head_spec(name).weights:
         kw["class_weight"] = class_weight
     return kw
 
@@ -95,11 +96,13 @@ def _sweep(name: str, data: dict[str, Any], *, metric, build, bar):
     scores, seconds), the whole sweep's seconds, each setting's validation value of
     ``metric``, and the settings tied with the best on it."""
     Xva, yva = data["X_val"], data["y_val"]
+    spec = get_head_spec(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported per setting instead
-        fitted = get_head_spec(name).fit_grid(data["X_train"], data["y_train"],
-                                              on_fit=bar.update, shared=data["shared"],
-                                              **build)
+        fitted = spec.fit_grid(data["X_train"], data["y_train"], on_fit=bar.update,
+                               shared=data["shared"],
+                               sample_weight=data["w_train"] if spec.weights else None,
+                               **build)
     tried = [(est, params, scores(est, Xva, yva), secs) for est, params, secs in fitted]
     best = max(tried, key=lambda r: _merit(r[2], metric))  # the first of the best
     ties = [_short(p) for _, p, v, _ in tried
@@ -108,13 +111,15 @@ def _sweep(name: str, data: dict[str, Any], *, metric, build, bar):
             ties)
 
 
-def _refit(name: str, params: dict[str, Any], X, y, *, build):
-    """The chosen setting fitted again on the train and validation rows together."""
-    est = get_head_spec(name).build(**params, **build)
+def _refit(name: str, params: dict[str, Any], X, y, w, *, build):
+    """The chosen setting fitted again on the train and validation rows together (weighted
+    by ``w`` where the head takes weights)."""
+    spec = get_head_spec(name)
+    est = spec.build(**params, **build)
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        est.fit(X, y)
+        est.fit(X, y, **fit_weights(est, w if spec.weights else None))
     return est, time.perf_counter() - t
 
 
@@ -137,7 +142,22 @@ def _same_fit(board: Leaderboard, bank: FeatureBank, taps: list[str], heads: lis
 
 
 # what a leaderboard of an earlier version that lacks a setting was fitted with
-_BEFORE = {"metric": "accuracy", "class_weight": None, "calibrate": False, "split_rows": None}
+_BEFORE = {"metric": "accuracy", "class_weight": None, "calibrate": False, "split_rows": None,
+           "sample_weight": None}
+
+
+def _sample_weight(sample_weight, bank: FeatureBank) -> np.ndarray | None:
+    """One checked weight per row of the bank's train split, or None."""
+    from .heads._base import check_sample_weight
+
+    if sample_weight is None:
+        return None
+    n = bank.num_rows("train") if "train" in bank.splits else 0
+    try:
+        return check_sample_weight(sample_weight, n)
+    except ValueError as e:
+        raise ParameterError(f"{e} (sample_weight of fit_heads: one per row of the bank's "
+                             f"train split)") from None
 
 
 def _given_rows(train_rows, val_rows, bank: FeatureBank):
@@ -218,12 +238,12 @@ def _selection_notes(y_val: np.ndarray, classes: list[str], metric: str) -> list
             f"which setting and head win; {fix}"]
 
 
-def _weight_notes(heads: list[str], class_weight) -> list[str]:
-    unweighted = [h for h in heads if not get_head_spec(h).class_weights]
-    if class_weight is None or not unweighted:
+def _weight_notes(heads: list[str], class_weight, sample_weight) -> list[str]:
+    unweighted = [h for h in heads if not get_head_spec(h).weights]
+    if (class_weight is None and sample_weight is None) or not unweighted:
         return []
-    return [f"{', '.join(unweighted)} take no class weights: fitted unweighted (their rows' "
-            f"class_weight is null)."]
+    return [f"{', '.join(unweighted)} take no class or sample weights: fitted unweighted "
+            f"(their rows' class_weight and sample_weight are null)."]
 
 
 def _class_weight(class_weight, classes: list[str]):
@@ -245,7 +265,8 @@ def _class_weight(class_weight, classes: list[str]):
 def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | None = None,
               heads: list[str] | tuple[str, ...] = ("logreg", "mlp"), val_fraction: float = 0.1,
               out: str | os.PathLike | None = "runs", random_state: int = 0,
-              metric: str = "accuracy", class_weight=None, calibrate: bool = False,
+              metric: str = "accuracy", class_weight=None, sample_weight=None,
+              calibrate: bool = False,
               device: str = "auto", refit: bool = False,
               train_rows=None, val_rows=None,
               overwrite: bool = False, stream: bool | None = None,
@@ -278,6 +299,10 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
         scikit-learn's meanings; a dict maps the bank's class names (or indices) to weights.
         ``"balanced"`` for imbalanced label sets, usually with a ``metric`` that weighs the
         classes equally too.
+    sample_weight : array-like of shape (n_train_rows,), optional
+        A weight for each row of the bank's train split, in the loss (and the
+        standardisation) of every head that takes weights, as ``fit(X, y, sample_weight=)``;
+        the validation scores that select are unweighted.
     calibrate : bool, default=False
         Fit a temperature to each head's chosen setting on the validation split (by log
         loss): the saved head's probabilities are calibrated, its predictions unchanged. The
@@ -322,9 +347,11 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
                              "one of them.")
     out = Path(out) if out is not None else None
     rows = _given_rows(train_rows, val_rows, bank)
+    sw = _sample_weight(sample_weight, bank)
     settings = dict(val_fraction=val_fraction, random_state=random_state, refit=refit,
                     metric=metric, class_weight=_as_json(class_weight), calibrate=calibrate,
-                    split_rows=None if rows is None else _rows_digest(*rows))
+                    split_rows=None if rows is None else _rows_digest(*rows),
+                    sample_weight=None if sw is None else hashlib.sha256(sw.tobytes()).hexdigest())
     old_files, done = _check_out(out, overwrite,
                                  lambda b: _same_fit(b, bank, taps, heads, settings))
     if done is not None:
@@ -335,8 +362,9 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     rows, (train, val, y_val, sizes) = _fit_taps(
         bank, taps, heads, out, metric=metric, val_fraction=val_fraction,
         random_state=random_state, device=device, refit=refit, stream=stream,
-        progress=progress, class_weight=class_weight, calibrate=calibrate, given=rows)
-    notes = _selection_notes(y_val, bank.classes, metric) + _weight_notes(heads, class_weight)
+        progress=progress, class_weight=class_weight, calibrate=calibrate, given=rows, sw=sw)
+    notes = (_selection_notes(y_val, bank.classes, metric)
+             + _weight_notes(heads, class_weight, sw))
     board = _board(bank, rows, taps, notes, **settings, **sizes)
     if out is not None:
         _write(out, board, train, val, old_files)
@@ -360,7 +388,7 @@ def _arguments(bank, tap, heads, metric: str, stream: bool | None, chunk_rows: i
 
 def _fit_taps(bank: FeatureBank, taps: list[str], heads: list[str], out: Path | None, *,
               metric, val_fraction, random_state, device, refit, stream, progress,
-              class_weight, calibrate, given):
+              class_weight, calibrate, given, sw):
     """Every head on every tap, each saved as it finishes: the leaderboard's rows, and the
     split (train and validation rows, the validation labels, the split sizes)."""
     rows = []
@@ -374,12 +402,13 @@ def _fit_taps(bank: FeatureBank, taps: list[str], heads: list[str], out: Path | 
                      "n_test": 0 if test is None else int(len(test[1]))}
             # read, split and standardised once for all heads of this tap
             data = {"X_train": select(X, train), "y_train": y[train],
-                    "X_val": select(X, val), "y_val": y[val], "test": test, "shared": {}}
+                    "X_val": select(X, val), "y_val": y[val], "test": test, "shared": {},
+                    "w_train": None if sw is None else sw[train]}
             if given is None:  # what refit fits on: every train row, or the rows given
-                data.update(X=X, y=y)
+                data.update(X=X, y=y, w=sw)
             else:
                 both = np.union1d(train, val)
-                data.update(X=select(X, both), y=y[both])
+                data.update(X=select(X, both), y=y[both], w=None if sw is None else sw[both])
             for name in heads:
                 bar.set_description(f"fit {name} on {t}")
                 row, est = _fit_head(name, t, data, metric=metric, device=device,
@@ -412,7 +441,7 @@ def _fit_head(name, tap, data: dict[str, Any], *, metric, device, random_state, 
     (est, params, val, fit_s), sweep_s, tried, ties = _sweep(name, data, metric=metric,
                                                              build=build, bar=bar)
     if refit:  # the train and validation rows are all the rows
-        est, fit_s = _refit(name, params, data["X"], data["y"], build=build)
+        est, fit_s = _refit(name, params, data["X"], data["y"], data["w"], build=build)
     calibration = None
     if calibrate:  # one temperature on the validation split; the argmax does not move
         est, calibration = _calibrate(est, data)
@@ -425,6 +454,7 @@ def _fit_head(name, tap, data: dict[str, Any], *, metric, device, random_state, 
            "fit_seconds": fit_s, "sweep_seconds": sweep_s, "tried": tried, "tied_with": ties,
            "refit": refit, "graftable": get_head_spec(name).graftable,
            "class_weight": _as_json(build.get("class_weight")),
+           "sample_weight": data["w_train"] is not None and get_head_spec(name).weights,
            "temperature": calibration["temperature"] if calibration else None,
            "calibration": calibration}
     return row, est

@@ -310,7 +310,7 @@ def test_class_weights_reach_every_head_that_takes_them(tmp_path, capsys):
     assert board["class_weight"] == "balanced"
     assert {h: r["class_weight"] for h, r in rows.items()} == {
         "logreg": "balanced", "mlp": "balanced", "sk-logreg": "balanced", "knn": None}
-    assert any("knn take no class weights" in n for n in board["notes"])
+    assert any("knn take no class or sample weights" in n for n in board["notes"])
     # the weighted logreg sees the rare class: its recall (and balanced accuracy) goes up
     assert (rows["logreg"]["test_scores"]["balanced_accuracy"]
             > plain["test_scores"]["balanced_accuracy"] + 0.05)
@@ -402,3 +402,36 @@ def test_rows_of_your_own_are_what_is_fitted_and_selected_on(tmp_path, bank):
     with pytest.raises(FeatureBankError, match=r"distinct rows of the bank's train split \(0 "
                                                 r"to 299\)"):
         fit_heads(bank, heads=["logreg"], out=None, train_rows=[1, 400], val_rows=val)
+
+
+def test_sample_weights_reach_every_head_that_takes_them(tmp_path, bank, monkeypatch):
+    import featurebank.heads.logistic as logistic
+    from sklearn.preprocessing import StandardScaler
+
+    w = np.ones(300)
+    w[::2] = 3.0
+    seen = {}
+    real = logistic.logistic_path
+    monkeypatch.setattr("featurebank.heads.registry.logistic_path",
+                        lambda *a, **k: seen.setdefault("logreg", k["sample_weight"]) is None
+                        or real(*a, **k))
+    board = fit_heads(bank, heads=["logreg", "sk-logreg", "knn"], out=tmp_path / "runs",
+                      progress=False, sample_weight=w)
+    rows = {r["head"]: r for r in board["rows"]}
+    split = np.load(tmp_path / "runs" / "split.npz")
+    np.testing.assert_array_equal(seen["logreg"], w[split["train_rows"]])  # the train rows'
+    assert rows["logreg"]["sample_weight"] and not rows["knn"]["sample_weight"]
+    assert any("knn take no class or sample weights" in n for n in board["notes"])
+    sk = load_head(tmp_path / "runs" / rows["sk-logreg"]["file"])
+    X, _ = bank.load("train")
+    scaler = StandardScaler().fit(X[split["train_rows"]],
+                                  sample_weight=w[split["train_rows"]])
+    np.testing.assert_allclose(sk[0].mean_, scaler.mean_)  # the pipeline's scaler weighed too
+    plain = fit_heads(bank, heads=["sk-logreg"], out=None, progress=False)
+    assert plain["rows"][0]["sample_weight"] is False
+    with pytest.raises(FeatureBankError, match=r"sample_weight must have shape \(300,\).*one "
+                                                r"per row of the bank's train split"):
+        fit_heads(bank, heads=["logreg"], out=None, sample_weight=np.ones(10))
+    with pytest.raises(FeatureBankError, match="other arguments"):
+        fit_heads(bank, heads=["logreg", "sk-logreg", "knn"], out=tmp_path / "runs",
+                  progress=False)

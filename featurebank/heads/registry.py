@@ -14,9 +14,10 @@ from typing import Any
 
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import LinearSVC
+from sklearn.utils.validation import has_fit_parameter
 
 from ..exceptions import ParameterError
 from ._base import standardization
@@ -48,9 +49,9 @@ class HeadSpec:
     streams : bool
         Whether it fits on features streamed from a bank (``StreamedRows``): banks larger
         than memory.
-    class_weights : bool
-        Whether ``build`` takes ``class_weight`` (scikit-learn's meanings: None, "balanced"
-        or a dict of class weights).
+    weights : bool
+        Whether the head takes class and sample weights: ``build(class_weight=)``
+        (scikit-learn's meanings: None, "balanced" or a dict) and ``fit_grid(sample_weight=)``.
     path : callable, optional
         ``path(X, y, candidates, shared=, on_fit=, **build_kwargs)`` -> ``(estimator,
         seconds)`` per setting: fits the whole grid sharing work between its settings (the
@@ -66,7 +67,7 @@ class HeadSpec:
     graftable: bool = True
     path: Callable[..., list[Any]] | None = None
     streams: bool = False
-    class_weights: bool = True
+    weights: bool = True
 
     def candidates(self) -> list[dict[str, Any]]:
         """Every combination of the grid, in order."""
@@ -76,23 +77,27 @@ class HeadSpec:
         return out
 
     def fit_grid(self, X, y, *, on_fit: Callable[[int], Any] = lambda n: None,
-                 shared: dict[str, Any] | None = None, **build_kwargs) -> list[Fitted]:
-        """Fit every setting of the grid on ``(X, y)``.
+                 shared: dict[str, Any] | None = None, sample_weight=None,
+                 **build_kwargs) -> list[Fitted]:
+        """Fit every setting of the grid on ``(X, y)`` (rows weighted by ``sample_weight``).
 
         ``on_fit(n)`` is called as settings finish (a progress bar's ``update``); ``shared``
         holds what the heads of one run compute once. Returns ``(estimator, params,
         seconds)`` per setting, in :meth:`candidates` order.
         """
+        if sample_weight is not None and not self.weights:
+            raise ParameterError(f"head {self.name!r} takes no sample weights; fit it "
+                                 f"without them, or choose a head that takes them.")
         candidates = self.candidates()
         if self.path is not None:
             fitted = self.path(X, y, candidates, shared={} if shared is None else shared,
-                               on_fit=on_fit, **build_kwargs)
+                               on_fit=on_fit, sample_weight=sample_weight, **build_kwargs)
             return [(est, params, secs) for (est, secs), params in zip(fitted, candidates)]
         fitted = []
         for params in candidates:
             est = self.build(**params, **build_kwargs)
             t = time.perf_counter()
-            est.fit(X, y)
+            est.fit(X, y, **fit_weights(est, sample_weight))
             fitted.append((est, params, time.perf_counter() - t))
             on_fit(1)
         return fitted
@@ -110,11 +115,24 @@ def _standardization(X, shared: dict[str, Any]):
     return shared["standardization"]
 
 
-def _logreg_path(X, y, candidates, *, shared, on_fit, **build_kwargs):
+def fit_weights(est, sample_weight) -> dict[str, Any]:
+    """The ``fit`` keywords that give ``est`` the sample weights: ``sample_weight``, or for a
+    Pipeline ``<step>__sample_weight`` for every step whose ``fit`` takes them (its
+    StandardScaler too, as LogisticHead's standardisation weighs them)."""
+    if sample_weight is None:
+        return {}
+    if isinstance(est, Pipeline):
+        return {f"{name}__sample_weight": sample_weight for name, step in est.steps
+                if has_fit_parameter(step, "sample_weight")}
+    return {"sample_weight": sample_weight}
+
+
+def _logreg_path(X, y, candidates, *, shared, on_fit, sample_weight=None, **build_kwargs):
     """Every C in the same passes over X; the path's time is shared equally."""
     t = time.perf_counter()
-    heads = logistic_path(X, y, [c["C"] for c in candidates],
-                          standardization_=_standardization(X, shared),
+    heads = logistic_path(X, y, [c["C"] for c in candidates], sample_weight=sample_weight,
+                          standardization_=None if sample_weight is not None
+                          else _standardization(X, shared),
                           **_logreg(**build_kwargs).get_params())
     on_fit(len(candidates))
     per = (time.perf_counter() - t) / len(candidates)
@@ -128,17 +146,19 @@ def _mlp(hidden_layer_sizes=(512,), weight_decay=1e-4, device="auto", random_sta
                    device=device, random_state=random_state)
 
 
-def _mlp_path(X, y, candidates, *, shared, on_fit, **build_kwargs):
-    """Every setting trained on one projection of X, computed once; each setting's time
-    includes an equal share of the projection."""
+def _mlp_path(X, y, candidates, *, shared, on_fit, sample_weight=None, **build_kwargs):
+    """Every setting trained on one projection of X, computed once (weighted, with sample
+    weights); each setting's time includes an equal share of the projection."""
     t = time.perf_counter()
     projection = _mlp(**candidates[0], **build_kwargs)._projection(
-        X, standardization_=_standardization(X, shared))
+        X, standardization_=None if sample_weight is not None else _standardization(X, shared),
+        sample_weight=sample_weight)
     share = (time.perf_counter() - t) / len(candidates)
     fitted = []
     for params in candidates:
         t = time.perf_counter()
-        est = _mlp(**params, **build_kwargs)._fit(X, y, projection=projection)
+        est = _mlp(**params, **build_kwargs)._fit(X, y, projection=projection,
+                                                  sample_weight=sample_weight)
         fitted.append((est, time.perf_counter() - t + share))
         on_fit(1)
     return fitted
@@ -189,7 +209,7 @@ _REGISTRY = {spec.name: spec for spec in [
              "scikit-learn RidgeClassifier after StandardScaler"),
     HeadSpec("knn", _knn, {"n_neighbors": [5, 20]},
              "scikit-learn KNeighborsClassifier on L2-normalised features (cosine)",
-             graftable=False, class_weights=False),
+             graftable=False, weights=False),
 ]}
 
 
