@@ -10,6 +10,8 @@ Layout (format version 1, readable by stock h5py; no compression filter)::
     /<split>/features/<tap>  (N, D) float16 | float32, chunked in row blocks
     /<split>/labels        (N,) int64
     /<split>/index         (N,) int64 position of each row in the source split
+    /<split>/views/<tap>   (N, V, D) with views (spec["views"]): view 0 the mirror, 1..V-1
+                           the random views; chunked in row blocks, each row's views together
 
 The writer creates every dataset at its full size with all chunks allocated up front, so
 appending rows writes raw data only: the file's structure never changes while rows stream in,
@@ -225,6 +227,20 @@ class FeatureBank:
         ds = self._datasets(split, tap)
         return ds[0].shape[0], sum(d.shape[1] for d in ds)
 
+    def views(self, split: str, tap: str | None = None) -> h5py.Dataset:
+        """The ``(N, V, D)`` HDF5 dataset of a split's augmented views at ``tap`` (view 0 the
+        mirror, then the random ones: :meth:`view_names`); BankError for a bank without."""
+        (tap,) = self._check(split, tap)
+        if self.spec.views is None:
+            raise BankError(f"feature bank {str(self.path)!r} holds no views; extract it with "
+                            f"--views K or --mirror.")
+        return self._h5[split]["views"][tap]
+
+    def view_names(self, split: str) -> list[str]:
+        """The names of a split's views, in their order (``[]`` without views)."""
+        self._check(split)
+        return [] if self.spec.views is None else self.spec.views.names(split)
+
     def features(self, split: str, tap: str | None = None) -> h5py.Dataset:
         """The HDF5 dataset of features: sliceable without reading the whole of it."""
         ds = self._datasets(split, tap)
@@ -331,10 +347,16 @@ class FeatureBank:
             t = s.tap_layers[tap]
             lines.append(f"  {tap:<12} {t.where} of {t.module}, activation "
                          f"{tuple(t.activation_shape)}, pool {t.pool} -> {t.dim} {s.dtype}")
+        if s.views is not None:
+            r = s.views
+            lines.append(f"views         mirror, and {r.count} random ({r.kind}, seed {r.seed}) "
+                         f"on {', '.join(r.splits) or 'no split'}")
         lines.append("splits:")
         for split in self.splits:
             skipped = self._skipped.get(split, [])
+            views = len(self.view_names(split))
             lines.append(f"  {split:<12} {self.num_rows(split)} rows"
+                         + (f" x {views} views" if views else "")
                          + (f", {len(skipped)} unreadable images skipped" if skipped else ""))
         return "\n".join(lines)
 
@@ -351,7 +373,8 @@ def _copy_structure(dst: h5py.File, spec: BankSpec, dataset: DatasetInfo,
 
 
 def _arrays(spec: BankSpec) -> list[str]:
-    return [*(f"features/{t}" for t in spec.taps), "labels", "index"]
+    views = [f"views/{t}" for t in spec.taps] if spec.views is not None else []
+    return [*(f"features/{t}" for t in spec.taps), *views, "labels", "index"]
 
 
 def write_virtual_bank(path: Path, shards: list[Path], *, spec: BankSpec,
@@ -456,7 +479,7 @@ class BankWriter:
     """
 
     def __init__(self, path: Path, *, spec: BankSpec, dataset: DatasetInfo, resume: bool):
-        self.path = Path(path)
+        self.path, self.spec = Path(path), spec
         self.partial = Path(f"{path}.partial")
         self.fingerprint = bank_fingerprint(spec, dataset)
         self.resumed = False
@@ -497,6 +520,10 @@ class BankWriter:
                     dim = spec.tap_layers[tap].dim
                     rows = int(max(1, min(n, _CHUNK_BYTES // (dim * dtype.itemsize))))
                     self._allocate(g, f"features/{tap}", (n, dim), dtype, (rows, dim))
+                    if spec.views is not None:  # a block of rows' views read contiguously
+                        v = spec.views.per_split(split)
+                        rows = int(max(1, min(n, _CHUNK_BYTES // (v * dim * dtype.itemsize))))
+                        self._allocate(g, f"views/{tap}", (n, v, dim), dtype, (rows, v, dim))
                 for name in ("labels", "index"):
                     self._allocate(g, name, (n,), np.dtype(np.int64),
                                    (max(1, min(n, 1 << 16)),))
@@ -526,7 +553,8 @@ class BankWriter:
         return int(a["rows_done"]), int(a["sources_done"])
 
     def write(self, split: str, *, features: dict[str, np.ndarray], labels: np.ndarray,
-              index: np.ndarray, sources_done: int) -> None:
+              index: np.ndarray, sources_done: int,
+              views: dict[str, np.ndarray] | None = None) -> None:
         """Append rows to ``split``; once this returns they survive a kill of the process.
 
         A write the disk refuses (full, quota, file size limit) raises BankError saying what
@@ -539,6 +567,8 @@ class BankWriter:
             if k:
                 for tap, x in features.items():
                     g["features"][tap][r:r + k] = x
+                for tap, x in (views or {}).items():  # (k, V, D): each row's views
+                    g["views"][tap][r:r + k] = x
                 g["labels"][r:r + k] = labels
                 g["index"][r:r + k] = index
                 self.f.flush()  # rows on disk before the counters that point past them

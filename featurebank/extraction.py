@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._decode import DECODERS, jpeg_decoder
@@ -32,7 +33,9 @@ from .backbones import TOKEN_POOLS, get_backbone
 from .bank import BankWriter, FeatureBank, bank_fingerprint, write_virtual_bank
 from .data import ImageBatch, ImageSource, open_source
 from .exceptions import BackboneError, BankError, FeatureBankError, ParameterError
-from .records import BankSpec, DatasetInfo, Resize, ShardInfo, SourceOptions, TapLayer
+from .views import view_batches
+from .records import (BankSpec, DatasetInfo, Resize, ShardInfo, SourceOptions, TapLayer,
+                      ViewRecipe)
 
 __all__ = ["ExtractConfig", "extract"]
 
@@ -147,6 +150,16 @@ class ExtractConfig(Options):
                                             "feature)", metavar="NAME")
     label_column: str | None = option(None, "hf: the label column (default: the ClassLabel "
                                             "feature)", metavar="NAME")
+    views: int = option(0, "random augmented views of each image of --view-splits, stored "
+                           "beside its row, with the mirror view of every split (0: none)",
+                        check=NON_NEGATIVE_INT, metavar="K")
+    mirror: bool = option(False, "store the mirror view (the input flipped left to right) of "
+                                 "every image, without random views (--views K implies it)")
+    view_splits: str = option("train", "the splits that get the --views random views (each "
+                                       "split gets the mirror)", metavar="SPLIT[,SPLIT...]")
+    view_seed: int = option(0, "seed of the random views (each image's views are drawn from "
+                               "it, the image's position and the view number)",
+                            check=NON_NEGATIVE_INT, metavar="SEED")
     limit: int | None = option(None, "at most N images of each split, stratified by class "
                                      "(the first of each class; recorded in the bank): a first "
                                      "run sized for a laptop", check=POSITIVE_INT, metavar="N")
@@ -388,7 +401,31 @@ def _spec(backbone, tap_info: dict[str, TapLayer], source: ImageSource,
         image_size=config.image_size, resize=source.resize,
         interpolation=prep.interpolation, antialias=prep.interpolation != "nearest",
         mean=tuple(prep.mean), std=tuple(prep.std), preprocessing_source=prep.source,
-        dtype=config.dtype, decode=config.decode)
+        dtype=config.dtype, decode=config.decode, views=_recipe(config, source))
+
+
+def _recipe(config: ExtractConfig, source: ImageSource) -> ViewRecipe | None:
+    """The views the options ask for, with the kind the source's image size calls for."""
+    if not config.views and not config.mirror:
+        return None
+    splits = tuple(t.strip() for t in config.view_splits.split(",") if t.strip())
+    unknown = [t for t in splits if t not in source.splits]
+    if unknown:
+        raise ParameterError(f"the 'view_splits' parameter names splits {unknown} that the "
+                             f"dataset lacks (its splits: {list(source.splits)}).")
+    return ViewRecipe(config.views, splits if config.views else (), config.view_seed,
+                      "pad_crop_flip" if _image_side(source, config) <= 64
+                      else "resized_crop_flip")
+
+
+def _image_side(source: ImageSource, config: ExtractConfig) -> int:
+    """The side of the uint8 images the network's input is made from: a source resized on
+    the device keeps its own (CIFAR's 32), decoded files come at the bank's size."""
+    if source.resize != Resize.DEVICE:
+        return config.image_size
+    split = next((s for s in source.splits.values() if len(s)), None)
+    return config.image_size if split is None else int(split.take(
+        np.array([next(iter(split.positions()))]), decoding=None).shape[1])
 
 
 def _skipped(source: ImageSource, writer: BankWriter) -> dict[str, list[str]]:
@@ -413,13 +450,14 @@ class _OrderedWrites:
         self.failed = threading.Event()
 
     def _write(self, split: str, batch: ImageBatch, feats: dict[str, torch.Tensor],
-               event) -> None:
+               views: dict[str, torch.Tensor], event) -> None:
         if self.failed.is_set():
             return
         if event is not None:
             event.synchronize()
         try:
             self.writer.write(split, features={t: v.numpy() for t, v in feats.items()},
+                              views={t: v.numpy() for t, v in views.items()},
                               labels=batch.labels, index=batch.positions,
                               sources_done=batch.stop)
         except BaseException:
@@ -427,8 +465,8 @@ class _OrderedWrites:
             raise
 
     def submit(self, split: str, batch: ImageBatch, feats: dict[str, torch.Tensor],
-               event) -> None:
-        self.pending.append(self.pool.submit(self._write, split, batch, feats, event))
+               views: dict[str, torch.Tensor], event) -> None:
+        self.pending.append(self.pool.submit(self._write, split, batch, feats, views, event))
         self.drain(2)
 
     def drain(self, keep: int = 0) -> None:
@@ -445,29 +483,41 @@ class _OrderedWrites:
         self.pool.shutdown(wait=True)
 
 
-def _forward(backbone, batch: ImageBatch, job: _Job, image_size: int):
-    """The batch's tap features in the bank's dtype, on their way to the CPU (and the CUDA
-    event that says when they are there)."""
+def _forward(backbone, batch: ImageBatch, job: _Job, image_size: int,
+             recipe: ViewRecipe | None, split: str):
+    """The batch's tap features and, with a recipe, its views' ``(B, V, D)`` (one more
+    forward pass each), in the bank's dtype on their way to the CPU, and the CUDA event that
+    says when they are there."""
     if not len(batch.labels):
-        return {}, None
+        return {}, {}, None
     with torch.inference_mode(), autocast(job.dev):
-        x = backbone.preprocess(batch.images.to(job.dev, non_blocking=True), image_size)
-        out = backbone(x)
+        images = batch.images.to(job.dev, non_blocking=True)
+        out = backbone(backbone.preprocess(images, image_size))
+        views = ([] if recipe is None else
+                 [backbone(backbone.preprocess(v, image_size))
+                  for v in view_batches(images, batch.positions, recipe, split)])
     store = getattr(torch, job.config.dtype)
     feats = {t: v.to(store).to("cpu", non_blocking=True) for t, v in out.items()}
+    stacked = {t: torch.stack([v[t] for v in views], 1).to(store).to("cpu", non_blocking=True)
+               for t in out} if views else {}
     event = None
     if job.dev.type == "cuda":
         event = torch.cuda.Event()
         event.record()
-    return feats, event
+    return feats, stacked, event
 
 
 @_same_cudnn_algorithms()
 def _run(backbone, source, writer, job: _Job, *, decoding) -> None:
-    c = job.config
-    total = sum(len(s) for s in source.splits.values())
-    done = sum(writer.progress(name)[1] for name in source.splits)
-    bar = progress_bar(total=total, initial=done, desc=job.label, enabled=job.progress)
+    c, recipe = job.config, writer.spec.views
+
+    def per_image(split: str) -> int:  # forward passes an image costs: the bar counts them
+        return 1 + (recipe.per_split(split) if recipe is not None else 0)
+
+    total = sum(len(s) * per_image(n) for n, s in source.splits.items())
+    done = sum(writer.progress(name)[1] * per_image(name) for name in source.splits)
+    bar = progress_bar(total=total, initial=done, desc=job.label, enabled=job.progress,
+                       unit="img" if recipe is None else "view")
     if writer.resumed and done and job.progress:
         bar.write(f"resuming {writer.partial}: {done} of {total} images already done",
                   file=sys.stderr)
@@ -482,8 +532,9 @@ def _run(backbone, source, writer, job: _Job, *, decoding) -> None:
                 for path in batch.skipped:  # logged even when quiet: the bank lacks these
                     bar.write(f"skipped unreadable image: {path}", file=sys.stderr)
                     n_skipped += 1
-                writes.submit(name, batch, *_forward(backbone, batch, job, decoding.image_size))
-                bar.update(batch.stop - batch.start)
+                writes.submit(name, batch, *_forward(backbone, batch, job, decoding.image_size,
+                                                     recipe, name))
+                bar.update((batch.stop - batch.start) * per_image(name))
         writes.drain()
         if n_skipped:
             bar.write(f"skipped {n_skipped} unreadable images (listed in the bank: "

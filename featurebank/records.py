@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._decode import Decoding
     from .backbones import Preprocessing, TapNetwork
 
-__all__ = ["BankSpec", "DatasetInfo", "Resize", "ShardInfo", "SourceOptions", "TapLayer",
+__all__ = ["BankSpec", "DatasetInfo", "Resize", "ShardInfo", "SourceOptions", "TapLayer", "ViewRecipe",
            "TapSelection", "WeightsId", "fingerprint", "tap_selections"]
 
 
@@ -181,6 +181,44 @@ class TapLayer:
 
 
 @dataclass(frozen=True)
+class ViewRecipe:
+    """The augmented views a bank holds beside each image's centre row (``spec["views"]``):
+    view 0 of every split is the mirror (the centre input flipped left to right); the splits
+    in ``splits`` also hold ``count`` random views, 1 to ``count``.
+
+    ``kind`` is ``"pad_crop_flip"`` for sources of 64 px or less (zero padding of 1/8 of the
+    side, a random crop back to the side, a random flip: the fine-tune's augmentation) and
+    ``"resized_crop_flip"`` for larger ones (a random crop of ``scale`` of the area and
+    ``ratio`` aspect, resized back, a random flip: RandomResizedCrop's rule). View ``v`` of
+    the image at source position ``p`` draws from ``numpy.random.default_rng([seed, p, v])``,
+    so a rerun, a resumed extraction and any number of ranks make the same views.
+    """
+
+    count: int
+    splits: tuple[str, ...]
+    seed: int
+    kind: str
+    scale: tuple[float, float] = (0.35, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    def per_split(self, split: str) -> int:
+        """How many views each row of ``split`` has: the mirror, and the random ones."""
+        return 1 + (self.count if split in self.splits else 0)
+
+    def names(self, split: str) -> list[str]:
+        return ["mirror", *(f"random{v}" for v in range(1, self.per_split(split)))]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "splits": list(self.splits), "seed": self.seed,
+                "kind": self.kind, "scale": list(self.scale), "ratio": list(self.ratio)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ViewRecipe:
+        return cls(int(data["count"]), tuple(data["splits"]), int(data["seed"]),
+                   str(data["kind"]), tuple(data["scale"]), tuple(data["ratio"]))
+
+
+@dataclass(frozen=True)
 class BankSpec:
     """Everything about the network and preprocessing a bank's rows depend on (``spec``).
 
@@ -205,6 +243,9 @@ class BankSpec:
     decode : {"pil", "tensor", "gpu"}
         How image files were decoded; ``pil`` is recorded by the key's absence, as in every
         bank made before it existed.
+    views : ViewRecipe or None
+        The augmented views stored beside the rows (``extract --views``/``--mirror``); None,
+        recorded by the key's absence, for a bank of centre rows alone.
     """
 
     model: str
@@ -221,6 +262,7 @@ class BankSpec:
     preprocessing_source: str
     dtype: str
     decode: str = "pil"
+    views: ViewRecipe | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -231,7 +273,8 @@ class BankSpec:
             "tap_layers": {t: TapLayer.from_json(v) for t, v in k["tap_layers"].items()},
             "image_size": int(k["image_size"]), "resize": Resize(k["resize"]),
             "mean": tuple(k["mean"]), "std": tuple(k["std"]),
-            "decode": k.get("decode") or "pil"})
+            "decode": k.get("decode") or "pil",
+            "views": ViewRecipe.from_json(k["views"]) if k.get("views") else None})
 
     def to_json(self) -> dict[str, Any]:
         """The ``spec`` JSON, key for key as extraction has always written it."""
@@ -244,6 +287,8 @@ class BankSpec:
                "preprocessing_source": self.preprocessing_source, "dtype": self.dtype}
         if self.decode != "pil":  # absent means PIL: older fingerprints stay valid
             out["decode"] = self.decode
+        if self.views is not None:  # absent means none: a bank without views is unchanged
+            out["views"] = self.views.to_json()
         return {**out, **self.extra}
 
     def replace(self, **changes: Any) -> BankSpec:
