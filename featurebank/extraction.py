@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import queue
 import sys
@@ -419,13 +420,25 @@ def _recipe(config: ExtractConfig, source: ImageSource) -> ViewRecipe | None:
 
 
 def _image_side(source: ImageSource, config: ExtractConfig) -> int:
-    """The side of the uint8 images the network's input is made from: a source resized on
-    the device keeps its own (CIFAR's 32), decoded files come at the bank's size."""
-    if source.resize != Resize.DEVICE:
-        return config.image_size
+    """The side of the source's images, from its first: an array's own (CIFAR's 32), or a
+    file's shorter side (read from its header; CIFAR's JPEGs are 32 px however large the bank
+    decodes them)."""
     split = next((s for s in source.splits.values() if len(s)), None)
-    return config.image_size if split is None else int(split.take(
-        np.array([next(iter(split.positions()))]), decoding=None).shape[1])
+    if split is None:
+        return config.image_size
+    first = next(iter(split.positions()))
+    if source.resize == Resize.DEVICE:
+        return int(split.take(np.array([first]), decoding=None).shape[1])
+    from PIL import Image
+
+    encoded = split.encoded(first)
+    data = encoded if isinstance(encoded, (str, os.PathLike)) else io.BytesIO(
+        encoded.read_bytes())
+    try:
+        with Image.open(data) as im:
+            return min(im.size)
+    except OSError:  # unreadable: the decoded size decides
+        return config.image_size
 
 
 def _skipped(source: ImageSource, writer: BankWriter) -> dict[str, list[str]]:

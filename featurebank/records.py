@@ -186,9 +186,9 @@ class ViewRecipe:
     view 0 of every split is the mirror (the centre input flipped left to right); the splits
     in ``splits`` also hold ``count`` random views, 1 to ``count``.
 
-    ``kind`` is ``"pad_crop_flip"`` for sources of 64 px or less (zero padding of 1/8 of the
-    side, a random crop back to the side, a random flip: the fine-tune's augmentation) and
-    ``"resized_crop_flip"`` for larger ones (a random crop of ``scale`` of the area and
+    ``kind`` is ``"pad_crop_flip"`` for sources of 64 px or less (their images' shorter side,
+    before any resize: zero padding of 1/8 of the side, a random crop back to the side, a
+    random flip: the fine-tune's augmentation) and ``"resized_crop_flip"`` for larger ones (a random crop of ``scale`` of the area and
     ``ratio`` aspect, resized back, a random flip: RandomResizedCrop's rule). View ``v`` of
     the image at source position ``p`` draws from ``numpy.random.default_rng([seed, p, v])``,
     so a rerun, a resumed extraction and any number of ranks make the same views.

@@ -77,14 +77,28 @@ def test_a_bank_without_views_is_the_bank_it_was(tmp_path):
                 **KW)
 
 
-def test_large_images_get_random_resized_crops(tmp_path):
-    write_folder(tmp_path / "imgs", n_per_class=3)
-    kw = {**KW, "image_size": 72}
-    bank = extract(f"folder:{tmp_path / 'imgs'}", out=tmp_path / "b.h5", views=2,
+def test_the_source_image_size_chooses_the_kind_of_random_view(tmp_path):
+    # files of 20-48 px decoded at 72 px: small sources, pad-and-crop (CIFAR's JPEGs too)
+    write_folder(tmp_path / "small", n_per_class=3)
+    small = extract(f"folder:{tmp_path / 'small'}", out=tmp_path / "s.h5", views=1,
+                    **{**KW, "image_size": 72})
+    assert small.spec.views.kind == "pad_crop_flip"
+    # photos of 80-120 px: random resized crops
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "big" / split / c).mkdir(parents=True)
+            for i in range(4):
+                pixels = rng.integers(0, 256, (int(rng.integers(80, 120)), 100, 3), np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "big" / split / c / f"{i}.png")
+    kw = {**KW, "image_size": 64}
+    bank = extract(f"folder:{tmp_path / 'big'}", out=tmp_path / "b.h5", views=2,
                    view_splits="train,test", **kw)
     assert bank.spec.views.kind == "resized_crop_flip"
-    assert bank.views("test").shape == (9, 3, 512)
-    again = extract(f"folder:{tmp_path / 'imgs'}", out=tmp_path / "c.h5", views=2,
+    assert bank.views("test").shape == (8, 3, 512)
+    again = extract(f"folder:{tmp_path / 'big'}", out=tmp_path / "c.h5", views=2,
                     view_splits="train,test", **kw)
     _views_equal(bank, again)
 
