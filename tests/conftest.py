@@ -353,3 +353,15 @@ def images_a_browser_renders(page: Path, tmp_path: Path) -> tuple[int, int]:
     found = re.search(r'data-images="(\d+):(\d+)"', proc.stdout)
     assert found, proc.stderr[-2000:]
     return int(found.group(1)), int(found.group(2))
+
+
+def rows_done(partial: Path, splits=("train",)) -> int:
+    """Rows a (partial) bank has written in ``splits``, read while its writer runs; 0 before
+    the file exists or while it cannot be read."""
+    import h5py
+
+    try:
+        with h5py.File(partial, "r", locking=False) as f:
+            return sum(int(f[s].attrs["rows_done"]) for s in splits)
+    except Exception:
+        return 0

@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, rank_pid, write_folder, write_npz, write_wds
+from conftest import REPO, rank_pid, rows_done, write_folder, write_npz, write_wds
 from featurebank import BankError, FeatureBank, extract
 from featurebank.bank import merge_bank
 from featurebank.data import shard_rows
@@ -169,14 +168,6 @@ def test_merge_makes_one_self_contained_file(tmp_path):
         merge_bank(tmp_path / "b.h5")
 
 
-def _rows_done(partial: Path) -> int:
-    try:
-        with h5py.File(partial, "r", locking=False) as f:
-            return int(f["train"].attrs["rows_done"])
-    except Exception:
-        return 0
-
-
 def test_a_killed_rank_resumes_to_the_bank_an_uninterrupted_run_writes(tmp_path):
     write_npz(tmp_path / "d.npz", n_train=800, n_test=40)
     args = ["--dataset", f"npz:{tmp_path / 'd.npz'}", *ARGS[:-3], "--image-size", "64",
@@ -186,13 +177,13 @@ def test_a_killed_rank_resumes_to_the_bank_an_uninterrupted_run_writes(tmp_path)
     proc = _torchrun(tmp_path, *args, wait=False)
     partial = tmp_path / "b.h5.shards" / "rank-00001-of-00002.h5.partial"
     deadline = time.time() + 240
-    while _rows_done(partial) < 32:
+    while rows_done(partial) < 32:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.05)
     os.kill(rank_pid(proc.pid, 1), signal.SIGKILL)  # no chance to clean up
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and not (tmp_path / "b.h5").exists()
-    assert 32 <= _rows_done(partial) < 400
+    assert 32 <= rows_done(partial) < 400
     rc, _, err = _torchrun(tmp_path, *args)  # the same command again
     assert rc == 0, err
     _same_bank(one, FeatureBank(tmp_path / "b.h5"))

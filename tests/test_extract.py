@@ -15,7 +15,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, as_unprivileged, run_cli, write_folder, write_npz
+from conftest import REPO, as_unprivileged, rows_done, run_cli, write_folder, write_npz
 from featurebank import (BackboneError, BankError, BankLockedError, DataError, FeatureBank,
                          FeatureBankError, ParameterError, extract, get_backbone)
 
@@ -103,14 +103,6 @@ def test_folder_skip_bad_records_the_skipped_files(tmp_path, vgg19_file):
     assert "1 unreadable images skipped" in bank.info()
 
 
-def _rows_done(partial):
-    try:
-        with h5py.File(partial, "r", locking=False) as f:
-            return int(f["train"].attrs["rows_done"]) + int(f["test"].attrs["rows_done"])
-    except Exception:
-        return 0
-
-
 def _start(tmp_path, vgg19_file, out):
     args = ["extract", "--dataset", f"npz:{tmp_path / 'd.npz'}", "--weights", str(vgg19_file),
             "--taps", "fc7,pool5", "--image-size", "32", "--batch-size", "16", "--out", str(out)]
@@ -128,7 +120,7 @@ def _default_sigint():
 
 def _wait_for_rows(proc, partial, more_than, timeout=120):
     deadline = time.time() + timeout
-    while _rows_done(partial) <= more_than:
+    while rows_done(partial, ("train", "test")) <= more_than:
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline
         time.sleep(0.05)
@@ -147,14 +139,14 @@ def test_killed_extraction_resumes_to_the_same_bank(tmp_path, vgg19_file):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "rerun the same command to resume" in err
-    first = _rows_done(partial)
+    first = rows_done(partial, ("train", "test"))
     assert 32 < first < 360 and not out.exists()
     # SIGKILL later on: no chance to clean up at all
     _, proc = _start(tmp_path, vgg19_file, out)
     _wait_for_rows(proc, partial, first + 48)
     proc.kill()
     proc.wait()
-    assert not out.exists() and _rows_done(partial) < 360
+    assert not out.exists() and rows_done(partial, ("train", "test")) < 360
     # rerun: picks up where the killed run stopped, ends equal to the uninterrupted run
     _, proc = _start(tmp_path, vgg19_file, out)
     _, err = proc.communicate(timeout=300)

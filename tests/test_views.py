@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, write_folder, write_npz
+from conftest import REPO, rows_done, write_folder, write_npz
 from featurebank import BankError, FeatureBank, ParameterError, extract
 from featurebank.records import BankSpec
 
@@ -115,26 +115,18 @@ def _extract_cli(cwd, out, *extra, nproc=None):
                             stderr=subprocess.PIPE, text=True)
 
 
-def _rows_done(partial) -> int:
-    try:
-        with h5py.File(partial, "r", locking=False) as f:
-            return int(f["train"].attrs["rows_done"])
-    except Exception:
-        return 0
-
-
 def test_killed_resumed_and_two_rank_extractions_write_the_same_views(tmp_path):
     write_npz(tmp_path / "d.npz", n_train=400, n_test=40)
     ref = _extract_cli(tmp_path, tmp_path / "ref.h5")
     assert ref.wait(timeout=300) == 0, ref.communicate()
     proc = _extract_cli(tmp_path, tmp_path / "b.h5")
     deadline = time.time() + 240
-    while _rows_done(tmp_path / "b.h5.partial") < 48:
+    while rows_done(tmp_path / "b.h5.partial") < 48:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert _rows_done(tmp_path / "b.h5.partial") < 400
+    assert rows_done(tmp_path / "b.h5.partial") < 400
     again = _extract_cli(tmp_path, tmp_path / "b.h5")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err  # resumed from the partial bank (-q: silently)
