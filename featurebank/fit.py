@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +133,12 @@ def _taps(bank: FeatureBank, tap: str | list[str] | None) -> list[str]:
     return [str(t) for t in selections]
 
 
-def _same_fit(board: Leaderboard, bank: FeatureBank, taps: list[str], heads: list[str],
-              settings: dict[str, Any]) -> bool:
+def _same_fit(board: Leaderboard, job: _Job) -> bool:
     """Whether an earlier fit's leaderboard is what these arguments would make."""
-    return (board.bank_fingerprint == bank.fingerprint and board.taps == taps
-            and sorted({r["head"] for r in board.rows}) == sorted(heads)
-            and all(board.extra.get(k, _BEFORE.get(k)) == v for k, v in settings.items())
+    return (board.bank_fingerprint == job.bank.fingerprint and board.taps == job.taps
+            and sorted({r["head"] for r in board.rows}) == sorted(job.heads)
+            and all(board.extra.get(k, _BEFORE.get(k)) == v
+                    for k, v in job.settings().items())
             and all((board.folder / f).is_file() for f in board.files()))
 
 
@@ -191,10 +192,12 @@ def _rows_digest(train: np.ndarray, val: np.ndarray) -> str:
     return hashlib.sha256(train.tobytes() + b"|" + val.tobytes()).hexdigest()
 
 
-def _check_out(out: Path | None, overwrite: bool, same: Any) -> tuple[list[str], Any]:
+def _check_out(out: Path | None, overwrite: bool, same: Any,
+               progress: bool) -> tuple[list[str], Any]:
     """``(files of an earlier fit in out, to remove once the new one is written; that fit's
-    board when it is up to date)``: an earlier fit of the same arguments is kept as it is,
-    one of other arguments is an error unless ``overwrite``."""
+    board when it is up to date)``: an earlier fit of the same arguments is kept as it is
+    (and said so, with ``progress``), one of other arguments is an error unless
+    ``overwrite``."""
     if out is None or not (out / LEADERBOARD_JSON).is_file():
         return [], None
     try:
@@ -204,6 +207,9 @@ def _check_out(out: Path | None, overwrite: bool, same: Any) -> tuple[list[str],
             return [], None
         raise
     if not overwrite and same(board):
+        if progress:
+            print(f"{out}/ is up to date: a fit of the same bank, taps, heads and settings "
+                  f"(pass overwrite=True, --overwrite, to fit again)", file=sys.stderr)
         return [], board
     if not overwrite:
         raise FeatureBankError(
@@ -266,11 +272,9 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
               heads: list[str] | tuple[str, ...] = ("logreg", "mlp"), val_fraction: float = 0.1,
               out: str | os.PathLike | None = "runs", random_state: int = 0,
               metric: str = "accuracy", class_weight=None, sample_weight=None,
-              calibrate: bool = False,
-              device: str = "auto", refit: bool = False,
-              train_rows=None, val_rows=None,
-              overwrite: bool = False, stream: bool | None = None,
-              chunk_rows: int | None = None, progress: bool = True,
+              calibrate: bool = False, device: str = "auto", refit: bool = False,
+              train_rows=None, val_rows=None, overwrite: bool = False,
+              stream: bool | None = None, chunk_rows: int | None = None, progress: bool = True,
               verbose: bool | None = None) -> dict[str, Any]:
     """Fit, select and rank heads on a feature bank.
 
@@ -278,94 +282,66 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     ----------
     bank : FeatureBank or path-like
     tap : str or list of str, optional
-        Default: the bank's first tap. Several taps (``"fc6,fc7,pool5"`` or a list) fit every
-        head on each; ``"all"`` means every tap of the bank; ``"fc6+fc7"`` concatenates taps.
+        Default: the bank's first tap. Several (``"fc6,fc7"`` or a list) fit every head on
+        each; ``"all"``: every tap of the bank; ``"fc6+fc7"``: taps side by side.
     heads : sequence of str, default=("logreg", "mlp")
         Names from :func:`featurebank.heads.list_heads`.
     val_fraction : float, default=0.1
         Fraction of the train split held out (stratified, seeded) for selection.
     out : path-like or None, default="runs"
-        Folder for the heads (``<head>.joblib``, or ``<head>@<tap>.joblib`` for several taps),
-        ``leaderboard.json``, ``leaderboard.csv`` and ``split.npz``; ``None`` writes nothing.
+        Folder for the heads (``<head>.joblib``; ``<head>@<tap>.joblib`` for several taps),
+        ``leaderboard.json`` / ``.csv`` and ``split.npz``; ``None`` writes nothing.
     random_state : int, default=0
         Seed of the validation split and of the stochastic heads.
-    device : {"auto", "cpu", "cuda"}, default="auto"
     metric : {"accuracy", "balanced_accuracy", "f1_macro", "log_loss"}, default="accuracy"
-        What selects each head's setting and ranks the heads, on the validation split (every
-        one of them is computed and recorded, on validation and test). Balanced accuracy or
-        macro F1 for imbalanced label sets; log loss for heads whose probabilities matter.
+        What selects each setting and ranks the heads on validation (all four are recorded).
     class_weight : None, "balanced" or dict, default=None
-        Class weights in every head's loss that takes them (all but ``knn``), with
-        scikit-learn's meanings; a dict maps the bank's class names (or indices) to weights.
-        ``"balanced"`` for imbalanced label sets, usually with a ``metric`` that weighs the
-        classes equally too.
+        Class weights (scikit-learn's meanings; a dict maps class names or indices to weights)
+        in the loss of every head that takes them (all but ``knn``).
     sample_weight : array-like of shape (n_train_rows,), optional
-        A weight for each row of the bank's train split, in the loss (and the
-        standardisation) of every head that takes weights, as ``fit(X, y, sample_weight=)``;
-        the validation scores that select are unweighted.
+        A weight per row of the train split, in the loss and standardisation of those heads;
+        the validation scores that select stay unweighted.
     calibrate : bool, default=False
-        Fit a temperature to each head's chosen setting on the validation split (by log
-        loss): the saved head's probabilities are calibrated, its predictions unchanged. The
-        leaderboard records the temperature and, on validation and test, the log loss and
-        expected calibration error before and after.
+        Fit a temperature to each chosen head on validation (by log loss): calibrated
+        probabilities, unchanged predictions, their effect recorded in the leaderboard.
+    device : {"auto", "cpu", "cuda"}, default="auto"
     refit : bool, default=False
-        Fit each head's chosen setting again on the train and validation rows together. Off
-        by default: a fine-tune validates (and stops early) on that split, which must then be
-        unseen, so ``featurebank finetune`` refuses refitted heads.
+        Refit each chosen setting on train + validation rows (``finetune`` refuses such heads:
+        it stops early on that split).
     train_rows, val_rows : array of int, optional
-        Rows of the bank's train split to fit on and to select on, instead of the stratified
-        ``val_fraction`` split of all of them (both or neither; disjoint): a few-shot draw, or
-        a split of your own. Recorded in ``split.npz`` like the default one.
+        Train-split rows to fit on and to select on (both or neither, disjoint) instead of the
+        ``val_fraction`` split: a few-shot draw, or a split of your own.
     overwrite : bool, default=False
         Replace the results of an earlier fit in ``out``; without it, that is an error.
     stream : bool, optional
-        Read the features from the bank chunk by chunk on every pass instead of loading them
-        (banks larger than memory; ``logreg`` and ``mlp`` only). Default: when a tap's train
-        features, as float32, would take over a quarter of this machine's memory.
+        Read the features chunk by chunk on every pass (banks larger than memory; ``logreg``
+        and ``mlp``). Default: when a tap's float32 train features exceed a quarter of memory.
     chunk_rows : int, optional
         Rows per read when streaming (default 16,384: 128 MiB of 4,096 float16 features).
     progress : bool, default=True
-        A progress bar and each head's line as it finishes (``verbose``: its deprecated name).
-        The selection notes (``note:`` lines on stderr) are printed either way.
+        A progress bar and a line per head (``verbose``: its deprecated name); the selection
+        notes (``note:`` on stderr) are printed either way.
 
     Returns
     -------
     dict
-        The leaderboard: ``rows`` (one per head and tap, best first, each with its validation
-        size ``n_val``), ``best_head`` (the best graftable head's name, or None), ``notes``
-        (why a selection may not mean much), the bank fingerprint, taps and split sizes.
+        The leaderboard: ``rows`` (per head and tap, best first), ``best_head`` (the best
+        graftable head, or None), ``notes``, the bank fingerprint, taps and split sizes.
     """
     if verbose is not None:
         warnings.warn("fit_heads(verbose=) is deprecated; use progress=, as the other "
                       "functions do.", DeprecationWarning, stacklevel=2)
         progress = verbose
-    bank, taps, heads, stream = _arguments(bank, tap, heads, metric, stream, chunk_rows)
-    class_weight = _class_weight(class_weight, bank.classes)
-    if calibrate and refit:
-        raise ParameterError("calibrate=True (--calibrate) fits the temperature on the "
-                             "validation split, which refit=True (--refit) trains on; pass "
-                             "one of them.")
+    job = _arguments(bank, tap, heads, stream=stream, chunk_rows=chunk_rows, metric=metric,
+                     val_fraction=val_fraction, random_state=random_state, refit=refit,
+                     calibrate=calibrate, class_weight=class_weight, sample_weight=sample_weight,
+                     train_rows=train_rows, val_rows=val_rows)
     out = Path(out) if out is not None else None
-    rows = _given_rows(train_rows, val_rows, bank)
-    sw = _sample_weight(sample_weight, bank)
-    settings = dict(val_fraction=val_fraction, random_state=random_state, refit=refit,
-                    metric=metric, class_weight=_as_json(class_weight), calibrate=calibrate,
-                    split_rows=None if rows is None else _rows_digest(*rows),
-                    sample_weight=None if sw is None else hashlib.sha256(sw.tobytes()).hexdigest())
-    old_files, done = _check_out(out, overwrite,
-                                 lambda b: _same_fit(b, bank, taps, heads, settings))
+    old_files, done = _check_out(out, overwrite, lambda b: _same_fit(b, job), progress)
     if done is not None:
-        if progress:
-            print(f"{out}/ is up to date: a fit of the same bank, taps, heads and settings "
-                  f"(pass overwrite=True, --overwrite, to fit again)", file=sys.stderr)
         return done.to_json()
-    rows, (train, val, y_val, sizes) = _fit_taps(
-        bank, taps, heads, out, metric=metric, val_fraction=val_fraction,
-        random_state=random_state, device=device, refit=refit, stream=stream,
-        progress=progress, class_weight=class_weight, calibrate=calibrate, given=rows, sw=sw)
-    notes = (_selection_notes(y_val, bank.classes, metric)
-             + _weight_notes(heads, class_weight, sw))
-    board = _board(bank, rows, taps, notes, **settings, **sizes)
+    rows, (train, val, y_val, sizes) = _fit_taps(job, out, device=device, progress=progress)
+    board = _board(job, rows, y_val, sizes)
     if out is not None:
         _write(out, board, train, val, old_files)
     for note in board["notes"]:  # what the selection rests on: said even without progress
@@ -373,47 +349,78 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     return board
 
 
-def _arguments(bank, tap, heads, metric: str, stream: bool | None, chunk_rows: int | None):
-    """The bank, its taps, the heads, and the rows per read when streaming (0: in memory),
-    each checked."""
+@dataclass(frozen=True)
+class _Job:
+    """A fit's arguments, checked: what it fits, on which rows, with which weights."""
+
+    bank: FeatureBank
+    taps: list[str]
+    heads: list[str]
+    stream: int  # rows per read when streaming; 0: in memory
+    metric: str
+    val_fraction: float
+    random_state: int
+    refit: bool
+    calibrate: bool
+    class_weight: Any  # None, "balanced" or {class index: weight}
+    rows: tuple[np.ndarray, np.ndarray] | None  # train and validation rows given
+    sw: np.ndarray | None  # a weight per train row
+
+    def settings(self) -> dict[str, Any]:
+        """What the leaderboard records of them and an up-to-date check compares."""
+        return dict(val_fraction=self.val_fraction, random_state=self.random_state,
+                    refit=self.refit, metric=self.metric,
+                    class_weight=_as_json(self.class_weight), calibrate=self.calibrate,
+                    split_rows=None if self.rows is None else _rows_digest(*self.rows),
+                    sample_weight=None if self.sw is None
+                    else hashlib.sha256(self.sw.tobytes()).hexdigest())
+
+
+def _arguments(bank, tap, heads, *, stream: bool | None, chunk_rows: int | None, metric: str,
+               class_weight, sample_weight, train_rows, val_rows, **settings) -> _Job:
+    """The fit's arguments, each checked: the bank, its taps, the heads, the rows per read
+    when streaming, the class and sample weights, the rows given."""
     chunk_rows = POSITIVE_INT.check("chunk_rows", chunk_rows or CHUNK_ROWS)
     check_choice("metric", metric, METRICS)
+    if settings["calibrate"] and settings["refit"]:
+        raise ParameterError("calibrate=True (--calibrate) fits the temperature on the "
+                             "validation split, which refit=True (--refit) trains on; pass "
+                             "one of them.")
     bank = bank if isinstance(bank, FeatureBank) else FeatureBank(bank)
     taps, heads = _taps(bank, tap), check_head_names(heads)
     stream = _needs_streaming(bank, taps) if stream is None else stream
     if stream:
         _check_streamable(heads)
-    return bank, taps, heads, chunk_rows if stream else 0
+    return _Job(bank, taps, heads, chunk_rows if stream else 0, metric,
+                class_weight=_class_weight(class_weight, bank.classes),
+                rows=_given_rows(train_rows, val_rows, bank),
+                sw=_sample_weight(sample_weight, bank), **settings)
 
 
-def _fit_taps(bank: FeatureBank, taps: list[str], heads: list[str], out: Path | None, *,
-              metric, val_fraction, random_state, device, refit, stream, progress,
-              class_weight, calibrate, given, sw):
+def _fit_taps(job: _Job, out: Path | None, *, device, progress):
     """Every head on every tap, each saved as it finishes: the leaderboard's rows, and the
     split (train and validation rows, the validation labels, the split sizes)."""
-    rows = []
+    rows, bank, taps, heads, sw = [], job.bank, job.taps, job.heads, job.sw
     n_settings = sum(len(get_head_spec(h).candidates()) for h in heads) * len(taps)
     with progress_bar(total=n_settings, unit="fit", desc="fit", leave=False,
                       enabled=progress) as bar:
         for t in taps:
-            X, y, test = _load(bank, t, stream)
-            train, val = given or _validation_split(y, val_fraction, random_state)
+            X, y, test = _load(bank, t, job.stream)
+            train, val = job.rows or _validation_split(y, job.val_fraction, job.random_state)
             sizes = {"n_train": int(len(train)), "n_val": int(len(val)),
                      "n_test": 0 if test is None else int(len(test[1]))}
             # read, split and standardised once for all heads of this tap
             data = {"X_train": select(X, train), "y_train": y[train],
                     "X_val": select(X, val), "y_val": y[val], "test": test, "shared": {},
                     "w_train": None if sw is None else sw[train]}
-            if given is None:  # what refit fits on: every train row, or the rows given
+            if job.rows is None:  # what refit fits on: every train row, or the rows given
                 data.update(X=X, y=y, w=sw)
             else:
                 both = np.union1d(train, val)
                 data.update(X=select(X, both), y=y[both], w=None if sw is None else sw[both])
             for name in heads:
                 bar.set_description(f"fit {name} on {t}")
-                row, est = _fit_head(name, t, data, metric=metric, device=device,
-                                     random_state=random_state, bar=bar, refit=refit,
-                                     class_weight=class_weight, calibrate=calibrate)
+                row, est = _fit_head(name, t, data, job, device=device, bar=bar)
                 rows.append(row)
                 if out is not None:
                     _save(row, est, out, bank=bank, val=val, several_taps=len(taps) > 1)
@@ -432,18 +439,18 @@ def _check_streamable(heads: list[str]) -> None:
             f"stream=False on a machine with more memory.")
 
 
-def _fit_head(name, tap, data: dict[str, Any], *, metric, device, random_state, bar, refit,
-              class_weight, calibrate):
+def _fit_head(name, tap, data: dict[str, Any], job: _Job, *, device, bar):
     """One head on one tap: its sweep, the chosen setting (refitted or calibrated when
     asked), its row."""
-    build = _build_kwargs(name, device=device, random_state=random_state,
-                          class_weight=class_weight)
+    metric, refit = job.metric, job.refit
+    build = _build_kwargs(name, device=device, random_state=job.random_state,
+                          class_weight=job.class_weight)
     (est, params, val, fit_s), sweep_s, tried, ties = _sweep(name, data, metric=metric,
                                                              build=build, bar=bar)
     if refit:  # the train and validation rows are all the rows
         est, fit_s = _refit(name, params, data["X"], data["y"], data["w"], build=build)
     calibration = None
-    if calibrate:  # one temperature on the validation split; the argmax does not move
+    if job.calibrate:  # one temperature on the validation split; the argmax does not move
         est, calibration = _calibrate(est, data)
         val = scores(est, data["X_val"], data["y_val"])
     test = scores(est, *data["test"]) if data["test"] is not None else None
@@ -463,11 +470,13 @@ def _fit_head(name, tap, data: dict[str, Any], *, metric, device, random_state, 
 def _calibrate(est, data: dict[str, Any]):
     """The head with a temperature fitted on the validation split, and the record of what it
     does (:func:`~featurebank.heads.calibration.calibration_record`)."""
-    calibrated = TemperatureScaledClassifier(est).fit(data["X_val"], data["y_val"])
-    splits = {"val": (data["X_val"], data["y_val"]), "test": data["test"]}
+    logits = {"val": head_logits(est, data["X_val"])}  # each split's logits, once
+    calibrated = TemperatureScaledClassifier(est)._fit_logits(logits["val"], data["y_val"])
+    labels = {"val": data["y_val"]}
+    if data["test"] is not None:
+        logits["test"], labels["test"] = head_logits(est, data["test"][0]), data["test"][1]
     record = calibration_record(
-        {split: (head_logits(est, X), np.searchsorted(calibrated.classes_, y))
-         for split, (X, y) in ((k, v) for k, v in splits.items() if v is not None)},
+        {k: (z, np.searchsorted(calibrated.classes_, labels[k])) for k, z in logits.items()},
         calibrated.temperature_)
     return calibrated, record
 
@@ -479,11 +488,13 @@ def _as_json(class_weight) -> Any:
     return class_weight
 
 
-def _board(bank: FeatureBank, rows: list[dict[str, Any]], taps: list[str], notes: list[str],
-           **fields: Any) -> dict[str, Any]:
+def _board(job: _Job, rows: list[dict[str, Any]], y_val: np.ndarray,
+           sizes: dict[str, int]) -> dict[str, Any]:
     """The leaderboard: rows best first by the selection metric, the best graftable one
     marked, the selection notes."""
-    metric = fields["metric"]
+    bank, taps, metric, fields = job.bank, job.taps, job.metric, {**job.settings(), **sizes}
+    notes = (_selection_notes(y_val, bank.classes, metric)
+             + _weight_notes(job.heads, job.class_weight, job.sw))
     said = metric.replace("_", " ")
     rows.sort(key=lambda r: -_merit(r["val_scores"], metric))
     best = next((r for r in rows if r["graftable"]), None)

@@ -6,7 +6,9 @@ Times ``featurebank.Trainer.step`` -- the fine-tune's own training step -- on a 
 augmentation, resize and normalisation, AdamW, gradient clipping, AMP (bf16, else fp16) and
 channels_last on CUDA; then, in the same process(es), a bare step of a copy of the network on
 input normalised beforehand (forward, cross-entropy, backward, AdamW: what a hand-written
-loop does, no augmentation, no clipping). Under torchrun both are DistributedDataParallel,
+loop does, no augmentation, no clipping). The images are random pixels: a training step's
+time does not depend on what they show (the fit benchmarks, whose convergence does, read real
+features). Under torchrun both are DistributedDataParallel,
 ``--batch-size`` is the global batch (each rank takes its part), and rank 0 prints. Examples::
 
     python scripts/bench_finetune.py                                    # CPU, VGG19 fc7, 32 px
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import tempfile
 import time
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 import featurebank
+from bench_heads import cpu_model  # scripts/, beside this one
 from featurebank import FinetuneConfig, GraftedNetwork, Trainer, get_backbone
 from featurebank._distributed import current_rank, part_of, process_group
 from featurebank._io import amp_dtype, autocast, resolve_device
@@ -114,7 +116,7 @@ def run(args, dev: torch.device, rank) -> None:
         return
     amp, world = amp_dtype(dev), 1 if rank is None else rank.world
     print(f"featurebank {featurebank.__version__}, torch {torch.__version__}, "
-          f"{platform.machine()}, {torch.get_num_threads()} torch threads per process, "
+          f"{cpu_model()}, {torch.get_num_threads()} torch threads per process, "
           f"{world} process{'es (torchrun, DDP)' if world > 1 else ''}, device {dev}"
           + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     print(f"model {args.model} tap {tap} ({dim}-d) + linear head, image size {args.image_size}, "

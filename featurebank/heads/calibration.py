@@ -153,14 +153,18 @@ class TemperatureScaledClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, sample_weight=None) -> TemperatureScaledClassifier:
         """Fit the temperature on held-out rows ``X``, ``y`` (labels as the estimator's)."""
         check_is_fitted(self.estimator)
+        return self._fit_logits(head_logits(self.estimator, X), y, sample_weight)
+
+    def _fit_logits(self, logits: np.ndarray, y, sample_weight=None
+                    ) -> TemperatureScaledClassifier:
+        """:meth:`fit` from the estimator's logits of the held-out rows, computed already."""
         classes = np.asarray(self.estimator.classes_)
         y = np.asarray(y)
         unknown = np.setdiff1d(y, classes)
         if len(unknown):
             raise ValueError(f"y holds labels {unknown[:5].tolist()} that the estimator was "
                              f"not fitted on (its classes {classes.tolist()[:10]}).")
-        self.temperature_ = fit_temperature(head_logits(self.estimator, X),
-                                            np.searchsorted(classes, y), sample_weight)
+        self.temperature_ = fit_temperature(logits, np.searchsorted(classes, y), sample_weight)
         self.classes_ = classes
         if hasattr(self.estimator, "n_features_in_"):
             self.n_features_in_ = self.estimator.n_features_in_
