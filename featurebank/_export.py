@@ -58,6 +58,7 @@ class ModelCard:
     source: str
     model_sha256: str | None = None  # the trained model's content (artefacts.model_sha256)
     temperature: float = 1.0  # probabilities are softmax(logits / temperature)
+    tta: bool = False  # selected with the mean over each image and its mirror
 
     def to_json(self) -> dict[str, Any]:
         spec, size = self.spec, self.spec.image_size
@@ -67,7 +68,11 @@ class ModelCard:
             "output": {"name": "logits", "shape": ["batch", len(self.classes)],
                        "softmax": "softmax(logits / temperature): probabilities in 'classes' "
                                   "order",
-                       "temperature": self.temperature},
+                       "temperature": self.temperature,
+                       "test_time_augmentation": (
+                           "mirror: average the probabilities of each image and of the image "
+                           "flipped left to right (before preprocessing), as the model was "
+                           "selected" if self.tta else None)},
             "preprocessing": {
                 "steps": ["decode to RGB uint8", _resize_step(spec),
                           "x = pixels / 255", "x = (x - mean) / std per channel"],

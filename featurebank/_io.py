@@ -288,21 +288,32 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype on ``device``: bfloat16 where the GPU has it, else float16; None on
-    the CPU (float32 there: CPU autocast is slower for these networks)."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles), as torch sees
+    it: there bfloat16 autocast speeds up convolutions; elsewhere it is emulated, slower."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def amp_dtype(device: torch.device, *, cpu_bf16: bool = False) -> torch.dtype | None:
+    """The autocast dtype on ``device``: bfloat16 where the GPU has it, else float16; on the
+    CPU bfloat16 with ``cpu_bf16`` where the CPU has it natively (:func:`cpu_has_bf16`:
+    extraction's forward passes), else None (float32)."""
     import torch
 
     if device.type != "cuda":
-        return None
+        return torch.bfloat16 if cpu_bf16 and cpu_has_bf16() else None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
-def autocast(device: torch.device):
-    """The mixed-precision context of every forward pass on ``device``: :func:`amp_dtype`'s
-    dtype on CUDA, off (float32) on the CPU."""
+
+def autocast(device: torch.device, dtype: Any = "auto"):
+    """The mixed-precision context of every forward pass on ``device``: ``dtype`` (a torch
+    dtype, or None: off, float32), by default :func:`amp_dtype`'s."""
     import torch
 
-    amp = amp_dtype(device)
+    amp = amp_dtype(device) if isinstance(dtype, str) and dtype == "auto" else dtype
     return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
 
 

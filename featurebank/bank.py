@@ -336,7 +336,8 @@ class FeatureBank:
             + (f"  ({s.weights_path})" if s.weights_path else ""),
             f"preprocessing {s.image_size} px, resize {s.resize} ({s.interpolation}, "
             f"antialias{', decode ' + s.decode if s.decode != 'pil' else ''}), "
-            f"mean {list(s.mean)}, std {list(s.std)} [from {s.preprocessing_source}]",
+            f"mean {list(s.mean)}, std {list(s.std)} [from {s.preprocessing_source}]"
+            f"; forward passes in {s.autocast or 'float32'}",
             f"dataset       {d.name}  {d.source}  ({len(self.classes)} classes, "
             f"fingerprint {d.fingerprint[:16]})"
             + (f"  options {d.options.to_json()}" if d.options.to_json() else ""),

@@ -37,6 +37,17 @@ def _heads(value: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _views(value: str) -> str | int:
+    """``--views``: all, none, or a count of random views."""
+    if value in ("all", "none"):
+        return value
+    try:
+        return NON_NEGATIVE_INT.parse(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected all, none or a count of random views "
+                                         f"(0, 1, 2, ...); got {value!r}") from None
+
+
 def _extract_parser(e: argparse.ArgumentParser) -> None:
     from .data import list_datasets
     from .extraction import ExtractConfig
@@ -84,6 +95,9 @@ def _run_parser(r: argparse.ArgumentParser) -> None:
     ExtractConfig.add_arguments(r)
     r.add_argument("--heads", default="logreg,mlp", type=_heads, metavar="HEAD[,HEAD...]",
                    help="heads to fit (default: logreg,mlp)")
+    r.add_argument("--tta", action="store_true",
+                   help="with --views or --mirror: also score each head with the mirror "
+                        "average, chosen on validation (fit --tta)")
     r.add_argument("--finetune-epochs", type=NON_NEGATIVE_INT.parse, default=0, metavar="N",
                    help="fine-tune the best head for N epochs (default: 0, no fine-tune)")
     r.add_argument("--device", default="auto", choices=_DEVICES,
@@ -119,6 +133,11 @@ def _suite_parser(s: argparse.ArgumentParser) -> None:
     s.add_argument("--seeds", metavar="SEED[,SEED...]", help="seeds of the draws (default: 0)")
     s.add_argument("--val-fraction", type=FRACTION.parse, default=None,
                    help="fit's validation fraction for shots 'all' (default: 0.1)")
+    s.add_argument("--views", type=NON_NEGATIVE_INT.parse, default=None, metavar="K",
+                   help="K random augmented views of each train image (and every image's "
+                        "mirror) in each bank; each cell's heads choose on validation between "
+                        "the centre rows and the views, with and without the mirror average "
+                        "(default: 0, none)")
     for flag, kind, meta, what in (("--image-size", int, "PX", "input size"),
                                    ("--weights", str, "W", "pretrained weights (DEFAULT, none, "
                                                            "NAME, PATH)"),
@@ -145,7 +164,7 @@ def _run_suite(args: argparse.Namespace) -> None:
                                              "limit") if getattr(args, k) is not None}
     given = {"models": args.models, "datasets": args.datasets, "taps": args.taps,
              "heads": args.heads, "shots": args.shots, "seeds": args.seeds,
-             "val_fraction": args.val_fraction}
+             "val_fraction": args.val_fraction, "views": args.views}
     if args.config is not None:
         config = SuiteConfig.from_toml(args.config, **given, extract=extract)
     elif args.models is None or args.datasets is None:
@@ -193,6 +212,15 @@ def _fit_parser(f: argparse.ArgumentParser) -> None:
     f.add_argument("--calibrate", action="store_true",
                    help="fit a temperature to each chosen head on the validation split (by log "
                         "loss): calibrated probabilities, unchanged predictions")
+    f.add_argument("--views", default="all", type=_views, metavar="all|none|N",
+                   help="on a bank with augmented views (extract --views K): also fit each "
+                        "head on the centre rows plus N random views of each train image "
+                        "(all: the bank's K), chosen against the centre rows alone on the "
+                        "validation split, which is drawn by image (default: all)")
+    f.add_argument("--tta", action="store_true",
+                   help="also score each setting on the mean of its probabilities over each "
+                        "image and its mirror view (a bank with views or --mirror), chosen on "
+                        "validation; predict follows the choice")
     f.add_argument("--refit", action="store_true",
                    help="refit each chosen setting on train + validation rows (off by default: "
                         "finetune needs the validation split unseen, and refuses such heads)")
@@ -271,6 +299,10 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
                         "options again are up to date: nothing is classified)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave unreadable images out (reported) instead of failing")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each image's probabilities with its mirror's (left to right, "
+                        "as the bank's mirror view); default: what the model was selected with "
+                        "(fit --tta)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -370,7 +402,7 @@ def _run_run(args: argparse.Namespace) -> None:
     from .fit import format_leaderboard
     from .pipeline import run
 
-    result = run(args.dataset, out=args.out, heads=args.heads,
+    result = run(args.dataset, out=args.out, heads=args.heads, tta=args.tta,
                  finetune_epochs=args.finetune_epochs, data_root=args.data_root,
                  download=args.download, device=args.device, overwrite=args.overwrite,
                  progress=not args.quiet, config=ExtractConfig.from_namespace(args))
@@ -403,7 +435,8 @@ def _run_fit(args: argparse.Namespace) -> None:
     board = fit_heads(args.bank, tap=args.tap, heads=args.heads, val_fraction=args.val_fraction,
                       out=args.out, random_state=args.seed, metric=args.metric,
                       class_weight=None if args.class_weight == "none" else args.class_weight,
-                      calibrate=args.calibrate, device=args.device,
+                      calibrate=args.calibrate, views=args.views, tta=args.tta,
+                      device=args.device,
                       refit=args.refit, overwrite=args.overwrite, stream=args.stream,
                       progress=not args.quiet)
     print(f"\n{'taps' if len(board['taps']) > 1 else 'tap'} {', '.join(board['taps'])}: "
@@ -452,7 +485,7 @@ def _run_predict(args: argparse.Namespace) -> None:
     before = _stamp(args.out)
     summary = model.predict_to_csv(args.images, args.out or sys.stdout, top_k=args.top_k,
                                    skip_bad=args.skip_bad, progress=not args.quiet,
-                                   overwrite=args.overwrite)
+                                   overwrite=args.overwrite, tta=args.tta)
     if not args.quiet:
         counts = ", ".join(f"{c} {n}" for c, n in summary["counts"][:5])
         print(f"predicted {summary['images']} images with {args.model}"

@@ -27,14 +27,14 @@ import torch
 
 from ._decode import DECODERS, jpeg_decoder
 from ._distributed import Rank, barrier, current_rank, process_group, shard_path
-from ._io import (IMAGE_SIZE, NON_NEGATIVE_INT, POSITIVE_INT, OutputLock, autocast,
-                  progress_bar, resolve_device)
+from ._io import (IMAGE_SIZE, NON_NEGATIVE_INT, POSITIVE_INT, OutputLock, amp_dtype,
+                  autocast, progress_bar, resolve_device)
 from ._options import Options, option
 from .backbones import TOKEN_POOLS, get_backbone
 from .bank import BankWriter, FeatureBank, bank_fingerprint, write_virtual_bank
 from .data import ImageBatch, ImageSource, open_source
 from .exceptions import BackboneError, BankError, FeatureBankError, ParameterError
-from .views import view_batches
+from .views import VIEW_RECIPES, view_batches
 from .records import (BankSpec, DatasetInfo, Resize, ShardInfo, SourceOptions, TapLayer,
                       ViewRecipe)
 
@@ -136,6 +136,11 @@ class ExtractConfig(Options):
                                 "JPEGs to tensors and torch's resize in the workers (faster on "
                                 "large JPEGs); or JPEGs in batches on the CUDA device (nvJPEG)",
                          choices=DECODERS)
+    amp: str = option("auto", "mixed precision of the forward passes: auto (bfloat16 autocast "
+                              "on GPUs that have it, else float16; on CPUs with native "
+                              "bfloat16, AMX or AVX512-BF16, bfloat16; else float32), or off "
+                              "(float32 everywhere); the bank records which ran",
+                      choices=("auto", "off"), result=False)
     token_pool: str = option("cls", "how transformer token outputs (N, T, D) become one "
                                     "vector: the class token or the mean",
                              choices=TOKEN_POOLS, flags=("--pool",))
@@ -161,6 +166,12 @@ class ExtractConfig(Options):
     view_seed: int = option(0, "seed of the random views (each image's views are drawn from "
                                "it, the image's position and the view number)",
                             check=NON_NEGATIVE_INT, metavar="SEED")
+    view_recipe: str = option("auto", "the random views' augmentation: pad_crop_flip (zero "
+                                      "padding of 1/8 of the side, a random crop, a flip), "
+                                      "resized_crop_flip (a random crop of 35 to 100 percent "
+                                      "of the area resized back, a flip), or auto: "
+                                      "pad_crop_flip for source images of 64 px or less",
+                              choices=VIEW_RECIPES)
     limit: int | None = option(None, "at most N images of each split, stratified by class "
                                      "(the first of each class; recorded in the bank): a first "
                                      "run sized for a laptop", check=POSITIVE_INT, metavar="N")
@@ -268,6 +279,11 @@ class _Job:
     progress: bool
     label: str = "extract"  # the progress bar's name
 
+    @property
+    def amp(self) -> torch.dtype | None:
+        """The autocast dtype of the forward passes (None: float32)."""
+        return None if self.config.amp == "off" else amp_dtype(self.dev, cpu_bf16=True)
+
 
 def _check_decode(decode: str, dev: torch.device) -> None:
     if decode == "gpu" and dev.type != "cuda":
@@ -330,7 +346,7 @@ def _prepare(job: _Job) -> tuple[ImageSource, Any, BankSpec]:
                             token_pool=c.token_pool)
     backbone.requires_grad_(False).to(job.dev).to(memory_format=torch.channels_last)
     tap_info = backbone.probe(c.image_size, job.dev)
-    return source, backbone, _spec(backbone, tap_info, source, c)
+    return source, backbone, _spec(backbone, tap_info, source, c, job.amp)
 
 
 def _write(job: _Job, out: Path, source: ImageSource, backbone, spec: BankSpec,
@@ -392,7 +408,7 @@ def _complete_shard(shard: Path, spec, dataset, overwrite: bool) -> bool:
 
 
 def _spec(backbone, tap_info: dict[str, TapLayer], source: ImageSource,
-          config: ExtractConfig) -> BankSpec:
+          config: ExtractConfig, amp: torch.dtype | None = None) -> BankSpec:
     """The bank's ``spec``: everything about the network and preprocessing its rows depend on."""
     prep = backbone.preprocessing
     return BankSpec(
@@ -402,7 +418,8 @@ def _spec(backbone, tap_info: dict[str, TapLayer], source: ImageSource,
         image_size=config.image_size, resize=source.resize,
         interpolation=prep.interpolation, antialias=prep.interpolation != "nearest",
         mean=tuple(prep.mean), std=tuple(prep.std), preprocessing_source=prep.source,
-        dtype=config.dtype, decode=config.decode, views=_recipe(config, source))
+        dtype=config.dtype, decode=config.decode, views=_recipe(config, source),
+        autocast=None if amp is None else str(amp).removeprefix("torch."))
 
 
 def _recipe(config: ExtractConfig, source: ImageSource) -> ViewRecipe | None:
@@ -414,9 +431,10 @@ def _recipe(config: ExtractConfig, source: ImageSource) -> ViewRecipe | None:
     if unknown:
         raise ParameterError(f"the 'view_splits' parameter names splits {unknown} that the "
                              f"dataset lacks (its splits: {list(source.splits)}).")
-    return ViewRecipe(config.views, splits if config.views else (), config.view_seed,
-                      "pad_crop_flip" if _image_side(source, config) <= 64
-                      else "resized_crop_flip")
+    kind = config.view_recipe
+    if kind == "auto":
+        kind = "pad_crop_flip" if _image_side(source, config) <= 64 else "resized_crop_flip"
+    return ViewRecipe(config.views, splits if config.views else (), config.view_seed, kind)
 
 
 def _image_side(source: ImageSource, config: ExtractConfig) -> int:
@@ -503,7 +521,7 @@ def _forward(backbone, batch: ImageBatch, job: _Job, image_size: int,
     says when they are there."""
     if not len(batch.labels):
         return {}, {}, None
-    with torch.inference_mode(), autocast(job.dev):
+    with torch.inference_mode(), autocast(job.dev, job.amp):
         images = batch.images.to(job.dev, non_blocking=True)
         out = backbone(backbone.preprocess(images, image_size))
         views = ([] if recipe is None else

@@ -39,7 +39,7 @@ from .heads.calibration import TemperatureScaledClassifier, calibration_record, 
 from .heads.persist import save_head
 from .heads.registry import check_head_names, fit_weights, get_head_spec
 from .records import TapSelection, tap_selections
-from .rows import CHUNK_ROWS, StreamedRows, chunks, select
+from .rows import CHUNK_ROWS, StreamedRows, ViewRows, chunks, select
 
 __all__ = ["fit_heads"]
 
@@ -92,35 +92,66 @@ def _build_kwargs(name: str, *, device, random_state, class_weight) -> dict[str,
     return kw
 
 
+@dataclass(frozen=True)
+class _Setting:
+    """One setting a sweep tried: the fitted estimator, its grid parameters, the random
+    views per image it trained on (0: the centre rows alone), whether it is scored on the
+    mean over the mirror (test-time augmentation), its validation scores, its fit seconds."""
+
+    est: Any
+    params: dict[str, Any]
+    views: int
+    tta: bool
+    val: dict[str, float]
+    seconds: float
+
+    def described(self, with_views: bool) -> dict[str, Any]:
+        return {**_short(self.params), **({"views": self.views, "tta": self.tta}
+                                          if with_views else {})}
+
+
 def _sweep(name: str, data: dict[str, Any], *, metric, build, bar):
-    """Fit every setting of the head's grid; return (best estimator, params, its validation
-    scores, seconds), the whole sweep's seconds, each setting's validation value of
+    """Fit every setting of the head's grid on each training set (the centre rows, and with
+    the views), score each with and without the mirror average where asked; return the best
+    :class:`_Setting`, the whole sweep's seconds, each setting's validation value of
     ``metric``, and the settings tied with the best on it."""
-    Xva, yva = data["X_val"], data["y_val"]
-    spec = get_head_spec(name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # reported per setting instead
-        fitted = spec.fit_grid(data["X_train"], data["y_train"], on_fit=bar.update,
-                               shared=data["shared"],
-                               sample_weight=data["w_train"] if spec.weights else None,
-                               **build)
-    tried = [(est, params, scores(est, Xva, yva), secs) for est, params, secs in fitted]
-    best = max(tried, key=lambda r: _merit(r[2], metric))  # the first of the best
-    ties = [_short(p) for _, p, v, _ in tried
-            if _merit(v, metric) == _merit(best[2], metric) and p is not best[1]]
-    return (best, sum(r[3] for r in tried), [(_short(p), v[metric]) for _, p, v, _ in tried],
-            ties)
+    spec, tried, init = get_head_spec(name), [], None
+    for views, (X, y, w, groups) in data["train_sets"].items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # reported per setting instead
+            fitted = spec.fit_grid(X, y, on_fit=bar.update, shared=data["shared"][views],
+                                   sample_weight=w if spec.weights else None, groups=groups,
+                                   init=init, **build)
+        init = [est for est, _, _ in fitted]  # the next set (with views) starts from these
+        for est, params, secs in fitted:
+            tried += [_Setting(est, params, views, tta, _val_scores(est, data, tta), secs)
+                      for tta in data["tta"]]
+    best = max(tried, key=lambda r: _merit(r.val, metric))  # the first of the best
+    shown = len(data["train_sets"]) > 1 or len(data["tta"]) > 1
+    ties = [r.described(shown) for r in tried
+            if _merit(r.val, metric) == _merit(best.val, metric) and r is not best]
+    return (best, sum(r.seconds for r in tried if not r.tta),
+            [(r.described(shown), r.val[metric]) for r in tried], ties)
 
 
-def _refit(name: str, params: dict[str, Any], X, y, w, *, build):
+def _val_scores(est, data: dict[str, Any], tta: bool) -> dict[str, float]:
+    return scores(est, data["X_val"], data["y_val"], mirror=data["M_val"] if tta else None)
+
+
+def _refit(name: str, params: dict[str, Any], X, y, w, *, build, groups=None):
     """The chosen setting fitted again on the train and validation rows together (weighted
-    by ``w`` where the head takes weights)."""
+    by ``w`` where the head takes weights; with the views of both when it chose views)."""
     spec = get_head_spec(name)
-    est = spec.build(**params, **build)
+    w = w if spec.weights else None
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        est.fit(X, y, **fit_weights(est, w if spec.weights else None))
+        if spec.path is not None:  # the path of one setting: the views' groups reach it
+            (est, _), = spec.path(X, y, [params], shared={}, on_fit=lambda n: None,
+                                  sample_weight=w, groups=groups, **build)
+        else:
+            est = spec.build(**params, **build)
+            est.fit(X, y, **fit_weights(est, w))
     return est, time.perf_counter() - t
 
 
@@ -144,7 +175,7 @@ def _same_fit(board: Leaderboard, job: _Job) -> bool:
 
 # what a leaderboard of an earlier version that lacks a setting was fitted with
 _BEFORE = {"metric": "accuracy", "class_weight": None, "calibrate": False, "split_rows": None,
-           "sample_weight": None}
+           "sample_weight": None, "views": 0, "tta": False}
 
 
 def _sample_weight(sample_weight, bank: FeatureBank) -> np.ndarray | None:
@@ -272,8 +303,8 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
               heads: list[str] | tuple[str, ...] = ("logreg", "mlp"), val_fraction: float = 0.1,
               out: str | os.PathLike | None = "runs", random_state: int = 0,
               metric: str = "accuracy", class_weight=None, sample_weight=None,
-              calibrate: bool = False, device: str = "auto", refit: bool = False,
-              train_rows=None, val_rows=None, overwrite: bool = False,
+              calibrate: bool = False, views="all", tta: bool = False, device: str = "auto",
+              refit: bool = False, train_rows=None, val_rows=None, overwrite: bool = False,
               stream: bool | None = None, chunk_rows: int | None = None, progress: bool = True,
               verbose: bool | None = None) -> dict[str, Any]:
     """Fit, select and rank heads on a feature bank.
@@ -304,6 +335,16 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     calibrate : bool, default=False
         Fit a temperature to each chosen head on validation (by log loss): calibrated
         probabilities, unchanged predictions, their effect recorded in the leaderboard.
+    views : {"all", "none"} or int, default="all"
+        On a bank with augmented views (``extract --views K``): each head is also fitted on
+        the centre rows plus this many random views of each train image (``"all"``: the
+        bank's K), and the validation split chooses between that and the centre rows alone.
+        The split is drawn by image: no view of a validation or test image is trained on.
+    tta : bool, default=False
+        Also score each setting on the mean of its probabilities over the centre and mirror
+        views (test-time augmentation; a bank with views or ``--mirror``), chosen on
+        validation like any setting; the saved head records the choice, and
+        :meth:`~featurebank.Predictor.predict` follows it.
     device : {"auto", "cpu", "cuda"}, default="auto"
     refit : bool, default=False
         Refit each chosen setting on train + validation rows (``finetune`` refuses such heads:
@@ -335,7 +376,7 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
     job = _arguments(bank, tap, heads, stream=stream, chunk_rows=chunk_rows, metric=metric,
                      val_fraction=val_fraction, random_state=random_state, refit=refit,
                      calibrate=calibrate, class_weight=class_weight, sample_weight=sample_weight,
-                     train_rows=train_rows, val_rows=val_rows)
+                     train_rows=train_rows, val_rows=val_rows, views=views, tta=tta)
     out = Path(out) if out is not None else None
     old_files, done = _check_out(out, overwrite, lambda b: _same_fit(b, job), progress)
     if done is not None:
@@ -365,6 +406,8 @@ class _Job:
     class_weight: Any  # None, "balanced" or {class index: weight}
     rows: tuple[np.ndarray, np.ndarray] | None  # train and validation rows given
     sw: np.ndarray | None  # a weight per train row
+    views: int = 0  # random views per train image to try besides none (0: the centre rows)
+    tta: bool = False  # whether the mirror average at test time is tried too
 
     def settings(self) -> dict[str, Any]:
         """What the leaderboard records of them and an up-to-date check compares."""
@@ -373,35 +416,66 @@ class _Job:
                     class_weight=_as_json(self.class_weight), calibrate=self.calibrate,
                     split_rows=None if self.rows is None else _rows_digest(*self.rows),
                     sample_weight=None if self.sw is None
-                    else hashlib.sha256(self.sw.tobytes()).hexdigest())
+                    else hashlib.sha256(self.sw.tobytes()).hexdigest(),
+                    views=self.views, tta=self.tta)
 
 
 def _arguments(bank, tap, heads, *, stream: bool | None, chunk_rows: int | None, metric: str,
-               class_weight, sample_weight, train_rows, val_rows, **settings) -> _Job:
+               class_weight, sample_weight, train_rows, val_rows, views, tta,
+               **settings) -> _Job:
     """The fit's arguments, each checked: the bank, its taps, the heads, the rows per read
-    when streaming, the class and sample weights, the rows given."""
+    when streaming, the class and sample weights, the rows given, the views."""
     chunk_rows = POSITIVE_INT.check("chunk_rows", chunk_rows or CHUNK_ROWS)
     check_choice("metric", metric, METRICS)
-    if settings["calibrate"] and settings["refit"]:
-        raise ParameterError("calibrate=True (--calibrate) fits the temperature on the "
-                             "validation split, which refit=True (--refit) trains on; pass "
-                             "one of them.")
+    clash = ("refit=True (--refit) trains on" if settings["refit"] else
+             "tta=True (--tta) averages two views' probabilities over" if tta else None)
+    if settings["calibrate"] and clash:
+        raise ParameterError(f"calibrate=True (--calibrate) fits the temperature on the "
+                             f"validation split, which {clash}; pass one of them.")
     bank = bank if isinstance(bank, FeatureBank) else FeatureBank(bank)
     taps, heads = _taps(bank, tap), check_head_names(heads)
-    stream = _needs_streaming(bank, taps) if stream is None else stream
+    views, tta = _view_options(bank, views, tta)
+    stream = _needs_streaming(bank, taps, 1 + views) if stream is None else stream
     if stream:
         _check_streamable(heads)
     return _Job(bank, taps, heads, chunk_rows if stream else 0, metric,
                 class_weight=_class_weight(class_weight, bank.classes),
                 rows=_given_rows(train_rows, val_rows, bank),
-                sw=_sample_weight(sample_weight, bank), **settings)
+                sw=_sample_weight(sample_weight, bank), views=views, tta=tta, **settings)
+
+
+def _view_options(bank: FeatureBank, views, tta) -> tuple[int, bool]:
+    """``(random views per train image to try besides none, whether to try the mirror
+    average)``: ``views`` is ``"all"`` (every random view of the bank's train split; none
+    when it has none), ``"none"`` or a count up to the bank's."""
+    have = (len(bank.view_names("train")) - 1) if "train" in bank.splits else 0
+    if isinstance(views, str) and views in ("all", "none"):
+        count = max(have, 0) if views == "all" else 0
+    elif isinstance(views, (int, np.integer)) and not isinstance(views, bool) and views >= 0:
+        count = int(views)
+    else:
+        raise ParameterError(f"the 'views' parameter must be 'all', 'none' or a count of "
+                             f"random views (a non-negative int); got {views!r}.")
+    if count > max(have, 0):
+        raise ParameterError(
+            f"views={count} asks for {count} random views per train image, and the bank "
+            f"{str(bank.path)!r} holds {max(have, 0)}; pass views={max(have, 0)} or 'all', or "
+            f"extract a bank with --views {count}.")
+    if not isinstance(tta, (bool, np.bool_)):
+        raise ParameterError(f"the 'tta' parameter must be True or False; got {tta!r}.")
+    if tta and bank.spec.views is None:
+        raise ParameterError(f"tta=True (--tta) averages each image's probabilities with its "
+                             f"mirror view's, and the bank {str(bank.path)!r} holds no views; "
+                             f"extract it with --mirror (or --views K).")
+    return count, bool(tta)
 
 
 def _fit_taps(job: _Job, out: Path | None, *, device, progress):
     """Every head on every tap, each saved as it finishes: the leaderboard's rows, and the
     split (train and validation rows, the validation labels, the split sizes)."""
     rows, bank, taps, heads, sw = [], job.bank, job.taps, job.heads, job.sw
-    n_settings = sum(len(get_head_spec(h).candidates()) for h in heads) * len(taps)
+    n_settings = sum(len(get_head_spec(h).candidates()) for h in heads) * sum(
+        2 if job.views and not TapSelection.parse(t).concatenated else 1 for t in taps)
     with progress_bar(total=n_settings, unit="fit", desc="fit", leave=False,
                       enabled=progress) as bar:
         for t in taps:
@@ -409,15 +483,7 @@ def _fit_taps(job: _Job, out: Path | None, *, device, progress):
             train, val = job.rows or _validation_split(y, job.val_fraction, job.random_state)
             sizes = {"n_train": int(len(train)), "n_val": int(len(val)),
                      "n_test": 0 if test is None else int(len(test[1]))}
-            # read, split and standardised once for all heads of this tap
-            data = {"X_train": select(X, train), "y_train": y[train],
-                    "X_val": select(X, val), "y_val": y[val], "test": test, "shared": {},
-                    "w_train": None if sw is None else sw[train]}
-            if job.rows is None:  # what refit fits on: every train row, or the rows given
-                data.update(X=X, y=y, w=sw)
-            else:
-                both = np.union1d(train, val)
-                data.update(X=select(X, both), y=y[both], w=None if sw is None else sw[both])
+            data = _tap_data(job, t, X, y, test, train, val)
             for name in heads:
                 bar.set_description(f"fit {name} on {t}")
                 row, est = _fit_head(name, t, data, job, device=device, bar=bar)
@@ -427,6 +493,53 @@ def _fit_taps(job: _Job, out: Path | None, *, device, progress):
                 if progress:
                     bar.write(_row_line(row), file=sys.stdout)
     return rows, (train, val, y[val], sizes)
+
+
+def _tap_data(job: _Job, tap: str, X, y, test, train, val) -> dict[str, Any]:
+    """What every head of one tap is fitted and scored on, read, split and standardised once:
+    the training sets (the centre rows, and with ``job.views`` random views of each train
+    image: never of a validation or test image), the validation rows, the test split, the
+    mirror rows scored with test-time augmentation, and (``refit``) what refit fits on."""
+    sw, per_tap = job.sw, not TapSelection.parse(tap).concatenated  # views are a tap's own
+    views, tta = (job.views, job.tta) if per_tap else (0, False)
+    sets = {0: (select(X, train), y[train], None if sw is None else sw[train], None)}
+    if views:
+        sets[views] = _with_views(job, tap, X, y, sw, train, views)
+    data = {"train_sets": sets, "X_val": select(X, val), "y_val": y[val], "test": test,
+            "shared": {v: {} for v in sets}, "w_train": sets[0][2],
+            "tta": [False, True] if tta else [False]}
+    if tta:
+        data["M_val"] = _mirror(job, tap, "train", X, val)
+        if test is not None:
+            data["M_test"] = _mirror(job, tap, "test", test[0], np.arange(len(test[1])))
+    if job.refit:  # every train row, or the rows given (and their views, for a head that
+        # chose them)
+        both = np.arange(len(y)) if job.rows is None else np.union1d(train, val)
+        data["refit"] = {0: (X, y, sw, None) if job.rows is None else
+                         (select(X, both), y[both], None if sw is None else sw[both], None)}
+        if views:
+            data["refit"][views] = _with_views(job, tap, X, y, sw, both, views)
+    return data
+
+
+def _with_views(job: _Job, tap: str, X, y, sw, images: np.ndarray, views: int):
+    """``(rows, labels, weights, groups)`` of ``images``' centre rows each followed by its
+    first ``views`` random views: a :class:`ViewRows` read chunk by chunk when streaming,
+    else its array."""
+    centre = X.ds if isinstance(X, StreamedRows) else X
+    rows = ViewRows(centre, job.bank.views("train", tap), images, range(1, views + 1),
+                    chunk=job.stream or CHUNK_ROWS)
+    per = 1 + views
+    return (rows if job.stream else rows.array(), np.repeat(y[images], per),
+            None if sw is None else np.repeat(sw[images], per), rows.groups)
+
+
+def _mirror(job: _Job, tap: str, split: str, X, rows: np.ndarray):
+    """The mirror-view features of ``rows`` of ``split``, aligned with their centre rows."""
+    centre = X.ds if isinstance(X, StreamedRows) else X
+    mirror = ViewRows(centre, job.bank.views(split, tap), rows, [0], with_centre=False,
+                      chunk=job.stream or CHUNK_ROWS)
+    return mirror if job.stream else mirror.array()
 
 
 def _check_streamable(heads: list[str]) -> None:
@@ -445,16 +558,19 @@ def _fit_head(name, tap, data: dict[str, Any], job: _Job, *, device, bar):
     metric, refit = job.metric, job.refit
     build = _build_kwargs(name, device=device, random_state=job.random_state,
                           class_weight=job.class_weight)
-    (est, params, val, fit_s), sweep_s, tried, ties = _sweep(name, data, metric=metric,
-                                                             build=build, bar=bar)
-    if refit:  # the train and validation rows are all the rows
-        est, fit_s = _refit(name, params, data["X"], data["y"], data["w"], build=build)
+    best, sweep_s, tried, ties = _sweep(name, data, metric=metric, build=build, bar=bar)
+    est, params, val, fit_s = best.est, best.params, best.val, best.seconds
+    if refit:  # the train and validation rows are all the rows (and their views)
+        X, y, w, groups = data["refit"][best.views]
+        est, fit_s = _refit(name, params, X, y, w, build=build, groups=groups)
     calibration = None
     if job.calibrate:  # one temperature on the validation split; the argmax does not move
         est, calibration = _calibrate(est, data)
         val = scores(est, data["X_val"], data["y_val"])
-    test = scores(est, *data["test"]) if data["test"] is not None else None
-    row = {"head": name, "tap": tap, "params": _short(params), "val_accuracy": val["accuracy"],
+    test = (scores(est, *data["test"], mirror=data.get("M_test") if best.tta else None)
+            if data["test"] is not None else None)
+    row = {"head": name, "tap": tap, "params": _short(params), "views": best.views,
+           "tta": best.tta, "val_accuracy": val["accuracy"],
            "n_val": int(len(data["y_val"])),
            "test_accuracy": test["accuracy"] if test is not None else None,
            "metric": metric, "val_scores": val, "test_scores": test,
@@ -494,17 +610,21 @@ def _board(job: _Job, rows: list[dict[str, Any]], y_val: np.ndarray,
     marked, the selection notes."""
     bank, taps, metric, fields = job.bank, job.taps, job.metric, {**job.settings(), **sizes}
     notes = (_selection_notes(y_val, bank.classes, metric)
-             + _weight_notes(job.heads, job.class_weight, job.sw))
+             + _weight_notes(job.heads, job.class_weight, job.sw)
+             + [f"{t}: views belong to each tap; fitted on the centre rows alone." for t in taps
+                if (job.views or job.tta) and TapSelection.parse(t).concatenated])
     said = metric.replace("_", " ")
     rows.sort(key=lambda r: -_merit(r["val_scores"], metric))
     best = next((r for r in rows if r["graftable"]), None)
     for r in rows:
         r["best"] = r is best
         if r["tied_with"]:
-            notes.append(f"{r['head']} on {r['tap']}: settings {r['tied_with']} scored the same "
-                         f"validation {said} as the chosen {r['params']} (the first of them in "
-                         f"the head's grid order was kept; a tie says the validation split "
-                         f"cannot tell them apart).")
+            tied = r["tied_with"][:3] + ([f"{len(r['tied_with']) - 3} more"]
+                                     if len(r["tied_with"]) > 3 else [])
+            notes.append(f"{r['head']} on {r['tap']}: settings {tied} scored the same "
+                         f"validation {said} as the chosen {r['params']}{_view_text(r)} (the "
+                         f"first of them in the head's grid order was kept; a tie says the "
+                         f"validation split cannot tell them apart).")
     top = [r for r in rows if r["val_scores"][metric] == rows[0]["val_scores"][metric]]
     if len(top) > 1:
         tied = ", ".join(f"{r['head']} on {r['tap']}" for r in top)
@@ -526,17 +646,24 @@ def _features(bank: FeatureBank, split: str, tap: str, stream: int | bool):
     return StreamedRows(bank.features(split, tap), chunk=int(stream)), bank.labels(split)
 
 
-def scores(est, X, y: np.ndarray) -> dict[str, float]:
+def scores(est, X, y: np.ndarray, mirror=None) -> dict[str, float]:
     """Every selection metric of ``est`` on features in memory or streamed, chunk by chunk:
     accuracy, balanced accuracy, macro F1 (from ``predict``) and log loss (from the class
     probabilities; the softmax of the scores for heads that have none); and the top-5
-    accuracy (the label among the 5 most probable classes), recorded, never selecting."""
+    accuracy (the label among the 5 most probable classes), recorded, never selecting.
+
+    With ``mirror`` (the same rows' mirror-view features), the probabilities are the mean of
+    the two views' and the prediction their most probable class (test-time augmentation)."""
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
+    labels = np.asarray(est.classes_)
     parts = [(est.predict(c), class_probabilities(est, c)) for _, c in chunks(X)]
     pred = np.concatenate([p for p, _ in parts])
     proba = np.concatenate([q for _, q in parts])
-    labels = np.asarray(est.classes_)
+    if mirror is not None:
+        proba = (proba + np.concatenate([class_probabilities(est, c)
+                                         for _, c in chunks(mirror)])) / 2
+        pred = labels[proba.argmax(1)]
     with warnings.catch_warnings():  # a class absent from a small split: scored all the same
         warnings.simplefilter("ignore")
         top = labels[np.argsort(-proba, axis=1, kind="stable")[:, :5]]
@@ -556,15 +683,16 @@ def _log_loss(y: np.ndarray, proba: np.ndarray, labels) -> float:
         return float(log_loss(y, np.clip(proba, 1e-15, 1), labels=labels))
 
 
-def _needs_streaming(bank: FeatureBank, taps: list[str]) -> bool:
-    """Whether the largest tap's train features, as float32, take over a quarter of this
-    machine's memory: then they are streamed from the bank instead of loaded."""
+def _needs_streaming(bank: FeatureBank, taps: list[str], per_image: int = 1) -> bool:
+    """Whether the largest tap's train features (``per_image`` rows an image: the centre
+    row and its views), as float32, take over a quarter of this machine's memory: then they
+    are streamed from the bank instead of loaded."""
     try:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return False
     n, d = max(bank.shape("train", t) for t in taps) if "train" in bank.splits else (0, 0)
-    return n * d * 4 > memory / 4
+    return n * per_image * d * 4 > memory / 4
 
 
 def _load(bank: FeatureBank, tap: str, stream: int | bool = False):
@@ -594,7 +722,7 @@ def _save(row: dict[str, Any], est, out: Path, *, bank: FeatureBank, val: np.nda
               params=row["params"], val_rows=val, refit=row["refit"],
               metrics={k: row[k] for k in ("val_accuracy", "n_val", "test_accuracy", "metric",
                                            "val_scores", "test_scores", "fit_seconds",
-                                           "class_weight", "temperature")})
+                                           "class_weight", "temperature", "views", "tta")})
 
 
 def _value(row: dict[str, Any], split: str) -> str:
@@ -608,14 +736,22 @@ def _value(row: dict[str, Any], split: str) -> str:
 def _row_line(row: dict[str, Any]) -> str:
     return (f"  {row['head']:<11} {row['tap']:<8} val {_value(row, 'val')} "
             f"({row['n_val']})  test {_value(row, 'test')}  fit {row['fit_seconds']:7.2f}s  "
-            f"sweep {row['sweep_seconds']:7.2f}s  {row['params']}")
+            f"sweep {row['sweep_seconds']:7.2f}s  {row['params']}{_view_text(row)}")
+
+
+def _view_text(row: dict[str, Any]) -> str:
+    """The views a row chose, as text ('' for the centre rows without the mirror)."""
+    n = row.get("views") or 0
+    parts = ([f"{n} view{'s' if n > 1 else ''}"] if n else []) + (
+        ["mirror average"] if row.get("tta") else [])
+    return f" + {', '.join(parts)}" if parts else ""
 
 
 _CSV_COLUMNS = ["head", "tap", "val_accuracy", "n_val", "test_accuracy", "fit_seconds",
                 "sweep_seconds", "params", "refit", "graftable", "best", "file", "metric",
                 *(f"{split}_{m}" for split in ("val", "test")
                   for m in (*METRICS[1:], "top5_accuracy")),
-                "class_weight", "temperature",
+                "class_weight", "temperature", "views", "tta",
                 *(f"{split}_ece_{when}" for split in ("val", "test")
                   for when in ("before", "after"))]
 
@@ -648,7 +784,8 @@ def format_leaderboard(board: dict[str, Any]) -> str:
         mark = "  <- best graftable" if r["best"] else ""
         lines.append(f"{r['head']:<11} {r['tap']:<9} {_value(r, 'val'):>12} "
                      f"{_value(r, 'test'):>13} {r['fit_seconds']:8.2f} "
-                     f"{r['sweep_seconds']:8.2f}  {json.dumps(r['params'])}{mark}")
+                     f"{r['sweep_seconds']:8.2f}  {json.dumps(r['params'])}{_view_text(r)}"
+                     f"{mark}")
     weights = board.get("class_weight")
     lines.append(f"(validation {metric.replace('_', ' ')} on {board['n_val']} held-out train "
                  f"rows, which selected each setting"
@@ -656,6 +793,9 @@ def format_leaderboard(board: dict[str, Any]) -> str:
                  + (f"; class weights {json.dumps(weights)}" if weights is not None else "")
                  + ("; probabilities calibrated by a temperature on validation"
                     if board.get("calibrate") else "")
+                 + (f"; views none or {board['views']} per train image" if board.get("views")
+                    else "")
+                 + ("; with and without the mirror average" if board.get("tta") else "")
                  + "; leaderboard.json holds all four metrics)")
     calibrated = [r for r in board["rows"] if r.get("calibration")]
     for r in calibrated:

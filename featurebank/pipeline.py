@@ -33,7 +33,7 @@ class RunResult:
 
 
 def run(dataset: str, *, out: str | os.PathLike = "run", heads=("logreg", "mlp"),
-        finetune_epochs: int = 0, data_root: str | os.PathLike = "data",
+        tta: bool = False, finetune_epochs: int = 0, data_root: str | os.PathLike = "data",
         download: bool = False, device: str = "auto", overwrite: bool = False,
         progress: bool = True, config: Any = None, **options: Any) -> RunResult:
     """Extract, fit, fine-tune (with ``finetune_epochs``) and report, into ``out``.
@@ -42,7 +42,9 @@ def run(dataset: str, *, out: str | os.PathLike = "run", heads=("logreg", "mlp")
     ``report/``. ``config`` / ``**options`` are the extraction's (:class:`ExtractConfig`:
     ``model``, ``weights``, ``image_size``, ``taps``...). Without ``overwrite``, each step
     whose artefact was made with the same arguments is kept and one of other arguments is
-    refused; ``overwrite`` redoes every step.
+    refused; ``overwrite`` redoes every step. With views in the bank (``views=K`` or
+    ``mirror=True``), the heads choose them on validation as ``fit_heads`` does, with the
+    mirror average too when ``tta``.
     """
     from .extraction import extract
     from .fit import fit_heads
@@ -51,7 +53,7 @@ def run(dataset: str, *, out: str | os.PathLike = "run", heads=("logreg", "mlp")
     bank = extract(dataset, out=folder / "bank.h5", data_root=data_root, download=download,
                    device=device, overwrite=overwrite, progress=progress, config=config,
                    **options)
-    board = fit_heads(bank, heads=list(heads), out=folder / "runs", device=device,
+    board = fit_heads(bank, heads=list(heads), out=folder / "runs", device=device, tta=tta,
                       overwrite=overwrite, progress=progress)
     summary = None
     if finetune_epochs:

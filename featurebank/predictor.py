@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._io import (POSITIVE_INT, atomic_write, autocast, check_output, progress_bar,
-                  resolve_device, write_json)
+from ._io import (POSITIVE_INT, amp_dtype, atomic_write, autocast, check_output,
+                  progress_bar, resolve_device, write_json)
 from .artefacts import model_sha256, read_best_model, read_json, up_to_date
 from .backbones import TapNetwork
 from .bank import FeatureBank
@@ -104,12 +104,16 @@ class Predictor:
         The logits are divided by it before the softmax: a calibrated model's (``fit
         --calibrate``, ``finetune --calibrate``), 1.0 otherwise. Predictions do not depend on
         it.
+    tta : bool
+        Whether the model was selected with test-time augmentation (``fit --tta`` chose the
+        mean of its probabilities over each image and its mirror): what :meth:`predict`
+        does unless told otherwise.
     """
 
     def __init__(self, backbone: TapNetwork, *, classes: np.ndarray, spec: BankSpec,
                  tap: str, head: nn.Module | None = None, estimator: Any = None,
                  source: str = "", device: str = "auto", batch_size: int | None = None,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, tta: bool = False):
         self.device = resolve_device(device)
         self.spec, self.estimator, self.source = BankSpec.from_json(spec), estimator, source
         self.classes_ = np.asarray(classes)
@@ -122,6 +126,12 @@ class Predictor:
         self.backbone = backbone.to(self.device).eval()
         self.head = self.network.head if self.network is not None else None
         self.temperature = float(temperature)  # probabilities: softmax(logits / temperature)
+        self.tta = bool(tta)
+        # a saved head's features as its bank's rows were computed (a CPU with native
+        # bfloat16 runs a bank extracted in bfloat16 the same way); a fine-tuned network as
+        # it trained (float32 on the CPU); CUDA its own autocast
+        self.amp = self.spec.amp(self.device) if estimator is not None else amp_dtype(
+            self.device)
         self.model_sha256: str | None = None  # what load_model loaded, by content
 
     def __repr__(self) -> str:
@@ -129,16 +139,24 @@ class Predictor:
                 f"classes={len(self.classes_)}, device={self.device})")
 
     # -- prediction ---------------------------------------------------------------------------
-    def iter_predict(self, images: Any, *, skip_bad: bool = False
+    def iter_predict(self, images: Any, *, skip_bad: bool = False, tta: bool | None = None
                      ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, list[str]]]:
         """Batch by batch: ``(names, predicted classes, probabilities, unreadable names)``.
 
         An unreadable file raises DataError naming it, unless ``skip_bad`` (then it is left out
-        and named in the last element).
+        and named in the last element). ``tta``: average the probabilities over each image and
+        its mirror (left to right, as the bank's mirror view), the prediction their most
+        probable class; default :attr:`tta`, the model's own choice.
         """
-        return self._iter_items(image_items(images), skip_bad)
+        return self._iter_items(image_items(images), skip_bad, self._tta(tta))
 
-    def _iter_items(self, items: list[tuple[str, Any]], skip_bad: bool):
+    def _tta(self, tta: bool | None) -> bool:
+        if tta is not None and not isinstance(tta, (bool, np.bool_)):
+            raise FeatureBankError(f"the 'tta' parameter must be True, False or None (the "
+                                   f"model's choice, {self.tta}); got {tta!r}.")
+        return self.tta if tta is None else bool(tta)
+
+    def _iter_items(self, items: list[tuple[str, Any]], skip_bad: bool, tta: bool):
         for s in range(0, len(items), self.batch_size):
             names, arrays, bad = [], [], []
             for name, image in items[s:s + self.batch_size]:
@@ -152,15 +170,25 @@ class Predictor:
                     names.append(name)
                     arrays.append(array)
             if arrays:
-                labels, proba = self._classify(arrays)
+                labels, proba = self._classify(arrays, tta)
             else:
                 labels, proba = self.classes_[:0], np.zeros((0, len(self.classes_)))
             yield names, labels, proba, bad
 
+    def _classify(self, arrays: list[np.ndarray], tta: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted classes and probabilities of a batch; with ``tta``, the mean of the
+        images' and their mirrors' probabilities and its most probable class."""
+        labels, proba = self._classify_view(arrays)
+        if not tta:
+            return labels, proba
+        proba = (proba + self._classify_view([a[:, ::-1] for a in arrays])[1]) / 2
+        return self.classes_[proba.argmax(1)], proba
+
     @torch.inference_mode()
-    def _classify(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _classify_view(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         x = self._input(arrays)
-        with autocast(self.device):
+        with autocast(self.device, self.amp):
             feats = self.backbone(x).float()
         if self.estimator is not None:  # a saved head: features as the bank stored them
             X = feats.cpu().numpy().astype(self.spec.dtype).astype(np.float32)
@@ -172,24 +200,27 @@ class Predictor:
 
     def _input(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """Normalised network input; images of different sizes are resized one by one."""
+        arrays = [np.ascontiguousarray(a) for a in arrays]  # a mirror's strides are negative
         prep, size = self.backbone.preprocessing, self.image_size
         if len({a.shape for a in arrays}) == 1:
             return prep.apply(torch.from_numpy(np.stack(arrays)).to(self.device), size)
         return torch.cat([prep.apply(torch.from_numpy(a[None]).to(self.device), size)
                           for a in arrays])
 
-    def predict(self, images: Any) -> np.ndarray:
-        """The predicted class name of each image."""
-        return np.concatenate([labels for _, labels, _, _ in self.iter_predict(images)])
+    def predict(self, images: Any, *, tta: bool | None = None) -> np.ndarray:
+        """The predicted class name of each image (``tta``: as in :meth:`iter_predict`)."""
+        return np.concatenate([labels for _, labels, _, _ in self.iter_predict(images,
+                                                                               tta=tta)])
 
-    def predict_proba(self, images: Any) -> np.ndarray:
+    def predict_proba(self, images: Any, *, tta: bool | None = None) -> np.ndarray:
         """Class probabilities ``(n_images, n_classes)``, columns in ``classes_`` order (for
-        heads without probabilities, e.g. LinearSVC, the softmax of their scores)."""
-        return np.concatenate([p for _, _, p, _ in self.iter_predict(images)])
+        heads without probabilities, e.g. LinearSVC, the softmax of their scores; ``tta``: as
+        in :meth:`iter_predict`)."""
+        return np.concatenate([p for _, _, p, _ in self.iter_predict(images, tta=tta)])
 
     def predict_to_csv(self, images: Any, out: str | os.PathLike | IO[str], *, top_k: int = 5,
                        skip_bad: bool = False, progress: bool = False,
-                       overwrite: bool = False) -> dict[str, Any]:
+                       overwrite: bool = False, tta: bool | None = None) -> dict[str, Any]:
         """Classify ``images`` into a CSV: ``path, prediction, probability`` and the ``top_k``
         classes (``class_1, prob_1, ...``). ``out`` is a file path (written atomically, with
         ``<out>.json`` recording the arguments and the summary) or an open text file. Returns
@@ -200,9 +231,11 @@ class Predictor:
         summary is returned and nothing is classified; another one is replaced only with
         ``overwrite``."""
         k = min(POSITIVE_INT.check("top_k", top_k), len(self.classes_))
+        tta = self._tta(tta)
         items = image_items(images)  # listed once: a folder's files, an npz's arrays
         arguments = {"model": self.source, "model_sha256": self.model_sha256,
-                     "images": _signature(items), "top_k": k, "skip_bad": skip_bad}
+                     "images": _signature(items), "top_k": k, "skip_bad": skip_bad,
+                     **({"tta": True} if tta else {})}
         record = Path(f"{out}.json") if not hasattr(out, "write") else None
         if record is not None:  # before any image is read: nothing is lost
             check_output(out)
@@ -216,7 +249,7 @@ class Predictor:
             w = csv.writer(f)
             w.writerow(columns)
             with progress_bar(total=len(items), desc="predict", enabled=progress) as bar:
-                for names, labels, proba, bad in self._iter_items(items, skip_bad):
+                for names, labels, proba, bad in self._iter_items(items, skip_bad, tta):
                     for name, label, p in zip(names, labels, proba):
                         top = np.argsort(-p, kind="stable")[:k]
                         w.writerow([name, label, f"{p.max():.6f}", *(
@@ -250,7 +283,7 @@ class Predictor:
                                    f"torch form); export a linear or MLP head, or a fine-tuned "
                                    f"model.")
         card = ModelCard(self.spec, tuple(str(c) for c in self.classes_), self.source,
-                         self.model_sha256, self.temperature)
+                         self.model_sha256, self.temperature, self.tta)
         return export(self.network, Path(path), format=format, card=card, overwrite=overwrite)
 
 
@@ -336,4 +369,5 @@ def _load_head(path: Path, bank, **kw: Any) -> Predictor:
     head = to_torch(est) if is_graftable(est) else None
     return Predictor(spec.rebuild_backbone(info["tap"]), classes=names, spec=spec,
                      tap=info["tap"], head=head, estimator=est,
-                     temperature=calibrated_parts(est)[1], **kw)
+                     temperature=calibrated_parts(est)[1],
+                     tta=bool(info.get("metrics", {}).get("tta", False)), **kw)

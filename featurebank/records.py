@@ -246,6 +246,10 @@ class BankSpec:
     views : ViewRecipe or None
         The augmented views stored beside the rows (``extract --views``/``--mirror``); None,
         recorded by the key's absence, for a bank of centre rows alone.
+    autocast : {"bfloat16", "float16"} or None
+        The dtype the forward passes ran in (autocast: a GPU's, or a CPU's with native
+        bfloat16); None, by the key's absence, for float32. Where it ran, not what was asked:
+        not in the fingerprint.
     """
 
     model: str
@@ -263,6 +267,7 @@ class BankSpec:
     dtype: str
     decode: str = "pil"
     views: ViewRecipe | None = None
+    autocast: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -289,12 +294,22 @@ class BankSpec:
             out["decode"] = self.decode
         if self.views is not None:  # absent means none: a bank without views is unchanged
             out["views"] = self.views.to_json()
+        if self.autocast is not None:
+            out["autocast"] = self.autocast
         return {**out, **self.extra}
 
     def replace(self, **changes: Any) -> BankSpec:
         return replace(self, **changes)
 
     # -- what the spec rebuilds ------------------------------------------------------------
+    def amp(self, device) -> Any:
+        """The autocast dtype that computes features as this bank's were, on ``device``:
+        CUDA's own; on the CPU bfloat16 for a bank computed in bfloat16, where the CPU has it
+        natively; else None (float32)."""
+        from ._io import amp_dtype
+
+        return amp_dtype(device, cpu_bf16=self.autocast == "bfloat16")
+
     @property
     def preprocessing(self) -> Preprocessing:
         """Mean, std and interpolation as the backbone applies them."""
@@ -425,8 +440,9 @@ class DatasetInfo:
         return replace(self, **changes)
 
 
-# Keys that say where things are, not what they are: moving data or weights keeps the fingerprint.
-_LOCATION_KEYS = {"spec": ("weights_path",), "dataset": ("source",)}
+# Keys that say where things are or ran, not what they are: moving data or weights, or
+# extracting on another device, keeps the fingerprint.
+_LOCATION_KEYS = {"spec": ("weights_path", "autocast"), "dataset": ("source",)}
 
 
 def fingerprint(spec: BankSpec, dataset: DatasetInfo) -> str:

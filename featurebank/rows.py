@@ -16,7 +16,8 @@ import numpy as np
 
 from ._io import POSITIVE_INT, as_float32
 
-__all__ = ["CHUNK_ROWS", "StreamedRows", "chunks", "is_streamed", "raw_blocks", "select"]
+__all__ = ["CHUNK_ROWS", "StreamedRows", "ViewRows", "chunks", "is_streamed", "raw_blocks",
+           "select"]
 
 CHUNK_ROWS = 16384  # rows per read of a streamed fit: 16,384 x 4,096 float16 is 128 MiB
 
@@ -75,6 +76,91 @@ class StreamedRows:
         """float32 rows at the sorted positions ``idx`` of the selection."""
         source = idx if self.rows is None else self.rows[idx]
         return as_float32(self.ds[np.sort(source)])
+
+
+class ViewRows(StreamedRows):
+    """Images' centre rows with their augmented views, as one ``(n_images x (1 + views), D)``
+    matrix read chunk by chunk: image-major, each image's centre row (an ``(N, D)`` dataset)
+    then its views (rows of an ``(N, V, D)`` one; a bank's ``views/<tap>``). A training set
+    with views that never holds more than a chunk in memory, or :meth:`array` of it.
+
+    Parameters
+    ----------
+    centre : h5py.Dataset or ndarray
+        ``(N, D)`` centre rows.
+    views : h5py.Dataset or ndarray
+        ``(N, V, D)`` views of the same images.
+    images : array of int
+        Sorted rows (images) to take.
+    view_index : sequence of int
+        The views (indices into ``V``) each image contributes after its centre row.
+    chunk : int, default=16384
+        Rows (image-views) per read.
+    with_centre : bool, default=True
+        Whether each image's centre row comes first (False: its views alone).
+
+    Attributes
+    ----------
+    pairs : ndarray of shape (n_rows, 2)
+        ``(image, view)`` of every row, view -1 the centre row.
+    groups : ndarray of shape (n_rows,)
+        The image of every row: rows of one image stay on one side of a split.
+    """
+
+    def __init__(self, centre, views, images: np.ndarray, view_index, chunk: int = CHUNK_ROWS,
+                 *, with_centre: bool = True, pairs: np.ndarray | None = None):
+        self.ds, self.views_ds, self.chunk = centre, views, POSITIVE_INT.check("chunk", chunk)
+        if pairs is None:
+            images = np.asarray(images, dtype=np.int64)
+            which = np.array([-1] * with_centre + list(view_index), dtype=np.int64)
+            pairs = np.stack([np.repeat(images, len(which)), np.tile(which, len(images))], 1)
+        self.pairs = pairs
+        self.rows = pairs[:, 0]  # each row's image (StreamedRows' meaning: rows of ds)
+        self.groups = self.rows
+        self.shape = (len(pairs), centre.shape[1])
+        per_image = len(pairs) / max(1, len(np.unique(self.rows)))
+        self.images_per_read = max(1, int(self.chunk // max(1.0, per_image)))
+
+    def select(self, rows: np.ndarray) -> ViewRows:
+        return ViewRows(self.ds, self.views_ds, None, (), self.chunk,
+                        pairs=self.pairs[np.asarray(rows, dtype=np.int64)])
+
+    def __repr__(self) -> str:
+        return f"ViewRows({self.shape[0]} rows of {len(np.unique(self.rows))} images)"
+
+    def _gather(self, pairs: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """float32 rows of ``pairs`` (images within ``[start, stop)``), in their order."""
+        out = np.empty((len(pairs), self.shape[1]), np.float32)
+        centre = pairs[:, 1] < 0
+        if centre.any():
+            out[centre] = as_float32(self.ds[start:stop])[pairs[centre, 0] - start]
+        if not centre.all():
+            views = self.views_ds[start:stop]
+            out[~centre] = as_float32(views[pairs[~centre, 0] - start, pairs[~centre, 1]])
+        return out
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        done, step = 0, self.images_per_read  # about ``chunk`` rows per read
+        for s in range(0, self.ds.shape[0], step):
+            lo, hi = np.searchsorted(self.rows, [s, s + step])
+            if hi > lo:
+                yield done, self._gather(self.pairs[lo:hi], s, min(s + step, self.ds.shape[0]))
+                done += hi - lo
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.sort(np.asarray(idx, dtype=np.int64))
+        out = np.empty((len(idx), self.shape[1]), np.float32)
+        for s, chunk in self.chunks():  # one pass; the rows of idx in each chunk
+            lo, hi = np.searchsorted(idx, [s, s + len(chunk)])
+            out[lo:hi] = chunk[idx[lo:hi] - s]
+        return out
+
+    def array(self) -> np.ndarray:
+        """All rows as one float32 array (in memory)."""
+        out = np.empty(self.shape, np.float32)
+        for s, chunk in self.chunks():
+            out[s:s + len(chunk)] = chunk
+        return out
 
 
 def is_streamed(X: Any) -> bool:

@@ -48,15 +48,19 @@ RESULTS_JSON, RESULTS_CSV, SUMMARY_CSV, SUITE_HTML = ("results.json", "results.c
                                                       "summary.csv", "report.html")
 _COLUMNS = ["model", "weights", "dataset", "image_size", "tap", "head", "shots", "seed",
             "test_accuracy", "test_top5_accuracy", "test_balanced_accuracy", "val_accuracy",
-            "chosen", "fit_seconds", "n_train", "n_val", "n_test", "bank", "bank_fingerprint"]
+            "chosen", "views", "tta", "fit_seconds", "n_train", "n_val", "n_test", "bank",
+            "bank_fingerprint"]
 
 
 @dataclass(frozen=True)
 class SuiteConfig:
     """What a suite runs. ``taps`` is an extraction's (``"fc7,penultimate"``; ``"all"``: each
-    model's named taps; None: each model's default); ``shots`` are positive ints and ``"all"``; ``extract`` holds
-    other :class:`~featurebank.ExtractConfig` options (``image_size``, ``weights``, ``dtype``,
-    ``batch_size``, ``limit``, ...), the same for every bank."""
+    model's named taps; None: each model's default); ``shots`` are positive ints and
+    ``"all"``; ``views`` random augmented views of each train image (and every image's mirror)
+    are extracted into each bank, and each cell's heads choose on validation between the
+    centre rows and the views, with and without the mirror average (0: no views);
+    ``extract`` holds other :class:`~featurebank.ExtractConfig` options (``image_size``,
+    ``weights``, ``dtype``, ``batch_size``, ``limit``, ...), the same for every bank."""
 
     models: tuple[str, ...]
     datasets: tuple[str, ...]
@@ -65,6 +69,7 @@ class SuiteConfig:
     shots: tuple[int | str, ...] = ("all",)
     seeds: tuple[int, ...] = (0,)
     val_fraction: float = 0.1
+    views: int = 0
     extract: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,6 +88,10 @@ class SuiteConfig:
         object.__setattr__(self, "seeds", tuple(NON_NEGATIVE_INT.check("seeds", int(s))
                                                 for s in self.seeds))
         FRACTION.check("val_fraction", self.val_fraction)
+        NON_NEGATIVE_INT.check("views", self.views)
+        if "views" in self.extract or "mirror" in self.extract:
+            raise ParameterError("the suite's views are its own 'views' key (--views K), not "
+                                 "an extract option.")
         try:  # unknown or bad options: named
             ExtractConfig.merged(None, self.extract, "suite")
         except TypeError as e:
@@ -149,7 +158,7 @@ def few_shot_rows(y: np.ndarray, shots: int | str, seed: int, val_fraction: floa
 
 def suite(models: Sequence[str] | str | None = None, datasets: Sequence[str] | str | None = None,
           *, taps: str | None = None, heads: Sequence[str] | str = ("logreg",),
-          shots: Sequence[int | str] = ("all",), seeds: Sequence[int] = (0,),
+          shots: Sequence[int | str] = ("all",), seeds: Sequence[int] = (0,), views: int = 0,
           out: str | os.PathLike = "suite", cache: str | os.PathLike | None = None,
           data_root: str | os.PathLike = "data", download: bool = False, device: str = "auto",
           progress: bool = True, as_frame: bool = False, config: SuiteConfig | None = None,
@@ -170,6 +179,10 @@ def suite(models: Sequence[str] | str | None = None, datasets: Sequence[str] | s
         Training images per class (see the module's protocol); ``"all"``: the whole train
         split less ``fit``'s validation split.
     seeds : sequence of int, default=(0,)
+    views : int, default=0
+        Random augmented views of each train image (``extract --views K``, with every
+        image's mirror) in each bank; each cell's heads then choose on validation between
+        the centre rows and the views, with and without the mirror average (``fit --tta``).
     out : path-like, default="suite"
         Folder for ``results.json``, ``results.csv``, ``summary.csv``, ``report.html``,
         ``cells/`` (finished cells, what a rerun keeps) and ``banks/`` (unless ``cache``).
@@ -192,7 +205,8 @@ def suite(models: Sequence[str] | str | None = None, datasets: Sequence[str] | s
         One row per model x dataset x tap x head x shots x seed (``_COLUMNS``).
     """
     config = config or SuiteConfig(models or (), datasets or (), taps=taps, heads=heads,
-                                   shots=shots, seeds=seeds, extract=extract_options)
+                                   shots=shots, seeds=seeds, views=views,
+                                   extract=extract_options)
     out = Path(out)
     folder = Path(cache) if cache is not None else out / "banks"
     rank = current_rank()
@@ -244,7 +258,8 @@ def _bank(config: SuiteConfig, model: str, dataset: str, folder: Path, **kw: Any
         from .backbones import list_taps
 
         taps = ",".join(list_taps(model))
-    options = {**config.extract, "model": model, "taps": taps}
+    options = {**config.extract, "model": model, "taps": taps,
+               **({"views": config.views} if config.views else {})}
     key = hashlib.sha256(json.dumps([dataset, options], sort_keys=True, default=str)
                          .encode()).hexdigest()[:12]
     name = "".join(c if c.isalnum() else "-" for c in f"{dataset}_{model}")[-60:]
@@ -269,7 +284,8 @@ def _cells(config: SuiteConfig, banks: list[_Bank], out: Path, *, device: str,
             path = out / "cells" / f"{b.bank.fingerprint[:16]}_{_slug(tap)}_{k}_{seed}.json"
             key = {"protocol": PROTOCOL, "bank_fingerprint": b.bank.fingerprint, "tap": tap,
                    "shots": k, "seed": seed, "heads": list(config.heads),
-                   "val_fraction": config.val_fraction}
+                   "val_fraction": config.val_fraction,
+                   **({"views": config.views} if config.views else {})}
             cell = _kept(path, key)
             if cell is None:
                 cell = _fit_cell(config, b, tap, k, seed, device) | {"key": key}
@@ -301,7 +317,8 @@ def _fit_cell(config: SuiteConfig, b: _Bank, tap: str, shots: int | str, seed: i
     with contextlib.redirect_stderr(io.StringIO()):  # fit's notes go into the cell instead
         board = fit_heads(bank, tap=tap, heads=list(config.heads), out=None,
                           random_state=seed, device=device, progress=False, train_rows=train,
-                          val_rows=val, val_fraction=config.val_fraction)
+                          val_rows=val, val_fraction=config.val_fraction,
+                          views="all", tta=bool(config.views))
     spec = bank.spec
     rows = [{"model": b.model, "weights": str(spec.weights), "dataset": b.dataset,
              "image_size": spec.image_size, "tap": tap, "head": r["head"], "shots": shots,
@@ -309,6 +326,7 @@ def _fit_cell(config: SuiteConfig, b: _Bank, tap: str, shots: int | str, seed: i
              "test_top5_accuracy": _test(r, "top5_accuracy"),
              "test_balanced_accuracy": _test(r, "balanced_accuracy"),
              "val_accuracy": r["val_accuracy"], "chosen": r["params"],
+             "views": r["views"], "tta": r["tta"],
              "fit_seconds": r["sweep_seconds"], "n_train": board["n_train"],
              "n_val": board["n_val"], "n_test": board["n_test"], "bank": str(bank.path),
              "bank_fingerprint": bank.fingerprint}

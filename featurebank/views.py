@@ -20,7 +20,9 @@ import torch
 from .finetuning.augment import crop_flip
 from .records import ViewRecipe
 
-__all__ = ["view_batches"]
+__all__ = ["VIEW_RECIPES", "view_batches"]
+
+VIEW_RECIPES = ("auto", "pad_crop_flip", "resized_crop_flip")  # ViewRecipe.kind, or auto
 
 
 def view_batches(x: torch.Tensor, positions: np.ndarray, recipe: ViewRecipe,

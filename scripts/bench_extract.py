@@ -8,7 +8,10 @@ usual torchvision tutorial pipeline, on the same images, backbone, batch size an
   (c) tut    PIL Resize + ToTensor + Normalize in DataLoader workers, fp32, NCHW, features
              collected in memory
 
-Prints images/s for each and the ratios b/a and b/c, with the conditions. Examples::
+Prints images/s for each and the ratios b/a and b/c, with the conditions. On a CPU with
+native bfloat16 (AMX, AVX512-BF16: ``featurebank._io.cpu_has_bf16``) (a) and (b) run twice,
+in float32 (``extract --amp off``) and in bfloat16 autocast with channels_last (the default
+there), with the bfloat16 features' relative error against float32's. Examples::
 
     python scripts/bench_extract.py                       # CPU, 32 px, 1024 synthetic images
     python scripts/bench_extract.py --device cuda --image-size 224 --n-images 60000 \\
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_heads import cpu_model  # noqa: E402
+
 import featurebank
 from featurebank.backbones import get_backbone
 from featurebank.bank import BankWriter
 from featurebank._decode import DECODERS
 from featurebank.extraction import ExtractConfig, _Job, _run, _spec
 from featurebank.data import open_source
-from featurebank._io import autocast, resolve_device
+from featurebank._io import amp_dtype, autocast, cpu_has_bf16, resolve_device
 
 
 def _sync(dev: torch.device) -> None:
@@ -42,12 +48,12 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def bench_bare(backbone, dev, n, batch, size) -> float:
+def bench_bare(backbone, dev, n, batch, size, amp="auto") -> float:
     # random uint8 pixels, normalised as the pipeline does: the same value range reaches the net
     pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, device=dev)
     x = backbone.preprocess(pixels, size)
     steps = max(1, n // batch)
-    with torch.inference_mode(), autocast(dev):
+    with torch.inference_mode(), autocast(dev, amp):
         for _ in range(3):
             backbone(x)
         _sync(dev)
@@ -58,12 +64,26 @@ def bench_bare(backbone, dev, n, batch, size) -> float:
     return steps * batch / (time.perf_counter() - t)
 
 
-def bench_featurebank(backbone, source, dev, size, batch, workers, decode, tmp: Path):
+def relative_error(backbone, dev, batch, size) -> float:
+    """max |bf16 - fp32| / max |fp32| of the backbone's outputs on one batch."""
+    pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, device=dev)
+    x = backbone.preprocess(pixels, size)
+    with torch.inference_mode():
+        with autocast(dev, None):
+            ref = backbone(x)
+        with autocast(dev, torch.bfloat16):
+            low = backbone(x)
+    return max(float((low[t].float() - ref[t]).abs().max() / ref[t].abs().max()) for t in ref)
+
+
+def bench_featurebank(backbone, source, dev, size, batch, workers, decode, tmp: Path,
+                      amp="auto"):
     config = ExtractConfig(model=backbone.name, image_size=size, decode=decode, batch_size=batch,
-                           num_workers=workers)
-    spec = _spec(backbone, backbone.probe(size, dev), source, config)
-    writer = BankWriter(tmp / "bench.h5", spec=spec, dataset=source.describe(), resume=False)
+                           num_workers=workers, amp=amp)
     job = _Job(source, config, dev, data_root="", download=False, resume=False, progress=False)
+    spec = _spec(backbone, backbone.probe(size, dev), source, config, job.amp)
+    writer = BankWriter(tmp / f"bench_{amp}.h5", spec=spec, dataset=source.describe(),
+                        resume=False)
     n = sum(len(s) for s in source.splits.values())
     _sync(dev)
     t = time.perf_counter()
@@ -142,20 +162,34 @@ def main() -> None:
         backbone.requires_grad_(False).to(dev).to(memory_format=torch.channels_last)
 
         print(f"featurebank {featurebank.__version__}, torch {torch.__version__}, "
-              f"{platform.processor() or platform.machine()}, "
+              f"{cpu_model()}, "
               f"{torch.get_num_threads()} torch threads, device {dev}"
               + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
         print(f"model {args.model} taps {backbone.taps} weights {args.weights}, "
               f"{n} images ({dataset}), image size {args.image_size}, batch {args.batch_size}, "
               f"{args.workers} workers, decode {args.decode}")
-        a1 = bench_bare(backbone, dev, n, args.batch_size, args.image_size)
-        b, secs = bench_featurebank(backbone, source, dev, args.image_size, args.batch_size,
-                                    args.workers, args.decode, tmp)
-        a2 = bench_bare(backbone, dev, n, args.batch_size, args.image_size)
-        a = max(a1, a2)  # timed before and after (b); the faster one is the bar
-        print(f"(a) bare forward      {a:10.1f} img/s   (runs before/after (b): {a1:.1f}, "
-              f"{a2:.1f})")
-        print(f"(b) featurebank       {b:10.1f} img/s   ({n} images in {secs:.2f} s)")
+        modes = ["off", "auto"] if dev.type == "cpu" and cpu_has_bf16() else ["auto"]
+        print(f"CPU native bfloat16: {cpu_has_bf16()}; forward passes in "
+              + ", then ".join(str(amp_dtype(dev, cpu_bf16=m == "auto") or "float32")
+                               .removeprefix("torch.") for m in modes))
+        speed = {}
+        for mode in modes:
+            amp = None if mode == "off" else amp_dtype(dev, cpu_bf16=True)
+            a1 = bench_bare(backbone, dev, n, args.batch_size, args.image_size, amp)
+            b, secs = bench_featurebank(backbone, source, dev, args.image_size,
+                                        args.batch_size, args.workers, args.decode, tmp, mode)
+            a2 = bench_bare(backbone, dev, n, args.batch_size, args.image_size, amp)
+            a = max(a1, a2)  # timed before and after (b); the faster one is the bar
+            speed[mode] = (a, b)
+            print(f"--amp {mode} ({str(amp or 'torch.float32').removeprefix('torch.')}):")
+            print(f"(a) bare forward      {a:10.1f} img/s   (runs before/after (b): {a1:.1f}, "
+                  f"{a2:.1f})")
+            print(f"(b) featurebank       {b:10.1f} img/s   ({n} images in {secs:.2f} s)")
+        if len(modes) == 2:
+            (a32, b32), (a16, b16) = speed["off"], speed["auto"]
+            print(f"bfloat16 / float32: bare {a16 / a32:.2f}x, featurebank {b16 / b32:.2f}x; "
+                  f"bfloat16 features' relative error (max |d| / max |fp32|) "
+                  f"{relative_error(backbone, dev, args.batch_size, args.image_size):.4f}")
         t = time.perf_counter()
         featurebank.extract(dataset, data_root=args.data_root, model=args.model,
                             weights=args.weights, taps=args.taps, image_size=args.image_size,

@@ -10,13 +10,18 @@ benchmark's shape written to a temporary float16 bank. Examples::
     python scripts/bench_sweep.py                               # 50,000 x 4,096, 10 classes
     python scripts/bench_sweep.py --bank cifar10_vgg19_default_224px.h5 --tap fc7
     python scripts/bench_sweep.py --heads logreg --skip-sklearn
+    python scripts/bench_sweep.py --bank views.h5 --views 4 --skip-sklearn  # + 4 views
+
+With ``--views N`` (a bank extracted with ``--views``) the whole fit runs again with views none /
+N and the mirror average on offer (``fit --views N --tta``), against the centre-only fit, and
+the logistic path's passes over the data are counted: on the centre rows, on the rows with
+views from zero, and warm-started from the centre solutions as ``fit`` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 import warnings
@@ -29,9 +34,65 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 import featurebank
-from bench_heads import add_data_arguments, write_relu_bank
+from bench_heads import add_data_arguments, cpu_model, write_relu_bank
 from featurebank import FeatureBank, fit_heads
-from featurebank.heads import get_head_spec
+from featurebank.heads import get_head_spec, logistic_path
+from featurebank.rows import ViewRows
+
+
+class Passes:
+    """Counts the logistic kernels' calls: one call is one pass over the rows."""
+
+    def __init__(self):
+        import featurebank.heads.logistic as logistic
+
+        self.module, self.count = logistic, 0
+        self.real = {name: getattr(logistic, name)
+                     for name in ("_scores_grad_numpy", "_scores_grad_torch")}
+
+    def __enter__(self):
+        for name, real in self.real.items():
+            setattr(self.module, name, self._counting(real))
+        return self
+
+    def _counting(self, real):
+        def counted(*args, **kw):
+            self.count += 1
+            return real(*args, **kw)
+        return counted
+
+    def __exit__(self, *exc):
+        for name, real in self.real.items():
+            setattr(self.module, name, real)
+
+
+def view_passes(bank: FeatureBank, tap: str, runs: Path, views: int) -> str:
+    """Passes and seconds of the logistic path (fit's grid) on the centre train rows, on them
+    with ``views`` views each from zero, and warm-started from the centre solutions."""
+    from featurebank.heads.registry import _nearest_penalty
+
+    split = np.load(runs / "split.npz")
+    train = split["train_rows"]
+    X, y = bank.load("train", tap)
+    rows = ViewRows(X, bank.views("train", tap), train, range(1, views + 1))
+    Xv, yv = rows.array(), np.repeat(y[train], 1 + views)
+    Cs = get_head_spec("logreg").grid["C"]
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for name, (data, labels, init) in (("centre rows", (X[train], y[train], None)),
+                                           (f"+{views} views, from zero", (Xv, yv, None)),
+                                           (f"+{views} views, warm", (Xv, yv, "centre"))):
+            with Passes() as passes:
+                t = time.perf_counter()
+                heads = logistic_path(data, labels, Cs, max_iter=200, random_state=0,
+                                      init=None if init is None
+                                      else _nearest_penalty(centre, Cs, len(labels)))
+                seconds = time.perf_counter() - t
+            if init is None and name == "centre rows":
+                centre = heads
+            out.append(f"{name}: {passes.count} passes, {seconds:.1f} s")
+    return "; ".join(out)
 
 
 def sklearn_sweep(bank: FeatureBank, tap: str, runs: Path) -> dict:
@@ -64,6 +125,7 @@ def main() -> None:
     p.add_argument("--heads", default="logreg,mlp")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-sklearn", action="store_true")
+    p.add_argument("--views", type=int, default=0, help="also fit with N views and the mirror")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +139,7 @@ def main() -> None:
             source = "random ReLU-like features (float16 bank)"
         tap = args.tap or bank.taps[0]
         print(f"featurebank {featurebank.__version__}, torch {torch.__version__}, numpy "
-              f"{np.__version__}, {platform.machine()}, {torch.get_num_threads()} torch "
+              f"{np.__version__}, {cpu_model()}, {torch.get_num_threads()} torch "
               f"threads, device {args.device}"
               + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
         print(f"{source}: train {bank.shape('train', tap)}, test {bank.shape('test', tap)}, "
@@ -85,7 +147,7 @@ def main() -> None:
         heads = args.heads.split(",")
         t = time.perf_counter()
         board = fit_heads(bank, tap=tap, heads=heads, out=tmp / "runs", device=args.device,
-                          progress=False)
+                          views="none", progress=False)
         total = time.perf_counter() - t
         print(f"featurebank fit --heads {args.heads}: {total:.2f} s in all "
               f"({board['n_train']} train rows, {board['n_val']} validation rows)")
@@ -103,6 +165,20 @@ def main() -> None:
             print(f"  logreg sweep speed-up {sk['seconds'] / ours['sweep_seconds']:.2f}x, "
                   f"selected test accuracy {100 * (ours['test_accuracy'] - sk['test_accuracy']):+.2f}"
                   f" points")
+        if args.views:
+            t = time.perf_counter()
+            viewed = fit_heads(bank, tap=tap, heads=heads, out=None, device=args.device,
+                               views=args.views, tta=True, progress=False)
+            seconds = time.perf_counter() - t
+            print(f"featurebank fit --views {args.views} --tta: {seconds:.2f} s in all, "
+                  f"{seconds / total:.2f}x the centre-only fit")
+            for r in viewed["rows"]:
+                print(f"  {r['head']:<7} sweep {r['sweep_seconds']:7.2f} s over "
+                      f"{len(r['tried'])} settings, chose views {r['views']}, mirror average "
+                      f"{r['tta']}, {json.dumps(r['params'])}: val {r['val_accuracy']:.4f}, "
+                      f"test {r['test_accuracy']:.4f}")
+            if "logreg" in heads:
+                print(f"  logistic path: {view_passes(bank, tap, tmp / 'runs', args.views)}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import torch
 import torchvision
 
 from featurebank import BackboneError, WeightsId, get_backbone, list_backbones, list_taps
+from featurebank._io import autocast
 
 
 def _x(n=2, size=32, seed=0):
@@ -284,9 +285,11 @@ def test_a_backbone_family_is_one_record(monkeypatch, tmp_path):
                    progress=False)
     assert bank.spec.tap_layers["conv"].pool == "avg" and bank.shape("train", "conv") == (10, 6)
     net = bank.spec.rebuild_backbone("conv+penultimate")  # FX, through the family
-    with torch.no_grad():
+    cpu = torch.device("cpu")
+    with torch.no_grad(), autocast(cpu, bank.spec.amp(cpu)):  # as the bank ran
         x = net.preprocess(torch.from_numpy(images), 16)
-        np.testing.assert_allclose(net(x).numpy(), bank.load("train", "conv+penultimate")[0],
+        np.testing.assert_allclose(net(x).float().numpy(),
+                                   bank.load("train", "conv+penultimate")[0],
                                    atol=1e-5)
 
 

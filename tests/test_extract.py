@@ -18,6 +18,7 @@ import torchvision
 from conftest import REPO, as_unprivileged, rows_done, run_cli, write_folder, write_npz
 from featurebank import (BackboneError, BankError, BankLockedError, DataError, FeatureBank,
                          FeatureBankError, ParameterError, extract, get_backbone)
+from featurebank._io import autocast
 
 
 def _extract(tmp_path, vgg19_file, name="b.h5", **kw):
@@ -58,12 +59,13 @@ def test_vgg19_bank_matches_the_source_and_a_direct_forward(tmp_path, vgg19_file
         assert f["train/features/fc7"].compression is None
     # values: the same images through the same backbone, directly
     bb = get_backbone("vgg19", weights=vgg19_file, taps="fc6,fc7,pool5")
-    with torch.no_grad():
+    cpu = torch.device("cpu")
+    with torch.no_grad(), autocast(cpu, s.amp(cpu)):  # in the precision the bank ran in
         direct = bb(bb.preprocess(torch.from_numpy(npz["test_images"]), 32))
     for tap in bank.taps:
         X, y = bank.load("test", tap)
         assert X.dtype == np.float32
-        np.testing.assert_allclose(X, direct[tap].numpy(), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(X, direct[tap].float().numpy(), rtol=2e-3, atol=2e-3)
 
 
 def test_multi_tap_equals_single_tap_runs(tmp_path, vgg19_file, npz):
@@ -382,3 +384,36 @@ def test_numeric_arguments_out_of_range_are_refused(tmp_path, npz, option, value
     assert f"featurebank extract: error: argument {names}: must be {says}, got {value}" in \
         proc.stderr
     assert not list(tmp_path.glob("b.h5*"))
+
+
+def test_a_cpu_with_native_bfloat16_extracts_in_bfloat16_and_says_so(tmp_path, npz,
+                                                                     monkeypatch):
+    import featurebank._io as io_
+    from featurebank import load_model
+    from featurebank.heads import LogisticHead, save_head
+
+    kw = dict(model="resnet18", weights="none", image_size=32, dtype="float32")
+    assert isinstance(io_.cpu_has_bf16(), bool)  # what torch says of this CPU
+    monkeypatch.setattr(io_, "cpu_has_bf16", lambda: False)  # an AVX2 CPU: float32
+    plain = _extract(tmp_path, None, "fp32.h5", **kw)
+    assert plain.spec.autocast is None and "autocast" not in plain.spec.to_json()
+    monkeypatch.setattr(io_, "cpu_has_bf16", lambda: True)  # AMX or AVX512-BF16
+    fast = _extract(tmp_path, None, "bf16.h5", **kw)
+    off = _extract(tmp_path, None, "off.h5", amp="off", **kw)
+    assert fast.spec.autocast == "bfloat16" and off.spec.autocast is None
+    assert "forward passes in bfloat16" in fast.info()
+    assert fast.fingerprint == plain.fingerprint  # where it ran, not what was asked
+    X32, X16 = plain.load("test")[0], fast.load("test")[0]
+    np.testing.assert_array_equal(off.load("test")[0], X32)
+    assert not np.array_equal(X16, X32)  # computed in bfloat16 ...
+    assert np.abs(X16 - X32).max() <= 0.05 * np.abs(X32).max()  # ... close to float32
+    # a head of the bfloat16 bank predicts from features computed as the bank's were
+    X, y = fast.load("train")
+    save_head(LogisticHead(C=0.1).fit(X, y), tmp_path / "h.joblib", bank=fast,
+              tap=fast.taps[0])
+    model = load_model(tmp_path / "h.joblib")
+    assert model.amp == torch.bfloat16
+    np.testing.assert_allclose(model.predict_proba(npz["test_images"]),
+                               model.estimator.predict_proba(X16), atol=1e-4)
+    monkeypatch.setattr(io_, "cpu_has_bf16", lambda: False)
+    assert load_model(tmp_path / "h.joblib").amp is None  # not emulated where it is slow

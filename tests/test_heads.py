@@ -538,3 +538,59 @@ def test_logistic_head_streams_a_bank_larger_than_memory_to_the_same_optimum(tmp
             _head_objective(whole, Xr, y[rows], 0.5), rel=1e-6)
         path = logistic_path(f["x"], y, [0.1, 0.5])  # the path takes a dataset too
         assert path[1].score(X16, y) == pytest.approx(memory.score(X16, y), abs=0.01)
+
+
+def test_a_path_started_from_related_solutions_ends_at_its_own_optimum(data):
+    X, y, _, _ = data
+    Cs = [0.01, 0.1, 1.0]
+    rng = np.random.default_rng(0)
+    noisy = X + 0.3 * rng.standard_normal(X.shape).astype(X.dtype)  # "views" of the rows
+    Xv, yv = np.concatenate([X, noisy]), np.concatenate([y, y])
+    centre = logistic_path(X, y, Cs, tol=1e-6, max_iter=1000)
+    cold = logistic_path(Xv, yv, Cs, tol=1e-6, max_iter=1000)
+    warm = logistic_path(Xv, yv, Cs, tol=1e-6, max_iter=1000, init=centre)
+    Xs = StandardScaler().fit_transform(Xv.astype(np.float64))
+    for C, a, b in zip(Cs, cold, warm):
+        assert _head_objective(b, Xs, yv, C) == pytest.approx(_head_objective(a, Xs, yv, C),
+                                                              rel=1e-6)
+    # the start is the head's function, mapped into this problem's standardisation: started
+    # from its own optimum, a path has next to nothing left to do
+    again = logistic_path(X, y, [0.1], tol=1e-6, max_iter=1000, init=[centre[1]])[0]
+    assert again.n_iter_[0] <= 3 < centre[1].n_iter_[0]  # a step or two, not a solve
+    np.testing.assert_allclose(again.decision_function(X), centre[1].decision_function(X),
+                               atol=2e-3)  # the flat optimum's width at tol=1e-6
+    with pytest.raises(ValueError, match="init holds 1 heads for 3 values of C"):
+        logistic_path(Xv, yv, Cs, init=centre[:1])
+    with pytest.raises(ValueError, match="cannot start"):
+        logistic_path(Xv[:, :5], yv, [0.1], init=[centre[1]])
+
+
+def test_mlp_early_stopping_holds_out_whole_groups(data):
+    X, y, _, _ = data
+    groups = np.repeat(np.arange(len(y) // 3 + 1), 3)[:len(y)]
+    head = MLPHead(random_state=0)
+    train, val = head._holdout(y, len(np.unique(y)), 0, groups)
+    assert not set(groups[train]) & set(groups[val])
+    assert len(val) == pytest.approx(0.1 * len(y), abs=6)
+    plain = head._holdout(y, len(np.unique(y)), 0)  # without groups: rows, as before
+    assert set(plain[0]).isdisjoint(plain[1]) and len(plain[0]) + len(plain[1]) == len(y)
+
+
+def test_mlp_can_visit_one_view_of_each_image_an_epoch(data):
+    X, y, Xt, yt = data
+    rng = np.random.default_rng(0)
+    views = np.concatenate([X, X + 0.1 * rng.standard_normal(X.shape).astype(X.dtype)])
+    yv, groups = np.concatenate([y, y]), np.tile(np.arange(len(y)), 2)
+    head = MLPHead(sample_groups=True, random_state=0)
+    visit = head._epoch_rows(np.arange(len(yv)), groups, torch.Generator().manual_seed(0))
+    assert len(visit) == len(y) and len(np.unique(groups[visit])) == len(y)
+    assert 0 < (visit >= len(y)).mean() < 1  # centre rows and views both drawn
+    fitted = MLPHead(sample_groups=True, random_state=0, max_iter=30).fit(views, yv,
+                                                                          groups=groups)
+    assert fitted.score(Xt, yt) > 0.8
+    every = MLPHead(random_state=0, max_iter=30).fit(views, yv, groups=groups)
+    assert not np.allclose(every.coefs_[0], fitted.coefs_[0])  # every row, every epoch
+    with pytest.raises(ParameterError, match="'sample_groups' parameter must be True or"):
+        MLPHead(sample_groups="yes").fit(X, y)
+    with pytest.raises(ValueError, match="groups has 3 entries"):
+        MLPHead().fit(X, y, groups=[0, 1, 2])

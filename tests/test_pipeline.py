@@ -1,5 +1,7 @@
 """``featurebank run``: extract, fit, fine-tune and report in one folder; reruns do nothing."""
 
+import json
+
 import numpy as np
 
 from conftest import colour_images
@@ -37,3 +39,18 @@ def test_run_makes_everything_once_and_a_rerun_is_a_no_op(tmp_path, capsys):
         before[first.bank.path.relative_to(tmp_path / "run")]
     assert any(str(p).startswith("finetune") for p in after)
     assert main(argv) == 0 and _stamps(tmp_path / "run") == after  # and again: nothing
+
+
+def test_run_with_views_lets_the_heads_choose_them(tmp_path):
+    rng = np.random.default_rng(0)
+    (X, y), (Xt, yt) = colour_images(rng, 60), colour_images(rng, 15)
+    np.savez(tmp_path / "d.npz", train_images=X, train_labels=y, test_images=Xt,
+             test_labels=yt)
+    argv = ["run", f"npz:{tmp_path / 'd.npz'}", "--out", str(tmp_path / "run"), "--heads",
+            "logreg", "--model", "resnet18", "--weights", "none", "--image-size", "32",
+            "--views", "1", "--tta", "-q"]
+    assert main(argv) == 0
+    board = json.loads((tmp_path / "run" / "runs" / "leaderboard.json").read_text())
+    assert (board["views"], board["tta"]) == (1, True)
+    assert {(p["views"], p["tta"]) for p, _ in board["rows"][0]["tried"]} == {
+        (0, False), (0, True), (1, False), (1, True)}

@@ -56,3 +56,32 @@ def test_fit_passes_its_chunk_size_to_the_streamed_rows(tmp_path):
     bank = write_feature_bank(tmp_path / "b.h5", n_train=200)
     with pytest.raises(ParameterError, match="the 'chunk_rows' parameter must be a positive"):
         fit_heads(bank, heads=["logreg"], out=None, stream=True, chunk_rows=-3, progress=False)
+
+
+def test_view_rows_put_each_images_views_after_its_centre_row(tmp_path):
+    from featurebank.rows import ViewRows
+
+    rng = np.random.default_rng(0)
+    centre = rng.standard_normal((50, 6)).astype(np.float16)
+    views = rng.standard_normal((50, 4, 6)).astype(np.float16)
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["c"], f["v"] = centre, views
+    images = np.sort(rng.choice(50, 20, replace=False))
+    expected = np.concatenate([np.concatenate([centre[i][None], views[i, [1, 2]]])
+                               for i in images]).astype(np.float32)
+    with h5py.File(tmp_path / "v.h5", "r") as f:
+        for chunk in (1, 7, 100):
+            on_disk = ViewRows(f["c"], f["v"], images, [1, 2], chunk=chunk)
+            assert on_disk.shape == (60, 6) and is_streamed(on_disk)
+            np.testing.assert_array_equal(np.concatenate([c for _, c in on_disk.chunks()]),
+                                          expected)
+            np.testing.assert_array_equal(on_disk.array(), expected)
+            np.testing.assert_array_equal(on_disk.take(np.array([0, 4, 59])),
+                                          expected[[0, 4, 59]])
+            np.testing.assert_array_equal(on_disk.groups, np.repeat(images, 3))
+            sub = on_disk.select(np.arange(1, 60, 4))
+            np.testing.assert_array_equal(sub.array(), expected[1::4])
+        in_memory = ViewRows(centre, views, images, [1, 2])  # arrays: the same rows
+        np.testing.assert_array_equal(in_memory.array(), expected)
+        mirror = ViewRows(f["c"], f["v"], images, [0], with_centre=False, chunk=8)
+        np.testing.assert_array_equal(mirror.array(), views[images, 0].astype(np.float32))

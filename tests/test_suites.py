@@ -216,3 +216,21 @@ def test_all_taps_are_each_models_named_taps(datasets, tmp_path):
     assert sorted(r["tap"] for r in rows) == ["fc6", "fc7", "penultimate", "pool5"]
     record = json.loads((tmp_path / "s" / "results.json").read_text())
     assert len(record["summary"]) == 4 and (tmp_path / "s" / "report.html").stat().st_size > 0
+
+
+def test_views_go_into_the_banks_and_each_cell_chooses_them(datasets, tmp_path):
+    from featurebank import FeatureBank
+
+    rows = suite(["resnet18"], datasets[:1], shots=[3], seeds=[0], views=2,
+                 out=tmp_path / "s", cache=tmp_path / "cache", **KW)
+    (row,) = rows
+    bank = FeatureBank(row["bank"])
+    assert bank.spec.views.count == 2 and bank.view_names("test") == ["mirror"]
+    assert row["views"] in (0, 2) and isinstance(row["tta"], bool)
+    cell = json.loads(next((tmp_path / "s" / "cells").glob("*.json")).read_text())
+    assert cell["key"]["views"] == 2 and len(cell["train_rows"]) == 9
+    plain = suite(["resnet18"], datasets[:1], shots=[3], seeds=[0], out=tmp_path / "p",
+                  cache=tmp_path / "cache", **KW)
+    assert plain[0]["bank"] != row["bank"] and (plain[0]["views"], plain[0]["tta"]) == (0, False)
+    with pytest.raises(FeatureBankError, match="the suite's views are its own 'views' key"):
+        SuiteConfig(["resnet18"], datasets[:1], extract={"views": 2})

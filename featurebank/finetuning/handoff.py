@@ -51,7 +51,7 @@ def check_handoff(net: GraftedNetwork, est: Any, bank: FeatureBank, rows: np.nda
     classes = np.asarray(est.classes_)
     dev = next(net.parameters()).device
     net.eval()
-    with autocast(dev):
+    with autocast(dev, bank.spec.amp(dev)):  # as the bank's rows were computed
         net_logits = torch.cat([net(images(rows[i:i + batch_size])).float().cpu()
                                 for i in range(0, len(rows), batch_size)])
     feats = bank.rows("train", net.tap, rows)

@@ -272,6 +272,18 @@ class _Problem:
     def zeros(self) -> np.ndarray:
         return np.zeros(self.k * self.d + self.k)
 
+    def start_from(self, head: LogisticHead) -> np.ndarray:
+        """This problem's parameters (its standardised space) of a fitted head's raw-space
+        ``coef_`` and ``intercept_``: a warm start from a fit on related rows."""
+        if head.coef_.shape != (self.k, self.d):
+            raise ValueError(f"init: a head of {head.coef_.shape[0]} score rows on "
+                             f"{head.coef_.shape[1]} features cannot start a problem of "
+                             f"{self.k} on {self.d}.")
+        W = head.coef_ * self.scale  # raw Wr = W / scale, br = b - Wr @ mean
+        b = (head.intercept_ + head.coef_ @ self.mean if self.fit_intercept
+             else np.zeros(self.k))
+        return np.concatenate([W.ravel(), b])
+
 
 class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression on cached features, on the CPU or a CUDA GPU.
@@ -403,7 +415,7 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
         self.mean_ = problem.mean
         self.scale_ = problem.scale
         self.n_iter_ = np.array([n_iter])
-        self._theta = theta
+        self._theta, self._rows = theta, problem.n  # a warm start's: its solution, its rows
 
     def to_torch(self) -> torch.nn.Module:
         """An ``nn.Linear`` from raw tap features to logits (standardisation folded in).
@@ -419,7 +431,7 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
         return tags
 
 
-def logistic_path(X, y, Cs, *, sample_weight=None, standardization_=None,
+def logistic_path(X, y, Cs, *, sample_weight=None, standardization_=None, init=None,
                   **params) -> list[LogisticHead]:
     """Fit one :class:`LogisticHead` per ``C``, all in the same passes over the data.
 
@@ -440,6 +452,11 @@ def logistic_path(X, y, Cs, *, sample_weight=None, standardization_=None,
     standardization_ : tuple of ndarray, optional
         The features' ``(mean, scale)`` when the caller has them already (unweighted: ignored
         with ``sample_weight``).
+    init : sequence of LogisticHead, optional
+        A fitted head per C to start from (same classes and features; e.g. the solutions on
+        the centre rows when ``X`` adds augmented views of them): each problem starts at that
+        head's function instead of zero and ends at its own optimum, in fewer passes when the
+        start is near it.
     **params
         Other :class:`LogisticHead` parameters.
 
@@ -453,7 +470,13 @@ def logistic_path(X, y, Cs, *, sample_weight=None, standardization_=None,
     template = LogisticHead(**params)
     problem, classes = template._prepare(X, y, standardization_, sample_weight)
     unique = sorted(set(Cs))
-    solved = problem.solve_many(unique, [problem.zeros()] * len(unique), template.max_iter,
+    if init is not None and len(init) != len(Cs):
+        raise ValueError(f"init holds {len(init)} heads for {len(Cs)} values of C.")
+    if init is not None and any(not np.array_equal(h.classes_, classes) for h in init):
+        raise ValueError("init: heads fitted on other classes than y's cannot start the path.")
+    starts = ({C: problem.start_from(h) for C, h in zip(Cs, init)} if init is not None
+              else dict.fromkeys(unique, problem.zeros()))
+    solved = problem.solve_many(unique, [starts[C] for C in unique], template.max_iter,
                                 template.tol)
     heads: dict[float, LogisticHead] = {}
     for C, (theta, n_iter, status) in zip(unique, solved):

@@ -180,6 +180,11 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
     validation_fraction : float, default=0.1
     n_iter_no_change : int, default=5
     tol : float, default=1e-4
+    sample_groups : bool, default=False
+        With ``groups`` (the image each row is a view of; a :class:`~featurebank.rows.ViewRows`
+        gives its own), each epoch visits one row of each training group, drawn at random:
+        the views serve as augmentation, and an epoch costs what the groups' centre rows
+        alone would. Without it every row is visited every epoch.
     standardize : bool, default=True
         Standardise features inside the model (folded into the first layer).
     n_components : int, optional
@@ -216,7 +221,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
                  batch_size: int = 256, max_iter: int = 100, class_weight=None,
                  early_stopping: bool = True,
                  validation_fraction: float = 0.1, n_iter_no_change: int = 5, tol: float = 1e-4,
-                 standardize: bool = True, n_components: int | None = None, random_state=None,
+                 sample_groups: bool = False, standardize: bool = True, n_components: int | None = None, random_state=None,
                  device: str = "auto"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -230,6 +235,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
+        self.sample_groups = sample_groups
         self.standardize = standardize
         self.n_components = n_components
         self.random_state = random_state
@@ -249,6 +255,9 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         for name in ("weight_decay", "tol", "learning_rate"):
             NON_NEGATIVE_FLOAT.check(name, getattr(self, name))
         Interval(int, 1, None, none_ok=True).check("n_components", self.n_components)
+        if not isinstance(self.sample_groups, (bool, np.bool_)):
+            raise ParameterError(f"the 'sample_groups' parameter must be True or False, got "
+                                 f"{self.sample_groups!r}.")
         return tuple(int(h) for h in sizes)
 
     def _network(self, d: int, sizes: tuple[int, ...], k: int) -> nn.Sequential:
@@ -261,7 +270,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         layers.append(nn.Linear(d, k))
         return nn.Sequential(*layers)
 
-    def fit(self, X, y, sample_weight=None) -> MLPHead:
+    def fit(self, X, y, sample_weight=None, groups=None) -> MLPHead:
         """Fit on features ``X`` (n_samples, n_features) and labels ``y``.
 
         ``X`` may also be an HDF5 dataset, e.g. ``bank.features("train", "fc7")``: it is then
@@ -272,20 +281,29 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         weight), in training and in the early-stopping loss, and its part in the
         standardisation and the principal directions. Each mini-batch's loss is
         ``sum_b w_i CE_i / (|b| mean_train(w))``: an unbiased estimate of the weighted mean.
-        """
-        return self._fit(X, y, sample_weight=sample_weight)
 
-    def _fit(self, X, y, projection=None, sample_weight=None) -> MLPHead:
+        ``groups`` (n_samples,): rows of one group (an image's augmented views) stay on one
+        side of the early-stopping holdout, and with ``sample_groups`` each epoch visits one
+        of them.
+        """
+        return self._fit(X, y, sample_weight=sample_weight, groups=groups)
+
+    def _fit(self, X, y, projection=None, sample_weight=None, groups=None) -> MLPHead:
         """``fit``, optionally with the ``(mean, scale, components)`` of :meth:`_projection`
-        computed already (a grid shares one; computed without ``sample_weight``)."""
+        computed already (a grid shares one; computed without ``sample_weight``), and the
+        ``groups`` of the rows (an image's views): the early-stopping holdout keeps each group
+        on one side."""
         sizes = self._check_params()
         dev = resolve_device(self.device)
         sw = check_sample_weight(sample_weight, len(X)) if hasattr(X, "__len__") else None
+        groups = getattr(X, "groups", None) if groups is None else np.asarray(groups)
+        if groups is not None and len(groups) != X.shape[0]:
+            raise ValueError(f"groups has {len(groups)} entries for {X.shape[0]} rows of X.")
         rows, y, projection = self._rows(X, y, dev, projection, sw)
         classes, y_idx = check_classes(y, type(self).__name__)
         sw, loss_w = row_weights(sw, self.class_weight, classes, y_idx)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        train, val = self._holdout(y_idx, len(classes), seed)
+        train, val = self._holdout(y_idx, len(classes), seed, groups)
         k = 1 if len(classes) == 2 else len(classes)
         yt = torch.as_tensor(y_idx).to(dev)
         wt = (None if loss_w is None  # scaled to mean 1 over the training rows
@@ -295,7 +313,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         with torch.random.fork_rng(devices=devices):  # seeded init and dropout, no global leak
             torch.manual_seed(seed)
             net = self._network(rows.n_features, sizes, k).to(dev)
-            self._train(net, rows, (yt, wt), train, val, mean, scale, k, seed)
+            self._train(net, rows, (yt, wt), train, val, mean, scale, k, seed, groups)
         self._export(net, mean, scale)
         if projection is not None:
             self._unproject(*projection)
@@ -338,7 +356,8 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         sw = sample_weight
         if not isinstance(X, np.ndarray):  # on disk: read the sketch's sample rows only
-            picked = np.sort(rng.choice(X.shape[0], min(X.shape[0], 4096), replace=False))
+            picked = (np.arange(X.shape[0]) if X.shape[0] <= 4096  # all: as in memory
+                      else np.sort(rng.choice(X.shape[0], 4096, replace=False)))
             X = X.take(picked) if isinstance(X, StreamedRows) else as_float32(X[picked])
             sw = None if sw is None else sw[picked]
         V, ev, _ = principal_directions(X, mean, scale, rank, rng, sample_weight=sw)
@@ -354,17 +373,25 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         self.coefs_[0], self.components_ = W, V
         self.mean_, self.scale_ = mean, scale
 
-    def _holdout(self, y_idx: np.ndarray, n_classes: int, seed: int):
-        n = len(y_idx)
+    def _holdout(self, y_idx: np.ndarray, n_classes: int, seed: int, groups=None):
+        """Training and early-stopping rows: a stratified, seeded split of the rows, or of
+        their ``groups`` (each group's rows on one side) when given."""
+        if groups is None:
+            group_of, labels = np.arange(len(y_idx)), y_idx
+        else:
+            _, first, group_of = np.unique(np.asarray(groups), return_index=True,
+                                           return_inverse=True)
+            labels = y_idx[first]
+        n = len(labels)
         idx = np.arange(n)
         n_val = int(round(self.validation_fraction * n))
         if not self.early_stopping or n_val < 1 or n - n_val < 1:
-            return idx, None
-        counts = np.bincount(y_idx)
-        stratify = y_idx if counts.min() >= 2 and n_classes <= n_val <= n - n_classes else None
-        train, val = train_test_split(idx, test_size=n_val, random_state=seed,
-                                      stratify=stratify)
-        return np.sort(train), np.sort(val)
+            return np.arange(len(y_idx)), None
+        counts = np.bincount(labels)
+        stratify = labels if counts.min() >= 2 and n_classes <= n_val <= n - n_classes else None
+        _, val = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
+        held = np.isin(group_of, val)
+        return np.flatnonzero(~held), np.flatnonzero(held)
 
     @staticmethod
     def _loss(net, x, y, mean, scale, k, w=None) -> torch.Tensor:
@@ -390,7 +417,16 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         net.train()
         return total / (len(y) if w is None else max(float(w.sum()), 1e-300))
 
-    def _train(self, net, rows, targets, train, val, mean, scale, k, seed) -> None:
+    def _epoch_rows(self, train: np.ndarray, groups, gen: torch.Generator) -> np.ndarray:
+        """The training rows an epoch visits: all, or (``sample_groups``) one of each group,
+        drawn with ``gen``."""
+        if groups is None or not self.sample_groups:
+            return train
+        order = train[torch.randperm(len(train), generator=gen).numpy()]
+        _, first = np.unique(groups[order], return_index=True)  # each group's first drawn
+        return np.sort(order[first])
+
+    def _train(self, net, rows, targets, train, val, mean, scale, k, seed, groups=None) -> None:
         yt, wt = targets
         opt = torch.optim.AdamW(net.parameters(), lr=self.learning_rate,
                                 weight_decay=self.weight_decay)
@@ -404,14 +440,15 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         epoch = 0
         for epoch in range(1, self.max_iter + 1):
             total = torch.zeros((), device=yt.device)  # summed on the device: no sync per step
-            for x, idx in rows.epoch(train, self.batch_size, gen):
+            visit = self._epoch_rows(train, groups, gen)
+            for x, idx in rows.epoch(visit, self.batch_size, gen):
                 loss = self._loss(net, x, yt[idx], mean, scale, k,
                                   None if wt is None else wt[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 total += loss.detach() * len(idx)
-            self.loss_curve_.append(float(total) / len(train))
+            self.loss_curve_.append(float(total) / len(visit))
             if val is not None:
                 watched = self._eval_loss(net, x_val, y_val, w_val, mean, scale, k)
                 self.validation_loss_curve_.append(watched)
