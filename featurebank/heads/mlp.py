@@ -170,6 +170,11 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
     batch_size : int, default=256
     max_iter : int, default=100
         Maximum number of epochs.
+    min_epoch_rows : int, default=2048
+        An epoch visits at least this many training rows: a smaller training set is visited
+        several times an epoch (each time shuffled), so a few dozen images get enough steps
+        between two checks of the early-stopping loss (without it 90 rows are one step an
+        epoch, and the patience runs out after a handful of steps).
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the cross-entropy, with scikit-learn's meanings (see
         :class:`LogisticHead`).
@@ -218,7 +223,8 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
 
     def __init__(self, hidden_layer_sizes=(512,), *, activation: str = "relu",
                  dropout: float = 0.0, weight_decay: float = 1e-4, learning_rate: float = 1e-3,
-                 batch_size: int = 256, max_iter: int = 100, class_weight=None,
+                 batch_size: int = 256, max_iter: int = 100, min_epoch_rows: int = 2048,
+                 class_weight=None,
                  early_stopping: bool = True,
                  validation_fraction: float = 0.1, n_iter_no_change: int = 5, tol: float = 1e-4,
                  sample_groups: bool = False, standardize: bool = True, n_components: int | None = None, random_state=None,
@@ -230,6 +236,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.batch_size = batch_size
         self.max_iter = max_iter
+        self.min_epoch_rows = min_epoch_rows
         self.class_weight = class_weight
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -250,7 +257,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         check_choice("activation", self.activation, sorted(_ACTIVATIONS))
         for name in ("dropout", "validation_fraction"):
             _UNIT.check(name, getattr(self, name))
-        for name in ("batch_size", "max_iter", "n_iter_no_change"):
+        for name in ("batch_size", "max_iter", "n_iter_no_change", "min_epoch_rows"):
             POSITIVE_INT.check(name, getattr(self, name))
         for name in ("weight_decay", "tol", "learning_rate"):
             NON_NEGATIVE_FLOAT.check(name, getattr(self, name))
@@ -426,6 +433,24 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         _, first = np.unique(groups[order], return_index=True)  # each group's first drawn
         return np.sort(order[first])
 
+    def _epoch(self, net, opt, rows, targets, train, groups, gen, model) -> float:
+        """One epoch: passes over the training rows (shuffled; one view of each group with
+        ``sample_groups``) until ``min_epoch_rows`` are seen; their mean training loss."""
+        (yt, wt), (mean, scale, k) = targets, model
+        total = torch.zeros((), device=yt.device)  # summed on the device: no sync per step
+        seen = 0
+        while not seen or seen < self.min_epoch_rows:
+            visit = self._epoch_rows(train, groups, gen)
+            for x, idx in rows.epoch(visit, self.batch_size, gen):
+                loss = self._loss(net, x, yt[idx], mean, scale, k,
+                                  None if wt is None else wt[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach() * len(idx)
+            seen += len(visit)
+        return float(total) / seen
+
     def _train(self, net, rows, targets, train, val, mean, scale, k, seed, groups=None) -> None:
         yt, wt = targets
         opt = torch.optim.AdamW(net.parameters(), lr=self.learning_rate,
@@ -439,16 +464,8 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         net.train()
         epoch = 0
         for epoch in range(1, self.max_iter + 1):
-            total = torch.zeros((), device=yt.device)  # summed on the device: no sync per step
-            visit = self._epoch_rows(train, groups, gen)
-            for x, idx in rows.epoch(visit, self.batch_size, gen):
-                loss = self._loss(net, x, yt[idx], mean, scale, k,
-                                  None if wt is None else wt[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.detach() * len(idx)
-            self.loss_curve_.append(float(total) / len(visit))
+            self.loss_curve_.append(self._epoch(net, opt, rows, targets, train, groups, gen,
+                                                (mean, scale, k)))
             if val is not None:
                 watched = self._eval_loss(net, x_val, y_val, w_val, mean, scale, k)
                 self.validation_loss_curve_.append(watched)
