@@ -115,14 +115,13 @@ def _sweep(name: str, data: dict[str, Any], *, metric, build, bar):
     the views), score each with and without the mirror average where asked; return the best
     :class:`_Setting`, the whole sweep's seconds, each setting's validation value of
     ``metric``, and the settings tied with the best on it."""
-    spec, tried, init = get_head_spec(name), [], None
+    spec, tried = get_head_spec(name), []
     for views, (X, y, w, groups) in data["train_sets"].items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # reported per setting instead
             fitted = spec.fit_grid(X, y, on_fit=bar.update, shared=data["shared"][views],
                                    sample_weight=w if spec.weights else None, groups=groups,
-                                   init=init, **build)
-        init = [est for est, _, _ in fitted]  # the next set (with views) starts from these
+                                   **build)
         for est, params, secs in fitted:
             tried += [_Setting(est, params, views, tta, _val_scores(est, data, tta), secs)
                       for tta in data["tta"]]

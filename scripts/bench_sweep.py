@@ -66,32 +66,50 @@ class Passes:
             setattr(self.module, name, real)
 
 
+def timed_fit(bank: FeatureBank, tap: str, heads: list[str], device: str, **kw):
+    """``fit_heads`` timed; prints each head's sweep, choice and scores."""
+    t = time.perf_counter()
+    board = fit_heads(bank, tap=tap, heads=heads, device=device, progress=False, **kw)
+    seconds = time.perf_counter() - t
+    print(f"{seconds:.2f} s in all ({board['n_train']} train rows, {board['n_val']} "
+          f"validation rows)")
+    for r in board["rows"]:
+        chose = (f", views {r['views']}, mirror average {r['tta']}"
+                 if r["views"] or r["tta"] or kw.get("tta") else "")
+        print(f"  {r['head']:<7} sweep {r['sweep_seconds']:7.2f} s over {len(r['tried'])} "
+              f"settings, chose {json.dumps(r['params'])}{chose}: val "
+              f"{r['val_accuracy']:.4f}, test {r['test_accuracy']:.4f}")
+    return board, seconds
+
+
 def view_passes(bank: FeatureBank, tap: str, runs: Path, views: int) -> str:
     """Passes and seconds of the logistic path (fit's grid) on the centre train rows, on them
-    with ``views`` views each from zero, and warm-started from the centre solutions."""
-    from featurebank.heads.registry import _nearest_penalty
-
+    with ``views`` views each from zero (what ``fit`` does), and warm-started from the centre
+    solutions: of the same C, and of the C whose penalty per row is nearest (C x (1 + views))."""
     split = np.load(runs / "split.npz")
     train = split["train_rows"]
     X, y = bank.load("train", tap)
     rows = ViewRows(X, bank.views("train", tap), train, range(1, views + 1))
     Xv, yv = rows.array(), np.repeat(y[train], 1 + views)
-    Cs = get_head_spec("logreg").grid["C"]
-    out = []
+    Cs = list(get_head_spec("logreg").grid["C"])
+    nearest = [int(np.argmin(np.abs(np.log(Cs) - np.log(C * (1 + views))))) for C in Cs]
+    out, centre = [], None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for name, (data, labels, init) in (("centre rows", (X[train], y[train], None)),
-                                           (f"+{views} views, from zero", (Xv, yv, None)),
-                                           (f"+{views} views, warm", (Xv, yv, "centre"))):
+        for name, data, labels, start in (
+                ("centre rows", X[train], y[train], None),
+                (f"+{views} views from zero", Xv, yv, None),
+                (f"+{views} views from the same C", Xv, yv, "same"),
+                (f"+{views} views from the nearest penalty", Xv, yv, "nearest")):
+            init = (None if start is None else centre if start == "same"
+                    else [centre[i] for i in nearest])
             with Passes() as passes:
                 t = time.perf_counter()
-                heads = logistic_path(data, labels, Cs, max_iter=200, random_state=0,
-                                      init=None if init is None
-                                      else _nearest_penalty(centre, Cs, len(labels)))
+                heads = logistic_path(data, labels, Cs, max_iter=200, random_state=0, init=init)
                 seconds = time.perf_counter() - t
-            if init is None and name == "centre rows":
-                centre = heads
-            out.append(f"{name}: {passes.count} passes, {seconds:.1f} s")
+            centre = heads if centre is None else centre
+            out.append(f"{name}: {passes.count} passes ({sum(int(h.n_iter_[0]) for h in heads)}"
+                       f" iterations over the {len(Cs)} Cs), {seconds:.1f} s")
     return "; ".join(out)
 
 
@@ -126,6 +144,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-sklearn", action="store_true")
     p.add_argument("--views", type=int, default=0, help="also fit with N views and the mirror")
+    p.add_argument("--skip-passes", action="store_true",
+                   help="with --views: without the logistic path's passes (4 more paths)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,16 +165,9 @@ def main() -> None:
         print(f"{source}: train {bank.shape('train', tap)}, test {bank.shape('test', tap)}, "
               f"{len(bank.classes)} classes, tap {tap}")
         heads = args.heads.split(",")
-        t = time.perf_counter()
-        board = fit_heads(bank, tap=tap, heads=heads, out=tmp / "runs", device=args.device,
-                          views="none", progress=False)
-        total = time.perf_counter() - t
-        print(f"featurebank fit --heads {args.heads}: {total:.2f} s in all "
-              f"({board['n_train']} train rows, {board['n_val']} validation rows)")
-        for r in board["rows"]:
-            print(f"  {r['head']:<7} sweep {r['sweep_seconds']:7.2f} s over {len(r['tried'])} "
-                  f"settings, chosen {json.dumps(r['params'])}: val {r['val_accuracy']:.4f}, "
-                  f"test {r['test_accuracy']:.4f}")
+        print(f"featurebank fit --heads {args.heads}:", end=" ")
+        board, total = timed_fit(bank, tap, heads, args.device, out=tmp / "runs",
+                                 views="none")
         if "logreg" in heads and not args.skip_sklearn:
             sk = sklearn_sweep(bank, tap, tmp / "runs")
             ours = next(r for r in board["rows"] if r["head"] == "logreg")
@@ -166,18 +179,11 @@ def main() -> None:
                   f"selected test accuracy {100 * (ours['test_accuracy'] - sk['test_accuracy']):+.2f}"
                   f" points")
         if args.views:
-            t = time.perf_counter()
-            viewed = fit_heads(bank, tap=tap, heads=heads, out=None, device=args.device,
-                               views=args.views, tta=True, progress=False)
-            seconds = time.perf_counter() - t
-            print(f"featurebank fit --views {args.views} --tta: {seconds:.2f} s in all, "
-                  f"{seconds / total:.2f}x the centre-only fit")
-            for r in viewed["rows"]:
-                print(f"  {r['head']:<7} sweep {r['sweep_seconds']:7.2f} s over "
-                      f"{len(r['tried'])} settings, chose views {r['views']}, mirror average "
-                      f"{r['tta']}, {json.dumps(r['params'])}: val {r['val_accuracy']:.4f}, "
-                      f"test {r['test_accuracy']:.4f}")
-            if "logreg" in heads:
+            print(f"featurebank fit --views {args.views} --tta:", end=" ")
+            _, seconds = timed_fit(bank, tap, heads, args.device, out=None, views=args.views,
+                                   tta=True)
+            print(f"  ({seconds / total:.2f}x the centre-only fit)")
+            if "logreg" in heads and not args.skip_passes:
                 print(f"  logistic path: {view_passes(bank, tap, tmp / 'runs', args.views)}")
 
 

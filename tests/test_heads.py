@@ -594,3 +594,25 @@ def test_mlp_can_visit_one_view_of_each_image_an_epoch(data):
         MLPHead(sample_groups="yes").fit(X, y)
     with pytest.raises(ValueError, match="groups has 3 entries"):
         MLPHead().fit(X, y, groups=[0, 1, 2])
+
+
+def test_an_mlp_epoch_visits_at_least_min_epoch_rows(data, monkeypatch):
+    X, y, _, _ = data
+    steps, real = [], torch.optim.AdamW.step
+
+    def counting(self, *args, **kw):
+        steps.append(1)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        head = MLPHead(max_iter=1, early_stopping=False, batch_size=32, min_epoch_rows=320,
+                       random_state=0).fit(X[:64], y[:64])
+        assert len(steps) == 10 and len(head.loss_curve_) == 1  # 5 passes of 2 batches
+        steps.clear()
+        MLPHead(max_iter=1, early_stopping=False, batch_size=32, min_epoch_rows=1,
+                random_state=0).fit(X[:64], y[:64])
+        assert len(steps) == 2  # one pass
+    with pytest.raises(ParameterError, match="'min_epoch_rows' parameter must be a positive"):
+        MLPHead(min_epoch_rows=0).fit(X, y)

@@ -415,7 +415,7 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
         self.mean_ = problem.mean
         self.scale_ = problem.scale
         self.n_iter_ = np.array([n_iter])
-        self._theta, self._rows = theta, problem.n  # a warm start's: its solution, its rows
+        self._theta = theta
 
     def to_torch(self) -> torch.nn.Module:
         """An ``nn.Linear`` from raw tap features to logits (standardisation folded in).

@@ -170,7 +170,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
     batch_size : int, default=256
     max_iter : int, default=100
         Maximum number of epochs.
-    min_epoch_rows : int, default=2048
+    min_epoch_rows : int, default=1024
         An epoch visits at least this many training rows: a smaller training set is visited
         several times an epoch (each time shuffled), so a few dozen images get enough steps
         between two checks of the early-stopping loss (without it 90 rows are one step an
@@ -223,7 +223,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
 
     def __init__(self, hidden_layer_sizes=(512,), *, activation: str = "relu",
                  dropout: float = 0.0, weight_decay: float = 1e-4, learning_rate: float = 1e-3,
-                 batch_size: int = 256, max_iter: int = 100, min_epoch_rows: int = 2048,
+                 batch_size: int = 256, max_iter: int = 100, min_epoch_rows: int = 1024,
                  class_weight=None,
                  early_stopping: bool = True,
                  validation_fraction: float = 0.1, n_iter_no_change: int = 5, tol: float = 1e-4,

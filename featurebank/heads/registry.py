@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -79,15 +78,14 @@ class HeadSpec:
 
     def fit_grid(self, X, y, *, on_fit: Callable[[int], Any] = lambda n: None,
                  shared: dict[str, Any] | None = None, sample_weight=None, groups=None,
-                 init: list[Any] | None = None, **build_kwargs) -> list[Fitted]:
+                 **build_kwargs) -> list[Fitted]:
         """Fit every setting of the grid on ``(X, y)`` (rows weighted by ``sample_weight``).
 
         ``on_fit(n)`` is called as settings finish (a progress bar's ``update``); ``shared``
         holds what the heads of one run compute once. ``groups`` (one per row: the image of
-        an augmented view) keep a group's rows on one side of a head's own holdout; ``init``
-        is the grid fitted already on related rows (the centre rows of these views), which
-        a path may start from. Returns ``(estimator, params, seconds)`` per setting, in
-        :meth:`candidates` order.
+        an augmented view) keep a group's rows on one side of a head's own holdout (and the
+        MLP visits one row of each an epoch). Returns ``(estimator, params, seconds)`` per
+        setting, in :meth:`candidates` order.
         """
         if sample_weight is not None and not self.weights:
             raise ParameterError(f"head {self.name!r} takes no sample weights; fit it "
@@ -96,7 +94,7 @@ class HeadSpec:
         if self.path is not None:
             fitted = self.path(X, y, candidates, shared={} if shared is None else shared,
                                on_fit=on_fit, sample_weight=sample_weight, groups=groups,
-                               init=init, **build_kwargs)
+                               **build_kwargs)
             return [(est, params, secs) for (est, secs), params in zip(fitted, candidates)]
         fitted = []
         for params in candidates:
@@ -133,29 +131,18 @@ def fit_weights(est, sample_weight) -> dict[str, Any]:
 
 
 def _logreg_path(X, y, candidates, *, shared, on_fit, sample_weight=None, groups=None,
-                 init=None, **build_kwargs):
-    """Every C in the same passes over X, each warm-started from the fitted ``init`` whose
-    penalty per row is nearest (its C times the ratio of the row counts); the path's time is
-    shared equally."""
+                 **build_kwargs):
+    """Every C in the same passes over X, from zero (the views' rows too: starting them from
+    the centre rows' solutions was measured, and took as many passes or more; README); the
+    path's time is shared equally."""
     t = time.perf_counter()
-    Cs = [c["C"] for c in candidates]
-    heads = logistic_path(X, y, Cs, sample_weight=sample_weight,
+    heads = logistic_path(X, y, [c["C"] for c in candidates], sample_weight=sample_weight,
                           standardization_=None if sample_weight is not None
                           else _standardization(X, shared),
-                          init=None if init is None else _nearest_penalty(init, Cs, len(y)),
                           **_logreg(**build_kwargs).get_params())
     on_fit(len(candidates))
     per = (time.perf_counter() - t) / len(candidates)
     return [(h, per) for h in heads]
-
-
-def _nearest_penalty(fitted: list[Any], Cs: list[float], n_rows: int) -> list[Any]:
-    """For each C (on ``n_rows`` rows), the head of ``fitted`` whose ridge penalty per row,
-    ``1 / (C n)``, is nearest on a log scale: ``C n_rows / n_fitted`` (a problem on 5x the
-    rows at C is regularised as one on the original rows at 5 C)."""
-    ratio = n_rows / max(1, fitted[0]._rows)
-    logs = np.log([h.C for h in fitted])
-    return [fitted[int(np.argmin(np.abs(logs - np.log(C * ratio))))] for C in Cs]
 
 
 def _mlp(hidden_layer_sizes=(512,), weight_decay=1e-4, device="auto", random_state=0,
@@ -166,10 +153,10 @@ def _mlp(hidden_layer_sizes=(512,), weight_decay=1e-4, device="auto", random_sta
 
 
 def _mlp_path(X, y, candidates, *, shared, on_fit, sample_weight=None, groups=None,
-              init=None, **build_kwargs):
+              **build_kwargs):
     """Every setting trained on one projection of X, computed once (weighted, with sample
-    weights); each setting's time includes an equal share of the projection. ``init`` is not
-    used: each network starts from its seeded initialisation."""
+    weights); each setting's time includes an equal share of the projection; ``groups`` reach
+    each network's holdout and epochs."""
     t = time.perf_counter()
     projection = _mlp(**candidates[0], **build_kwargs)._projection(
         X, standardization_=None if sample_weight is not None else _standardization(X, shared),
