@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import functools
 import hashlib
 import json
 import numbers
@@ -288,9 +289,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles), as torch sees
-    it: there bfloat16 autocast speeds up convolutions; elsewhere it is emulated, slower."""
+    it: there bfloat16 autocast speeds up convolutions; elsewhere it is emulated, slower.
+    Asked once: extraction reads it for every batch."""
     import torch
 
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

@@ -335,15 +335,12 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
         Fit a temperature to each chosen head on validation (by log loss): calibrated
         probabilities, unchanged predictions, their effect recorded in the leaderboard.
     views : {"all", "none"} or int, default="all"
-        On a bank with augmented views (``extract --views K``): each head is also fitted on
-        the centre rows plus this many random views of each train image (``"all"``: the
-        bank's K), and the validation split chooses between that and the centre rows alone.
-        The split is drawn by image: no view of a validation or test image is trained on.
+        With augmented views in the bank: each head is also fitted on the centre rows plus
+        this many random views of each train image (``"all"``: the bank's), chosen on the
+        validation split, which is drawn by image (no validation or test view is trained on).
     tta : bool, default=False
         Also score each setting on the mean of its probabilities over the centre and mirror
-        views (test-time augmentation; a bank with views or ``--mirror``), chosen on
-        validation like any setting; the saved head records the choice, and
-        :meth:`~featurebank.Predictor.predict` follows it.
+        views, chosen on validation like any setting; saved heads and ``predict`` follow it.
     device : {"auto", "cpu", "cuda"}, default="auto"
     refit : bool, default=False
         Refit each chosen setting on train + validation rows (``finetune`` refuses such heads:
@@ -376,7 +373,13 @@ def fit_heads(bank: FeatureBank | str | os.PathLike, *, tap: str | list[str] | N
                      val_fraction=val_fraction, random_state=random_state, refit=refit,
                      calibrate=calibrate, class_weight=class_weight, sample_weight=sample_weight,
                      train_rows=train_rows, val_rows=val_rows, views=views, tta=tta)
-    out = Path(out) if out is not None else None
+    return _run(job, Path(out) if out is not None else None, overwrite=overwrite,
+                device=device, progress=progress)
+
+
+def _run(job: _Job, out: Path | None, *, overwrite: bool, device, progress) -> dict[str, Any]:
+    """The fit of checked arguments: kept when ``out`` holds it already, else every head on
+    every tap, the leaderboard written and its notes said."""
     old_files, done = _check_out(out, overwrite, lambda b: _same_fit(b, job), progress)
     if done is not None:
         return done.to_json()
@@ -521,24 +524,28 @@ def _tap_data(job: _Job, tap: str, X, y, test, train, val) -> dict[str, Any]:
     return data
 
 
+def _view_rows(job: _Job, tap: str, split: str, X, images: np.ndarray, view_index, *,
+               with_centre: bool) -> tuple[Any, np.ndarray]:
+    """``images``' rows of ``split`` with their views ``view_index`` (a :class:`ViewRows`
+    read chunk by chunk when streaming, else its array), and each row's image."""
+    rows = ViewRows(X.ds if isinstance(X, StreamedRows) else X, job.bank.views(split, tap),
+                    images, view_index, chunk=job.stream or CHUNK_ROWS, with_centre=with_centre)
+    return (rows if job.stream else rows.array()), rows.groups
+
+
 def _with_views(job: _Job, tap: str, X, y, sw, images: np.ndarray, views: int):
     """``(rows, labels, weights, groups)`` of ``images``' centre rows each followed by its
-    first ``views`` random views: a :class:`ViewRows` read chunk by chunk when streaming,
-    else its array."""
-    centre = X.ds if isinstance(X, StreamedRows) else X
-    rows = ViewRows(centre, job.bank.views("train", tap), images, range(1, views + 1),
-                    chunk=job.stream or CHUNK_ROWS)
+    first ``views`` random views."""
+    rows, groups = _view_rows(job, tap, "train", X, images, range(1, views + 1),
+                              with_centre=True)
     per = 1 + views
-    return (rows if job.stream else rows.array(), np.repeat(y[images], per),
-            None if sw is None else np.repeat(sw[images], per), rows.groups)
+    return (rows, np.repeat(y[images], per),
+            None if sw is None else np.repeat(sw[images], per), groups)
 
 
 def _mirror(job: _Job, tap: str, split: str, X, rows: np.ndarray):
     """The mirror-view features of ``rows`` of ``split``, aligned with their centre rows."""
-    centre = X.ds if isinstance(X, StreamedRows) else X
-    mirror = ViewRows(centre, job.bank.views(split, tap), rows, [0], with_centre=False,
-                      chunk=job.stream or CHUNK_ROWS)
-    return mirror if job.stream else mirror.array()
+    return _view_rows(job, tap, split, X, rows, [0], with_centre=False)[0]
 
 
 def _check_streamable(heads: list[str]) -> None:

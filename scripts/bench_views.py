@@ -88,15 +88,23 @@ def draw(y: np.ndarray, args) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return val, sizes
 
 
-def measure(bank: FeatureBank, tap: str, train: np.ndarray, val: np.ndarray, k: int,
+def splits(bank: FeatureBank, tap: str, val: np.ndarray) -> dict[str, np.ndarray]:
+    """The features every measurement of a bank reads, read once."""
+    X, y = bank.load("train", tap)
+    Xt, yt = bank.load("test", tap)
+    return {"X": X, "y": y, "Xt": Xt, "yt": yt, "views": bank.views("train", tap),
+            "mirror_val": ViewRows(X, bank.views("train", tap), val, [0],
+                                   with_centre=False).array(),
+            "mirror_test": bank.views("test", tap)[:, 0].astype(np.float32)}
+
+
+def measure(data: dict[str, np.ndarray], train: np.ndarray, val: np.ndarray, k: int,
             head: str) -> dict[tuple[int, bool], tuple[float, float, float]]:
     """``(K, tta) -> (validation accuracy, test accuracy, fit seconds)`` of the head's setting
     chosen on validation, fitted on ``train``'s centre rows and first ``k`` views."""
-    X, y = bank.load("train", tap)
-    Xt, yt = bank.load("test", tap)
-    mirror_val = ViewRows(X, bank.views("train", tap), val, [0], with_centre=False).array()
-    mirror_test = bank.views("test", tap)[:, 0].astype(np.float32)
-    rows = ViewRows(X, bank.views("train", tap), train, range(1, k + 1))
+    X, y, Xt, yt = data["X"], data["y"], data["Xt"], data["yt"]
+    mirror_val, mirror_test = data["mirror_val"], data["mirror_test"]
+    rows = ViewRows(X, data["views"], train, range(1, k + 1))
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -156,6 +164,7 @@ def main() -> None:
               flush=True)
         tap = bank.taps[0]
         val, sizes = draw(bank.labels("train"), args)
+        data = splits(bank, tap, val)
         print(f"  validation: {len(val)} train images ({args.val_per_class} per class); test "
               f"{n_test}; tap {tap} ({bank.shape('train', tap)[1]} features)")
         print(f"  {'train':>9} {'head':<7} " + " ".join(f"{'K=' + str(k):>18}" for k in ks
@@ -165,7 +174,7 @@ def main() -> None:
             for head in heads:
                 cells = {}
                 for k in (k for k in ks if k <= k_max):
-                    cells.update(measure(bank, tap, train, val, k, head))
+                    cells.update(measure(data, train, val, k, head))
                 print(f"  {size:>9} {head:<7} " + " ".join(
                     f"{cells[k, False][1]:.3f}/{cells[k, True][1]:.3f} {cells[k, False][2]:5.1f}s"
                     .rjust(18) for k in ks if k <= k_max), flush=True)
