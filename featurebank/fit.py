@@ -114,14 +114,15 @@ def _sweep(name: str, data: dict[str, Any], *, metric, build, bar):
     """Fit every setting of the head's grid on each training set (the centre rows, and with
     the views), score each with and without the mirror average where asked; return the best
     :class:`_Setting`, the whole sweep's seconds, each setting's validation value of
-    ``metric``, and the settings tied with the best on it."""
+    ``metric``, the settings tied with the best on it, and those stopped early for trailing
+    on validation (the logistic path's pruning) with the iteration they stopped at."""
     spec, tried = get_head_spec(name), []
     for views, (X, y, w, groups) in data["train_sets"].items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # reported per setting instead
             fitted = spec.fit_grid(X, y, on_fit=bar.update, shared=data["shared"][views],
                                    sample_weight=w if spec.weights else None, groups=groups,
-                                   **build)
+                                   validation=(data["X_val"], data["y_val"]), **build)
         for est, params, secs in fitted:
             tried += [_Setting(est, params, views, tta, _val_scores(est, data, tta), secs)
                       for tta in data["tta"]]
@@ -129,8 +130,10 @@ def _sweep(name: str, data: dict[str, Any], *, metric, build, bar):
     shown = len(data["train_sets"]) > 1 or len(data["tta"]) > 1
     ties = [r.described(shown) for r in tried
             if _merit(r.val, metric) == _merit(best.val, metric) and r is not best]
+    pruned = [{**r.described(shown), "n_iter": int(r.est.n_iter_[0])} for r in tried
+              if getattr(r.est, "pruned_", False) and not r.tta]
     return (best, sum(r.seconds for r in tried if not r.tta),
-            [(r.described(shown), r.val[metric]) for r in tried], ties)
+            [(r.described(shown), r.val[metric]) for r in tried], ties, pruned)
 
 
 def _val_scores(est, data: dict[str, Any], tta: bool) -> dict[str, float]:
@@ -564,7 +567,8 @@ def _fit_head(name, tap, data: dict[str, Any], job: _Job, *, device, bar):
     metric, refit = job.metric, job.refit
     build = _build_kwargs(name, device=device, random_state=job.random_state,
                           class_weight=job.class_weight)
-    best, sweep_s, tried, ties = _sweep(name, data, metric=metric, build=build, bar=bar)
+    best, sweep_s, tried, ties, pruned = _sweep(name, data, metric=metric, build=build,
+                                                bar=bar)
     est, params, val, fit_s = best.est, best.params, best.val, best.seconds
     if refit:  # the train and validation rows are all the rows (and their views)
         X, y, w, groups = data["refit"][best.views]
@@ -581,6 +585,7 @@ def _fit_head(name, tap, data: dict[str, Any], job: _Job, *, device, bar):
            "test_accuracy": test["accuracy"] if test is not None else None,
            "metric": metric, "val_scores": val, "test_scores": test,
            "fit_seconds": fit_s, "sweep_seconds": sweep_s, "tried": tried, "tied_with": ties,
+           "pruned": pruned,
            "refit": refit, "graftable": get_head_spec(name).graftable,
            "class_weight": _as_json(build.get("class_weight")),
            "sample_weight": data["w_train"] is not None and get_head_spec(name).weights,
@@ -631,6 +636,12 @@ def _board(job: _Job, rows: list[dict[str, Any]], y_val: np.ndarray,
                          f"validation {said} as the chosen {r['params']}{_view_text(r)} (the "
                          f"first of them in the head's grid order was kept; a tie says the "
                          f"validation split cannot tell them apart).")
+        if r.get("pruned"):
+            stopped = ", ".join(f"{ {k: v for k, v in p.items() if k != 'n_iter'} } at "
+                                f"iteration {p['n_iter']}" for p in r["pruned"])
+            notes.append(f"{r['head']} on {r['tap']}: stopped early, trailing on validation "
+                         f"(accuracy below an ended setting's at 3 checks in a row): "
+                         f"{stopped}.")
     top = [r for r in rows if r["val_scores"][metric] == rows[0]["val_scores"][metric]]
     if len(top) > 1:
         tied = ", ".join(f"{r['head']} on {r['tap']}" for r in top)

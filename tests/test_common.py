@@ -4,12 +4,14 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from featurebank.heads import LogisticHead, MLPHead
 
-# Small settings keep the ~50 checks per head fast; every parameter keeps its meaning.
+# Small settings keep the ~50 checks per head fast (an epoch of one batch on the checks'
+# few dozen rows, not min_epoch_rows' default 1,024); every parameter keeps its meaning.
+_SMALL_MLP = dict(hidden_layer_sizes=(16,), max_iter=200, batch_size=32, min_epoch_rows=32,
+                  random_state=0)
 HEADS = [
     LogisticHead(),
-    MLPHead(hidden_layer_sizes=(16,), max_iter=200, batch_size=32, random_state=0),
-    MLPHead(hidden_layer_sizes=(16,), max_iter=200, batch_size=32, random_state=0,
-            n_components=2),  # trained on a projection, folded back: still raw features in
+    MLPHead(**_SMALL_MLP),
+    MLPHead(**_SMALL_MLP, n_components=2),  # trained on a projection, folded back: still raw features in
 ]
 
 # The one check that needs a fit to reproduce another's iterates to 1e-7: a weight of 2 against

@@ -435,3 +435,17 @@ def test_sample_weights_reach_every_head_that_takes_them(tmp_path, bank, monkeyp
     with pytest.raises(FeatureBankError, match="other arguments"):
         fit_heads(bank, heads=["logreg", "sk-logreg", "knn"], out=tmp_path / "runs",
                   progress=False)
+
+
+def test_fit_records_the_settings_stopped_for_trailing_on_validation(tmp_path):
+    bank = write_feature_bank(tmp_path / "b.h5", n_train=300, d=64)
+    board = fit_heads(bank, heads=["logreg"], out=tmp_path / "r", val_fraction=0.3,
+                      progress=False)
+    row = board["rows"][0]
+    assert row["pruned"]  # on this bank the slowest setting (C=1e-4) trails, and is stopped
+    notes = " ".join(board["notes"])
+    for p in row["pruned"]:
+        assert p["n_iter"] % 10 == 0 and p["n_iter"] < 200 and p["C"] != row["params"]["C"]
+        assert f"{ {'C': p['C']} } at iteration {p['n_iter']}" in notes
+    saved = json.loads((tmp_path / "r" / "leaderboard.json").read_text())["rows"][0]
+    assert saved["pruned"] == row["pruned"]

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from sklearn.preprocessing import StandardScaler
 
-from conftest import run_cli, write_npz
+from conftest import write_npz
 from featurebank import FeatureBank, ParameterError, extract, fit_heads, load_model
+from featurebank.cli import main
 from featurebank.fit import scores
 from featurebank.heads import LogisticHead, class_probabilities, load_head
 from featurebank.heads.registry import HeadSpec
@@ -143,18 +144,26 @@ def test_views_are_checked_against_the_bank(banks, tmp_path):
     assert all("views" not in p for r in board["rows"] for p, _ in r["tried"])
 
 
-def test_a_bank_with_views_through_fit_finetune_predict_and_report(banks, tmp_path):
+def _cli(capsys, *argv: str) -> str:
+    """``featurebank ARGV`` in this process (the CLI's own code, without an interpreter start
+    per command); its standard output."""
+    capsys.readouterr()
+    assert main(list(argv)) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+def test_a_bank_with_views_through_fit_finetune_predict_and_report(banks, tmp_path, capsys):
     tmp, bank, _ = banks
     images = np.load(tmp / "d.npz")["test_images"][:12]
     np.savez(tmp_path / "t.npz", images=images)
-    out = run_cli("fit", str(bank.path), "--out", str(tmp_path / "r"), "--tta", "--views",
-                  "2", "-q").stdout
+    out = _cli(capsys, "fit", str(bank.path), "--out", str(tmp_path / "r"), "--tta", "--views",
+               "2", "-q")
     assert "views none or 2 per train image; with and without the mirror average" in out
     board = json.loads((tmp_path / "r" / "leaderboard.json").read_text())
-    run_cli("finetune", str(bank.path), "--runs", str(tmp_path / "r"), "--out",
-            str(tmp_path / "ft"), "--epochs", "1", "-q")
-    run_cli("report", str(tmp_path / "r"), str(tmp_path / "ft"), "--out",
-            str(tmp_path / "rep"))
+    _cli(capsys, "finetune", str(bank.path), "--runs", str(tmp_path / "r"), "--out",
+         str(tmp_path / "ft"), "--epochs", "1", "-q")
+    _cli(capsys, "report", str(tmp_path / "r"), str(tmp_path / "ft"), "--out",
+         str(tmp_path / "rep"))
     assert (tmp_path / "rep" / "report.html").is_file()
     logreg = next(r for r in board["rows"] if r["head"] == "logreg")
     model = load_model(tmp_path / "r" / logreg["file"])
@@ -167,15 +176,15 @@ def test_a_bank_with_views_through_fit_finetune_predict_and_report(banks, tmp_pa
     np.testing.assert_allclose(model.predict_proba(tmp_path / "t.npz", tta=False),
                                class_probabilities(head, X), atol=1e-4)
     for flag, expected in (("--tta", mean), ("--no-tta", class_probabilities(head, X))):
-        csv = run_cli("predict", str(tmp_path / "r" / logreg["file"]), str(tmp_path / "t.npz"),
-                      flag, "-q").stdout.splitlines()[1:]
+        csv = _cli(capsys, "predict", str(tmp_path / "r" / logreg["file"]),
+                   str(tmp_path / "t.npz"), flag, "-q").splitlines()[1:]
         names = np.asarray(model.classes_)[expected.argmax(1)]
         assert [line.split(",")[1] for line in csv] == list(names)
     ft = load_model(tmp_path / "ft")
     assert not ft.tta  # the fine-tune is not selected with the mirror; asked, it averages
     assert ft.predict_proba(tmp_path / "t.npz", tta=True).shape == (12, 4)
-    run_cli("export", str(tmp_path / "r" / logreg["file"]), "--format", "torchscript",
-            "--out", str(tmp_path / "m.pt"))
+    _cli(capsys, "export", str(tmp_path / "r" / logreg["file"]), "--format", "torchscript",
+         "--out", str(tmp_path / "m.pt"))
     card = json.loads((tmp_path / "m.pt.json").read_text())
     assert (card["output"]["test_time_augmentation"] is not None) == logreg["tta"]
     with pytest.raises(Exception, match="'tta' parameter must be True, False or None"):

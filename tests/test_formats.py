@@ -169,6 +169,10 @@ def test_hugging_face_columns_options_and_missing_package(images, tmp_path, monk
     with pytest.raises(DataError, match=r"no column 'nope' \(--image-column\)"):
         open_source(f"hf:{tmp_path / 'plain'}", options={"image_column": "nope"})
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # read once, when datasets is imported: what the variable does when set before Python
+    # starts (set only now, the load would try the network for ~20 s first)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(pytest.importorskip("huggingface_hub.constants"), "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError, match=r"cannot load the Hugging Face dataset 'no/such-set'.*"
                                         r"HF_DATASETS_OFFLINE=1"):
         open_source("hf:no/such-set")

@@ -616,3 +616,40 @@ def test_an_mlp_epoch_visits_at_least_min_epoch_rows(data, monkeypatch):
         assert len(steps) == 2  # one pass
     with pytest.raises(ParameterError, match="'min_epoch_rows' parameter must be a positive"):
         MLPHead(min_epoch_rows=0).fit(X, y)
+
+
+def test_a_path_stops_the_settings_that_trail_on_validation(monkeypatch):
+    import featurebank.heads.logistic as logistic
+
+    # 100 rows of 100 features: every problem runs for dozens of iterations, and the most
+    # regularised one (C=1e-3, the slowest) trails the others on validation throughout
+    X, y = blobs(200, d=100, n_classes=3, spread=0.3, seed=3)
+    Xt, yt, Xv, yv = X[:100], y[:100], X[100:], y[100:]
+    Cs = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
+    real, passes = logistic._scores_grad_numpy, []
+
+    def counting(*args, **kw):
+        passes.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(logistic, "_scores_grad_numpy", counting)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        full = logistic_path(Xt, yt, Cs, max_iter=300)
+        n_full = len(passes)
+        passes.clear()
+        pruned = logistic_path(Xt, yt, Cs, max_iter=300, validation=(Xv, yv))
+    n_pruned = len(passes)
+    stopped = [h for h in pruned if h.pruned_]
+    assert stopped and not any(h.pruned_ for h in full) and n_pruned < n_full
+    ended = [h.score(Xv, yv) for h in pruned if not h.pruned_]
+    for h, alone in zip(pruned, full):
+        if h.pruned_:  # stopped at a check, below a problem that had ended
+            assert h.n_iter_[0] % 10 == 0 and h.n_iter_[0] < alone.n_iter_[0]
+            assert h.score(Xv, yv) < max(ended)
+        else:  # the others run as without pruning, to the same point (to float32 rounding:
+            # once a problem stops, the shared products have fewer columns)
+            assert h.n_iter_[0] == alone.n_iter_[0]
+            np.testing.assert_allclose(h.coef_, alone.coef_, rtol=1e-3, atol=1e-6)
+    with pytest.raises(ParameterError, match="'patience' parameter"):
+        logistic_path(Xt, yt, Cs, validation=(Xv, yv), patience=0)

@@ -23,7 +23,7 @@ class LbfgsResult(NamedTuple):
     fun: float
     n_iter: int
     n_eval: int
-    status: int  # 0 converged, 1 iteration limit, 2 line search found no decrease
+    status: int  # 0 converged, 1 iteration limit, 2 line search found no decrease, 3 stop()
 
 
 def _cubic_min(a, fa, da, b, fb, db):
@@ -101,10 +101,12 @@ def _direction(g: np.ndarray, S: list, Y: list) -> np.ndarray:
 
 def lbfgs_steps(x0: np.ndarray, *, max_iter: int, gtol: float,
                 ftol: float = 64 * np.finfo(float).eps, m: int = 10, maxls: int = 50,
-                grad_norm: Callable[[np.ndarray], float] | None = None):
+                grad_norm: Callable[[np.ndarray], float] | None = None,
+                stop: Callable[[np.ndarray, int], bool] | None = None):
     """L-BFGS as a generator: it yields each point to evaluate, is sent ``(f, g)`` back, and
     returns an :class:`LbfgsResult` (``StopIteration.value``). Several of them can then share
-    one pass over the data (:func:`lbfgs_many`)."""
+    one pass over the data (:func:`lbfgs_many`). ``stop(x, iteration)``, asked after each
+    iteration that did not end the run, ends it there when true (status 3)."""
     grad_norm = grad_norm or (lambda g: float(np.abs(g).max()))
     x = np.array(x0, dtype=np.float64)
     f, g = yield x
@@ -147,6 +149,8 @@ def lbfgs_steps(x0: np.ndarray, *, max_iter: int, gtol: float,
         # the run too, since the objective can no longer tell better from worse
         if grad_norm(g) <= gtol or f_old - f <= ftol * max(abs(f_old), abs(f), 1.0):
             return LbfgsResult(x, f, it, n_eval, 0)
+        if stop is not None and it < max_iter and stop(x, it):
+            return LbfgsResult(x, f, it, n_eval, 3)
     return LbfgsResult(x, f, max_iter, n_eval, 1)
 
 
@@ -154,8 +158,8 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
           **options) -> LbfgsResult:
     """Minimise ``fun`` (returning value and gradient) from ``x0``.
 
-    ``options`` are :func:`lbfgs_steps`'s: ``max_iter``, ``gtol``, ``ftol``, ``m``, ``maxls``
-    and ``grad_norm(g)``, the quantity compared with ``gtol`` (default: ``max |g|``); a
+    ``options`` are :func:`lbfgs_steps`'s: ``max_iter``, ``gtol``, ``ftol``, ``m``, ``maxls``,
+    ``stop(x, iteration)`` and ``grad_norm(g)``, the quantity compared with ``gtol`` (default: ``max |g|``); a
     preconditioned problem passes the norm of the gradient in the original variables.
     """
     return lbfgs_many(lambda points, _: [fun(x) for x in points], [x0], [options], [None])[0]
@@ -163,12 +167,14 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
 
 def lbfgs_many(fun_many: Callable[[list[np.ndarray], list[Any]],
                                   list[tuple[float, np.ndarray]]],
-               x0s: list[np.ndarray], options: list[dict], keys: list[Any]
+               x0s: list[np.ndarray], options: list[dict], keys: list[Any],
+               on_done: Callable[[Any, LbfgsResult], Any] | None = None
                ) -> list[LbfgsResult]:
     """Minimise several problems in lockstep: each round, ``fun_many(points, keys)``
     evaluates the next point of every problem still running (one pass over the data for all;
     ``keys`` say which problems they are), each problem keeping its own L-BFGS memory, line
-    search and stopping test; a problem that has converged drops out of the rounds."""
+    search and stopping test; a problem that has ended drops out of the rounds (and is
+    given to ``on_done(key, result)``)."""
     runs = [lbfgs_steps(x0, **o) for x0, o in zip(x0s, options)]
     points = {i: next(r) for i, r in enumerate(runs)}
     results: dict[int, LbfgsResult] = {}
@@ -181,4 +187,6 @@ def lbfgs_many(fun_many: Callable[[list[np.ndarray], list[Any]],
             except StopIteration as done:
                 results[i] = done.value
                 del points[i]
+                if on_done is not None:
+                    on_done(keys[i], done.value)
     return [results[i] for i in range(len(runs))]

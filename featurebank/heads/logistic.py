@@ -46,6 +46,7 @@ from ._lbfgs import lbfgs_many
 __all__ = ["LogisticHead", "logistic_path"]
 
 _SKETCH_ROWS = 4096  # rows sampled to estimate the principal directions
+_CHECK_EVERY = 10  # iterations between two validation checks of a path's running problem
 
 
 def _one_hot(y: np.ndarray, k: int) -> np.ndarray:
@@ -156,6 +157,51 @@ class _Preconditioner:
         return cls(V, s)
 
 
+class _Pruner:
+    """Ends the problems of a path that trail on validation (the median stopping rule of
+    Google Vizier, against the best finished problem instead of the median).
+
+    Every ``_CHECK_EVERY`` iterations a running problem's iterate is scored (accuracy) on the
+    validation rows; one whose last ``patience`` scores are all below the best score of a
+    problem that has ended (converged, or at ``max_iter``) stops there: on features where
+    the weakly regularised problems run to ``max_iter`` and lose on validation, most of the
+    path's passes go to them.
+    """
+
+    def __init__(self, problem: _Problem, validation, classes: np.ndarray, patience: int,
+                 to_w):
+        X_val, y_val = validation
+        self.problem, self.to_w, self.patience = problem, to_w, patience
+        self.X = X_val if is_streamed(X_val) else np.asarray(X_val, dtype=np.float32)
+        y_val = np.asarray(y_val)
+        at = np.clip(np.searchsorted(classes, y_val), 0, len(classes) - 1)
+        self.y = np.where(classes[at] == y_val, at, -1)  # a class train lacks: always wrong
+        self.best, self.scores = -np.inf, {}
+
+    def score(self, z: np.ndarray) -> float:
+        W, b = self.problem.raw(self.to_w(z))
+        parts = (self.X.chunks() if is_streamed(self.X) else [(0, self.X)])
+        pred = np.concatenate([(Xc @ W.T.astype(np.float32) + b).argmax(1) if len(W) > 1
+                               else (Xc @ W[0] + b[0] > 0).astype(int) for _, Xc in parts])
+        return float((pred == self.y).mean())
+
+    def stop(self, C: float):
+        """The ``stop(x, iteration)`` of the problem of ``C``."""
+        history = self.scores.setdefault(C, [])
+
+        def check(z: np.ndarray, it: int) -> bool:
+            if it % _CHECK_EVERY:
+                return False
+            history.append(self.score(z))
+            return (len(history) >= self.patience
+                    and max(history[-self.patience:]) < self.best)
+        return check
+
+    def done(self, C: float, result) -> None:
+        if result.status != 3:
+            self.best = max(self.best, self.score(result.x))
+
+
 class _Problem:
     """Training data prepared once (on the device, with its standardisation and
     preconditioner) for many fits.
@@ -251,14 +297,16 @@ class _Problem:
         return self.solve_many([C], [theta0], max_iter, tol)[0]
 
     def solve_many(self, Cs: list[float], theta0s: list[np.ndarray], max_iter: int,
-                   tol: float) -> list[tuple[np.ndarray, int, int]]:
+                   tol: float, pruner=None) -> list[tuple[np.ndarray, int, int]]:
         """``(theta, iterations, status)`` for each C: the problems run in lockstep, one pass
-        over the data evaluating every problem still running (:func:`lbfgs_many`)."""
+        over the data evaluating every problem still running (:func:`lbfgs_many`);
+        ``pruner(to_w)`` makes a :class:`_Pruner` that may end some early."""
         P = self.precond
         to_w = (lambda z: self._map(z, P.apply)) if P is not None else (lambda z: z)
         options = {"max_iter": max_iter, "gtol": tol}
         if P is not None:  # stop on the gradient in the original variables, as scikit-learn
             options["grad_norm"] = lambda g: float(np.abs(self._map(g, P.inverse)).max())
+        pruner = pruner(to_w) if pruner is not None else None
 
         def fun_many(points, Cs_now):
             # in preconditioned variables: W = Z P, dL/dZ = dL/dW P
@@ -266,7 +314,9 @@ class _Problem:
                                                                  Cs_now)]
 
         starts = [self._map(t, P.inverse) if P is not None else t for t in theta0s]
-        results = lbfgs_many(fun_many, starts, [options] * len(Cs), list(Cs))
+        results = lbfgs_many(fun_many, starts,
+                             [{**options, "stop": pruner.stop(C)} if pruner else options
+                              for C in Cs], list(Cs), on_done=pruner and pruner.done)
         return [(to_w(r.x), r.n_iter, r.status) for r in results]
 
     def zeros(self) -> np.ndarray:
@@ -432,7 +482,7 @@ class LogisticHead(ProbaMixin, LinearPredictMixin, ClassifierMixin, BaseEstimato
 
 
 def logistic_path(X, y, Cs, *, sample_weight=None, standardization_=None, init=None,
-                  **params) -> list[LogisticHead]:
+                  validation=None, patience: int = 3, **params) -> list[LogisticHead]:
     """Fit one :class:`LogisticHead` per ``C``, all in the same passes over the data.
 
     The data are validated, moved to the device, standardised and preconditioned once for the
@@ -457,6 +507,14 @@ def logistic_path(X, y, Cs, *, sample_weight=None, standardization_=None, init=N
         the centre rows when ``X`` adds augmented views of them): each problem starts at that
         head's function instead of zero and ends at its own optimum, in fewer passes when the
         start is near it.
+    validation : (X_val, y_val), optional
+        Rows to stop hopeless problems early on (what a sweep then selects on): every 10
+        iterations each problem still running is scored (accuracy) there, and one whose last
+        ``patience`` scores are all below the best score of a problem that has ended stops
+        there (its head has ``pruned_ = True`` and the iterate it reached). Without it every
+        problem runs to its optimum or ``max_iter``.
+    patience : int, default=3
+        Checks in a row below the best ended problem that stop a problem.
     **params
         Other :class:`LogisticHead` parameters.
 
@@ -476,8 +534,11 @@ def logistic_path(X, y, Cs, *, sample_weight=None, standardization_=None, init=N
         raise ValueError("init: heads fitted on other classes than y's cannot start the path.")
     starts = ({C: problem.start_from(h) for C, h in zip(Cs, init)} if init is not None
               else dict.fromkeys(unique, problem.zeros()))
+    POSITIVE_INT.check("patience", patience)
+    pruner = (None if validation is None
+              else lambda to_w: _Pruner(problem, validation, classes, patience, to_w))
     solved = problem.solve_many(unique, [starts[C] for C in unique], template.max_iter,
-                                template.tol)
+                                template.tol, pruner)
     heads: dict[float, LogisticHead] = {}
     for C, (theta, n_iter, status) in zip(unique, solved):
         head = LogisticHead(**{**template.get_params(), "C": C})
@@ -486,5 +547,6 @@ def logistic_path(X, y, Cs, *, sample_weight=None, standardization_=None, init=N
         if hasattr(template, "feature_names_in_"):
             head.feature_names_in_ = template.feature_names_in_
         head._set_solution(problem, classes, theta, n_iter, status)
+        head.pruned_ = status == 3
         heads[C] = head
     return [heads[C] for C in Cs]

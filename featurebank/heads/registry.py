@@ -53,9 +53,10 @@ class HeadSpec:
         Whether the head takes class and sample weights: ``build(class_weight=)``
         (scikit-learn's meanings: None, "balanced" or a dict) and ``fit_grid(sample_weight=)``.
     path : callable, optional
-        ``path(X, y, candidates, shared=, on_fit=, **build_kwargs)`` -> ``(estimator,
-        seconds)`` per setting: fits the whole grid sharing work between its settings (the
-        logistic path solves every C in the same passes; the MLP grid shares one projection).
+        ``path(X, y, candidates, shared=, on_fit=, sample_weight=, groups=, validation=,
+        **build_kwargs)`` -> ``(estimator, seconds)`` per setting: fits the whole grid sharing
+        work between its settings (the logistic path solves every C in the same passes and
+        stops those that trail on ``validation``; the MLP grid shares one projection).
         ``shared`` is a dict the heads of one ``fit`` run share (the standardisation of
         ``X``). Without a path, each setting is built and fitted on its own.
     """
@@ -78,14 +79,16 @@ class HeadSpec:
 
     def fit_grid(self, X, y, *, on_fit: Callable[[int], Any] = lambda n: None,
                  shared: dict[str, Any] | None = None, sample_weight=None, groups=None,
-                 **build_kwargs) -> list[Fitted]:
+                 validation=None, **build_kwargs) -> list[Fitted]:
         """Fit every setting of the grid on ``(X, y)`` (rows weighted by ``sample_weight``).
 
         ``on_fit(n)`` is called as settings finish (a progress bar's ``update``); ``shared``
         holds what the heads of one run compute once. ``groups`` (one per row: the image of
         an augmented view) keep a group's rows on one side of a head's own holdout (and the
-        MLP visits one row of each an epoch). Returns ``(estimator, params, seconds)`` per
-        setting, in :meth:`candidates` order.
+        MLP visits one row of each an epoch). ``validation`` (``(X_val, y_val)``, the rows the
+        sweep is selected on) lets a path stop its hopeless settings early (the logistic
+        path's pruning). Returns ``(estimator, params, seconds)`` per setting, in
+        :meth:`candidates` order.
         """
         if sample_weight is not None and not self.weights:
             raise ParameterError(f"head {self.name!r} takes no sample weights; fit it "
@@ -94,7 +97,7 @@ class HeadSpec:
         if self.path is not None:
             fitted = self.path(X, y, candidates, shared={} if shared is None else shared,
                                on_fit=on_fit, sample_weight=sample_weight, groups=groups,
-                               **build_kwargs)
+                               validation=validation, **build_kwargs)
             return [(est, params, secs) for (est, secs), params in zip(fitted, candidates)]
         fitted = []
         for params in candidates:
@@ -131,14 +134,14 @@ def fit_weights(est, sample_weight) -> dict[str, Any]:
 
 
 def _logreg_path(X, y, candidates, *, shared, on_fit, sample_weight=None, groups=None,
-                 **build_kwargs):
+                 validation=None, **build_kwargs):
     """Every C in the same passes over X, from zero (the views' rows too: starting them from
-    the centre rows' solutions was measured, and took as many passes or more; README); the
-    path's time is shared equally."""
+    the centre rows' solutions was measured, and took as many passes or more; README), a C
+    that trails on ``validation`` stopped early; the path's time is shared equally."""
     t = time.perf_counter()
     heads = logistic_path(X, y, [c["C"] for c in candidates], sample_weight=sample_weight,
                           standardization_=None if sample_weight is not None
-                          else _standardization(X, shared),
+                          else _standardization(X, shared), validation=validation,
                           **_logreg(**build_kwargs).get_params())
     on_fit(len(candidates))
     per = (time.perf_counter() - t) / len(candidates)
@@ -153,7 +156,7 @@ def _mlp(hidden_layer_sizes=(512,), weight_decay=1e-4, device="auto", random_sta
 
 
 def _mlp_path(X, y, candidates, *, shared, on_fit, sample_weight=None, groups=None,
-              **build_kwargs):
+              validation=None, **build_kwargs):
     """Every setting trained on one projection of X, computed once (weighted, with sample
     weights); each setting's time includes an equal share of the projection; ``groups`` reach
     each network's holdout and epochs."""
