@@ -62,3 +62,26 @@ def test_starting_at_the_optimum_returns_at_once(x0):
     res = lbfgs(lambda x: (float(((x - x0) ** 2).sum()), 2 * (x - x0)), x0, max_iter=10,
                 gtol=1e-8)
     assert (res.n_iter, res.n_eval, res.status) == (0, 1, 0)
+
+
+def test_stop_ends_a_run_at_the_iterate_it_was_shown_and_on_done_hears_of_it():
+    from featurebank.heads._lbfgs import lbfgs_many
+
+    fun, d = _logistic()
+    seen = []
+
+    def stop(x, it):
+        seen.append((it, x.copy()))
+        return it == 4
+
+    res = lbfgs(fun, np.zeros(d), max_iter=200, gtol=1e-10, stop=stop)
+    assert (res.status, res.n_iter) == (3, 4) and [it for it, _ in seen] == [1, 2, 3, 4]
+    np.testing.assert_array_equal(res.x, seen[-1][1])
+    free = lbfgs(fun, np.zeros(d), max_iter=4, gtol=1e-10)  # the same four iterations
+    np.testing.assert_array_equal(res.x, free.x)
+    ended = []
+    results = lbfgs_many(lambda points, keys: [fun(x) for x in points], [np.zeros(d)] * 2,
+                         [{"max_iter": 200, "gtol": 1e-6, "stop": stop},
+                          {"max_iter": 200, "gtol": 1e-6}], ["stopped", "free"],
+                         on_done=lambda key, r: ended.append((key, r.status)))
+    assert ended == [("stopped", 3), ("free", 0)] and results[1].status == 0
