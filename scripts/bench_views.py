@@ -109,7 +109,8 @@ def measure(data: dict[str, np.ndarray], train: np.ndarray, val: np.ndarray, k: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         fitted = get_head_spec(head).fit_grid(rows.array(), np.repeat(y[train], 1 + k),
-                                              groups=rows.groups, shared={})
+                                              groups=rows.groups, shared={},
+                                              validation=(X[val], y[val]))  # as fit prunes
     seconds = time.perf_counter() - t
     out = {}
     for tta in (False, True):

@@ -16,6 +16,7 @@ from conftest import blobs
 from featurebank import FeatureBank, ParameterError
 from featurebank.heads import (LogisticHead, MLPHead, get_head, get_head_spec, is_graftable,
                                list_heads, logistic_path, to_torch)
+from featurebank.heads.mlp import _project
 
 
 @pytest.fixture(scope="module")
@@ -492,11 +493,21 @@ def test_mlp_on_principal_directions_takes_raw_features(data):
     assert proj.shape == (len(Xt), 8)
     assert head.score(Xt, yt) > 0.8 and (to_torch(head)(torch.from_numpy(Xt)).argmax(1).numpy()
                                          == np.searchsorted(head.classes_, head.predict(Xt))).all()
-    # same seed, same sketch: a grid can share one projection and get the same head
+    # decision_function runs through the trained layer (projected_coef_): the folded map
+    np.testing.assert_allclose((V / head.scale_[:, None]) @ head.projected_coef_,
+                               head.coefs_[0], rtol=1e-12, atol=1e-12)
+    hidden = np.maximum(Xt.astype(np.float64) @ head.coefs_[0] + head.intercepts_[0], 0)
+    np.testing.assert_allclose(head.decision_function(Xt),
+                               hidden @ head.coefs_[1] + head.intercepts_[1], atol=1e-9)
+    # same seed, same sketch: a grid can share one projection (and the projected rows) and
+    # get the same head
     shared = head._projection(X)
     again = MLPHead(hidden_layer_sizes=(32,), n_components=8, random_state=0, max_iter=300)
     again._fit(X, y, projection=shared)
     np.testing.assert_allclose(again.coefs_[0], head.coefs_[0], atol=1e-6)
+    rows = MLPHead(hidden_layer_sizes=(32,), n_components=8, random_state=0, max_iter=300)
+    rows._fit(X, y, projection=shared, projected=_project(X, *shared))
+    np.testing.assert_array_equal(rows.coefs_[0], again.coefs_[0])
 
 
 def test_logistic_head_streams_a_bank_larger_than_memory_to_the_same_optimum(tmp_path,
@@ -653,3 +664,26 @@ def test_a_path_stops_the_settings_that_trail_on_validation(monkeypatch):
             np.testing.assert_allclose(h.coef_, alone.coef_, rtol=1e-3, atol=1e-6)
     with pytest.raises(ParameterError, match="'patience' parameter"):
         logistic_path(Xt, yt, Cs, validation=(Xv, yv), patience=0)
+
+
+def test_cpu_dropout_keeps_each_unit_with_probability_1_minus_p_scaled():
+    from torch import nn
+
+    from featurebank.heads.mlp import _forward, _keep_mask
+
+    x, net = torch.ones(1000, 1000), nn.Sequential(nn.Linear(1000, 1000), nn.Dropout(0.3))
+    torch.manual_seed(0)
+    y = _forward(net[1:].train(), x)  # the dropout alone, as training runs it on the CPU
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(0.7, abs=0.002)  # 4 standard errors
+    assert torch.unique(y[kept]).tolist() == pytest.approx([1 / 0.7], rel=1e-4)
+    assert y.mean().item() == pytest.approx(1.0, abs=0.005)  # inverted dropout: same mean
+    torch.manual_seed(0)
+    assert torch.equal(_forward(net[1:], x), y)  # drawn from the seeded global generator
+    assert torch.equal(_forward(net[1:].eval(), x), x)  # evaluation: the module, identity
+    net.train()
+    torch.manual_seed(1)
+    out = _forward(net, x)  # the whole network: its other layers run as the modules do
+    torch.manual_seed(1)
+    hidden = net[0](x)
+    torch.testing.assert_close(out, hidden * _keep_mask(hidden, 0.3), rtol=0, atol=0)

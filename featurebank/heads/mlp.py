@@ -154,19 +154,31 @@ class _StreamedRows:
                                                               device=self.device)
 
 
+def _keep_mask(x: torch.Tensor, p: float) -> torch.Tensor | None:
+    """Dropout's mask for ``x``: ``1 / q`` where a unit is kept (probability ``q = 1 - p``,
+    to 1/65,536), else 0; None when ``q`` rounds to 0. Drawn as 16-bit integers, four to a
+    64-bit random number from the global generator: torch's CPU Bernoulli and uniform
+    kernels cost 3x and 2x as much (docs/design.md)."""
+    kept = round((1 - p) * 65536)  # draws >= 32768 - kept: kept of the 65,536 int16 values
+    if kept < 1:
+        return None
+    n = x.numel()
+    bits = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,),
+                         dtype=torch.int64).view(torch.int16)[:n]
+    return (bits >= 32768 - kept).view(x.shape).to(x.dtype).mul_(65536 / kept)
+
+
 def _forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``net(x)``; training on the CPU, each dropout keeps the units whose uniform draw
-    (``rand_like``) is at least ``p``, scaled by ``1 / (1 - p)``: the same dropout as
-    ``nn.Dropout``'s, whose CPU kernel draws Bernoulli variates at about twice the cost (a
-    third of an MLP epoch on 4,096 features, measured; docs/design.md). The network keeps its
-    ``nn.Dropout`` modules: evaluation, export and CUDA run them as they are."""
+    """``net(x)``; training on the CPU, each dropout multiplies by :func:`_keep_mask`: the
+    same dropout as ``nn.Dropout``'s at a third of its CPU kernel's cost (which was a third
+    of an MLP epoch on 4,096 features, measured). The network keeps its ``nn.Dropout``
+    modules: evaluation, export and CUDA run them as they are."""
     if not net.training or x.device.type != "cpu" or not isinstance(net, nn.Sequential):
         return net(x)
     for layer in net:
-        if isinstance(layer, nn.Dropout) and layer.p > 0:
-            x = x * (torch.rand_like(x) >= layer.p).to(x.dtype).mul_(1 / (1 - layer.p))
-        else:
-            x = layer(x)
+        mask = (_keep_mask(x, layer.p) if isinstance(layer, nn.Dropout) and layer.p > 0
+                else None)
+        x = x * mask if mask is not None else layer(x)
     return x
 
 
@@ -229,6 +241,11 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
     components_ : ndarray of shape (n_features, n_components)
         With ``n_components``: the principal directions the network was trained on, folded
         into ``coefs_[0]`` too.
+    projected_coef_ : ndarray of shape (n_components, n_out)
+        With ``n_components``: the first layer on the projected features, as trained
+        (``coefs_[0] == (components_ / scale_[:, None]) @ projected_coef_``);
+        ``decision_function`` goes through it, ``(n_features + n_out) n_components``
+        products a row instead of ``n_features n_out``.
     n_features_in_ : int
     n_iter_ : int
         Epochs run.
@@ -311,18 +328,20 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         """
         return self._fit(X, y, sample_weight=sample_weight, groups=groups)
 
-    def _fit(self, X, y, projection=None, sample_weight=None, groups=None) -> MLPHead:
+    def _fit(self, X, y, projection=None, sample_weight=None, groups=None,
+             projected=None) -> MLPHead:
         """``fit``, optionally with the ``(mean, scale, components)`` of :meth:`_projection`
-        computed already (a grid shares one; computed without ``sample_weight``), and the
-        ``groups`` of the rows (an image's views): the early-stopping holdout keeps each group
-        on one side."""
+        computed already (a grid shares one; computed without ``sample_weight``) and ``X``'s
+        rows projected with it (``_project``: the grid shares them too), and the ``groups`` of
+        the rows (an image's views): the early-stopping holdout keeps each group on one
+        side."""
         sizes = self._check_params()
         dev = resolve_device(self.device)
         sw = check_sample_weight(sample_weight, len(X)) if hasattr(X, "__len__") else None
         groups = getattr(X, "groups", None) if groups is None else np.asarray(groups)
         if groups is not None and len(groups) != X.shape[0]:
             raise ValueError(f"groups has {len(groups)} entries for {X.shape[0]} rows of X.")
-        rows, y, projection = self._rows(X, y, dev, projection, sw)
+        rows, y, projection = self._rows(X, y, dev, projection, sw, projected)
         classes, y_idx = check_classes(y, type(self).__name__)
         sw, loss_w = row_weights(sw, self.class_weight, classes, y_idx)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -343,7 +362,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         return self
 
-    def _rows(self, X, y, dev: torch.device, projection, sample_weight=None):
+    def _rows(self, X, y, dev: torch.device, projection, sample_weight=None, projected=None):
         """The training rows as the network sees them: streamed from HDF5, in memory, or
         projected onto principal directions (in memory: they are small); and the projection
         ``(mean, scale, components)``, or None."""
@@ -364,7 +383,9 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
             if self.n_components is None:
                 return _MemoryRows(X, dev), y, None
         projection = projection or self._projection(X, sample_weight=sample_weight)
-        return _MemoryRows(_project(X, *projection), dev), y, projection
+        if projected is None:
+            projected = _project(X, *projection)
+        return _MemoryRows(projected, dev), y, projection
 
     def _projection(self, X, standardization_=None, sample_weight=None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -393,6 +414,7 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         """Fold ``p = ((x - mean) / scale) @ V`` into the first layer: raw ``x`` in."""
         W = (V / scale[:, None]) @ self.coefs_[0]
         self.intercepts_[0] = self.intercepts_[0] - ((mean / scale) @ V) @ self.coefs_[0]
+        self.projected_coef_ = self.coefs_[0]
         self.coefs_[0], self.components_ = W, V
         self.mean_, self.scale_ = mean, scale
 
@@ -523,7 +545,10 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
         act = _ACTIVATIONS[self.activation][1]
         a = np.asarray(X, dtype=np.float64)
         for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
-            a = a @ W + b
+            if i == 0 and hasattr(self, "projected_coef_"):  # the same map, factored
+                a = (a @ (self.components_ / self.scale_[:, None])) @ self.projected_coef_ + b
+            else:
+                a = a @ W + b
             if i < len(self.coefs_) - 1:
                 a = act(a)
         return a[:, 0] if a.shape[1] == 1 else a

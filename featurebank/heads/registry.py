@@ -22,7 +22,7 @@ from sklearn.utils.validation import has_fit_parameter
 from ..exceptions import ParameterError
 from ._base import standardization
 from .logistic import LogisticHead, logistic_path
-from .mlp import MLPHead
+from .mlp import MLPHead, _project
 
 __all__ = ["HeadSpec", "get_head", "get_head_spec", "list_heads"]
 
@@ -158,18 +158,20 @@ def _mlp(hidden_layer_sizes=(512,), weight_decay=1e-4, device="auto", random_sta
 def _mlp_path(X, y, candidates, *, shared, on_fit, sample_weight=None, groups=None,
               validation=None, **build_kwargs):
     """Every setting trained on one projection of X, computed once (weighted, with sample
-    weights); each setting's time includes an equal share of the projection; ``groups`` reach
-    each network's holdout and epochs."""
+    weights), and on X's rows projected once; each setting's time includes an equal share of
+    the projection; ``groups`` reach each network's holdout and epochs."""
     t = time.perf_counter()
     projection = _mlp(**candidates[0], **build_kwargs)._projection(
         X, standardization_=None if sample_weight is not None else _standardization(X, shared),
         sample_weight=sample_weight)
+    projected = _project(X, *projection)
     share = (time.perf_counter() - t) / len(candidates)
     fitted = []
     for params in candidates:
         t = time.perf_counter()
         est = _mlp(**params, **build_kwargs)._fit(X, y, projection=projection,
-                                                  sample_weight=sample_weight, groups=groups)
+                                                  sample_weight=sample_weight, groups=groups,
+                                                  projected=projected)
         fitted.append((est, time.perf_counter() - t + share))
         on_fit(1)
     return fitted
