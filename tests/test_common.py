@@ -11,7 +11,7 @@ _SMALL_MLP = dict(hidden_layer_sizes=(16,), max_iter=200, batch_size=32, min_epo
 HEADS = [
     LogisticHead(),
     MLPHead(**_SMALL_MLP),
-    MLPHead(**_SMALL_MLP, n_components=2),  # trained on a projection, folded back: still raw features in
+    MLPHead(**_SMALL_MLP, n_components=2),  # on a projection, folded back: raw features in
 ]
 
 # The one check that needs a fit to reproduce another's iterates to 1e-7: a weight of 2 against

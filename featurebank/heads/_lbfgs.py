@@ -159,8 +159,9 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
     """Minimise ``fun`` (returning value and gradient) from ``x0``.
 
     ``options`` are :func:`lbfgs_steps`'s: ``max_iter``, ``gtol``, ``ftol``, ``m``, ``maxls``,
-    ``stop(x, iteration)`` and ``grad_norm(g)``, the quantity compared with ``gtol`` (default: ``max |g|``); a
-    preconditioned problem passes the norm of the gradient in the original variables.
+    ``stop(x, iteration)`` and ``grad_norm(g)``, the quantity compared with ``gtol``
+    (default: ``max |g|``); a preconditioned problem passes the norm of the gradient in the
+    original variables.
     """
     return lbfgs_many(lambda points, _: [fun(x) for x in points], [x0], [options], [None])[0]
 
