@@ -168,10 +168,9 @@ class _Pruner:
     path's passes go to them.
     """
 
-    def __init__(self, problem: _Problem, validation, classes: np.ndarray, patience: int,
-                 to_w):
+    def __init__(self, problem: _Problem, validation, classes: np.ndarray, patience: int):
         X_val, y_val = validation
-        self.problem, self.to_w, self.patience = problem, to_w, patience
+        self.problem, self.patience = problem, patience
         # read once (a streamed bank's validation rows are a tenth of its train rows, which
         # are streamed at a quarter of memory): every check scores them again
         self.X = np.asarray(np.concatenate([c for _, c in X_val.chunks()])
@@ -182,7 +181,7 @@ class _Pruner:
         self.best, self.scores = -np.inf, {}
 
     def score(self, z: np.ndarray) -> float:
-        W, b = self.problem.raw(self.to_w(z))
+        W, b = self.problem.raw(self.problem.weights(z))
         pred = ((self.X @ W.T.astype(np.float32) + b).argmax(1) if len(W) > 1
                 else (self.X @ W[0] + b[0] > 0).astype(int))
         return float((pred == self.y).mean())
@@ -299,16 +298,15 @@ class _Problem:
         return self.solve_many([C], [theta0], max_iter, tol)[0]
 
     def solve_many(self, Cs: list[float], theta0s: list[np.ndarray], max_iter: int,
-                   tol: float, pruner=None) -> list[tuple[np.ndarray, int, int]]:
+                   tol: float, pruner: _Pruner | None = None
+                   ) -> list[tuple[np.ndarray, int, int]]:
         """``(theta, iterations, status)`` for each C: the problems run in lockstep, one pass
         over the data evaluating every problem still running (:func:`lbfgs_many`);
-        ``pruner(to_w)`` makes a :class:`_Pruner` that may end some early."""
-        P = self.precond
-        to_w = (lambda z: self._map(z, P.apply)) if P is not None else (lambda z: z)
+        a :class:`_Pruner` may end some early."""
+        P, to_w = self.precond, self.weights
         options = {"max_iter": max_iter, "gtol": tol}
         if P is not None:  # stop on the gradient in the original variables, as scikit-learn
             options["grad_norm"] = lambda g: float(np.abs(self._map(g, P.inverse)).max())
-        pruner = pruner(to_w) if pruner is not None else None
 
         def fun_many(points, Cs_now):
             # in preconditioned variables: W = Z P, dL/dZ = dL/dW P
@@ -320,6 +318,11 @@ class _Problem:
                              [{**options, "stop": pruner.stop(C)} if pruner else options
                               for C in Cs], list(Cs), on_done=pruner and pruner.done)
         return [(to_w(r.x), r.n_iter, r.status) for r in results]
+
+    def weights(self, z: np.ndarray) -> np.ndarray:
+        """The parameters (standardised space) of L-BFGS's preconditioned variables ``z``:
+        ``W = Z P``."""
+        return self._map(z, self.precond.apply) if self.precond is not None else z
 
     def zeros(self) -> np.ndarray:
         return np.zeros(self.k * self.d + self.k)
@@ -537,8 +540,7 @@ def logistic_path(X, y, Cs, *, sample_weight=None, standardization_=None, init=N
     starts = ({C: problem.start_from(h) for C, h in zip(Cs, init)} if init is not None
               else dict.fromkeys(unique, problem.zeros()))
     POSITIVE_INT.check("patience", patience)
-    pruner = (None if validation is None
-              else lambda to_w: _Pruner(problem, validation, classes, patience, to_w))
+    pruner = None if validation is None else _Pruner(problem, validation, classes, patience)
     solved = problem.solve_many(unique, [starts[C] for C in unique], template.max_iter,
                                 template.tol, pruner)
     heads: dict[float, LogisticHead] = {}

@@ -257,11 +257,10 @@ class MLPHead(ProbaMixin, ClassifierMixin, BaseEstimator):
     def __init__(self, hidden_layer_sizes=(512,), *, activation: str = "relu",
                  dropout: float = 0.0, weight_decay: float = 1e-4, learning_rate: float = 1e-3,
                  batch_size: int = 256, max_iter: int = 100, min_epoch_rows: int = 1024,
-                 class_weight=None,
-                 early_stopping: bool = True,
+                 class_weight=None, early_stopping: bool = True,
                  validation_fraction: float = 0.1, n_iter_no_change: int = 5, tol: float = 1e-4,
-                 sample_groups: bool = False, standardize: bool = True, n_components: int | None = None, random_state=None,
-                 device: str = "auto"):
+                 sample_groups: bool = False, standardize: bool = True,
+                 n_components: int | None = None, random_state=None, device: str = "auto"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.dropout = dropout
