@@ -124,8 +124,9 @@ def _sweep(name: str, data: dict[str, Any], *, metric, build, bar):
                                    sample_weight=w if spec.weights else None, groups=groups,
                                    validation=(data["X_val"], data["y_val"]), **build)
         for est, params, secs in fitted:
-            tried += [_Setting(est, params, views, tta, _val_scores(est, data, tta), secs)
-                      for tta in data["tta"]]
+            plain = _outputs(est, data["X_val"])  # once, with the mirror average or without
+            tried += [_Setting(est, params, views, tta, _val_scores(est, data, tta, plain),
+                               secs) for tta in data["tta"]]
     best = max(tried, key=lambda r: _merit(r.val, metric))  # the first of the best
     shown = len(data["train_sets"]) > 1 or len(data["tta"]) > 1
     ties = [r.described(shown) for r in tried
@@ -136,8 +137,9 @@ def _sweep(name: str, data: dict[str, Any], *, metric, build, bar):
             [(r.described(shown), r.val[metric]) for r in tried], ties, pruned)
 
 
-def _val_scores(est, data: dict[str, Any], tta: bool) -> dict[str, float]:
-    return scores(est, data["X_val"], data["y_val"], mirror=data["M_val"] if tta else None)
+def _val_scores(est, data: dict[str, Any], tta: bool, plain) -> dict[str, float]:
+    return scores(est, data["X_val"], data["y_val"], mirror=data["M_val"] if tta else None,
+                  computed=plain)
 
 
 def _refit(name: str, params: dict[str, Any], X, y, w, *, build, groups=None):
@@ -208,10 +210,11 @@ def _given_rows(train_rows, val_rows, bank: FeatureBank):
         if rows.ndim != 1 or not len(rows) or not np.issubdtype(rows.dtype, np.integer):
             raise ParameterError(f"{name} must be a non-empty 1-D array of row indices; got "
                                  f"shape {rows.shape}, dtype {rows.dtype}.")
-        if rows.min() < 0 or rows.max() >= n or len(np.unique(rows)) != len(rows):
+        repeats = len(np.unique(rows)) != len(rows)
+        if rows.min() < 0 or rows.max() >= n or repeats:
             raise ParameterError(f"{name} must be distinct rows of the bank's train split "
                                  f"(0 to {n - 1}); got values from {rows.min()} to "
-                                 f"{rows.max()}{', with repeats' if len(np.unique(rows)) != len(rows) else ''}.")
+                                 f"{rows.max()}{', with repeats' if repeats else ''}.")
         out.append(np.sort(rows).astype(np.int64))
     if len(np.intersect1d(*out)):
         raise ParameterError(f"train_rows and val_rows share {len(np.intersect1d(*out))} rows; "
@@ -478,7 +481,7 @@ def _view_options(bank: FeatureBank, views, tta) -> tuple[int, bool]:
 def _fit_taps(job: _Job, out: Path | None, *, device, progress):
     """Every head on every tap, each saved as it finishes: the leaderboard's rows, and the
     split (train and validation rows, the validation labels, the split sizes)."""
-    rows, bank, taps, heads, sw = [], job.bank, job.taps, job.heads, job.sw
+    rows, bank, taps, heads = [], job.bank, job.taps, job.heads
     n_settings = sum(len(get_head_spec(h).candidates()) for h in heads) * sum(
         2 if job.views and not TapSelection.parse(t).concatenated else 1 for t in taps)
     with progress_bar(total=n_settings, unit="fit", desc="fit", leave=False,
@@ -663,20 +666,27 @@ def _features(bank: FeatureBank, split: str, tap: str, stream: int | bool):
     return StreamedRows(bank.features(split, tap), chunk=int(stream)), bank.labels(split)
 
 
-def scores(est, X, y: np.ndarray, mirror=None) -> dict[str, float]:
+def _outputs(est, X) -> tuple[np.ndarray, np.ndarray]:
+    """``est``'s predictions and class probabilities on features in memory or streamed, chunk
+    by chunk (what :func:`scores` scores)."""
+    parts = [(est.predict(c), class_probabilities(est, c)) for _, c in chunks(X)]
+    return np.concatenate([p for p, _ in parts]), np.concatenate([q for _, q in parts])
+
+
+def scores(est, X, y: np.ndarray, mirror=None, *, computed=None) -> dict[str, float]:
     """Every selection metric of ``est`` on features in memory or streamed, chunk by chunk:
     accuracy, balanced accuracy, macro F1 (from ``predict``) and log loss (from the class
     probabilities; the softmax of the scores for heads that have none); and the top-5
     accuracy (the label among the 5 most probable classes), recorded, never selecting.
 
     With ``mirror`` (the same rows' mirror-view features), the probabilities are the mean of
-    the two views' and the prediction their most probable class (test-time augmentation)."""
+    the two views' and the prediction their most probable class (test-time augmentation).
+    ``computed``: :func:`_outputs` of ``est`` on ``X`` already in hand (a sweep scores each
+    setting with and without the mirror from one evaluation of its rows)."""
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
     labels = np.asarray(est.classes_)
-    parts = [(est.predict(c), class_probabilities(est, c)) for _, c in chunks(X)]
-    pred = np.concatenate([p for p, _ in parts])
-    proba = np.concatenate([q for _, q in parts])
+    pred, proba = computed if computed is not None else _outputs(est, X)
     if mirror is not None:
         proba = (proba + np.concatenate([class_probabilities(est, c)
                                          for _, c in chunks(mirror)])) / 2

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, rank_pid, rows_done, write_folder, write_npz, write_wds
+from conftest import REPO, rank_pid, rows_done, run_cli, write_folder, write_npz, write_wds
 from featurebank import BankError, FeatureBank, extract
 from featurebank.bank import merge_bank
 from featurebank.data import shard_rows
@@ -101,7 +101,7 @@ def test_two_ranks_write_the_bank_one_process_writes(tmp_path):
         FeatureBank(tmp_path / "elsewhere.h5")
 
 
-def test_merge_makes_one_self_contained_file(tmp_path):
+def test_merge_makes_one_self_contained_file(tmp_path, capsys):
     write_npz(tmp_path / "d.npz", n_train=60, n_test=20)
     rc, _, err = _torchrun(tmp_path, "--dataset", f"npz:{tmp_path / 'd.npz'}", *ARGS,
                            "--out", "b.h5")
@@ -125,17 +125,15 @@ def test_merge_makes_one_self_contained_file(tmp_path):
             r"bank was written \(its SHA-256 differs")
     with pytest.raises(BankError, match=says):
         bank.verify()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for argv in (["info", "b.h5", "--verify"], ["merge", "b.h5"]):
-        proc = subprocess.run([sys.executable, "-m", "featurebank", *argv], cwd=tmp_path,
-                              capture_output=True, text=True, env=env)
+    bank_file = str(tmp_path / "b.h5")
+    for argv in (["info", bank_file, "--verify"], ["merge", bank_file]):
+        proc = run_cli(*argv, check=False, capsys=capsys)
         assert proc.returncode == 2 and re.search(says, proc.stderr), proc.stderr
     assert FeatureBank(tmp_path / "b.h5").shards  # merge refused: the bank is as it was
     shard.write_bytes(original)
     os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
-    proc = subprocess.run([sys.executable, "-m", "featurebank", "info", "b.h5", "--verify"],
-                          cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert proc.returncode == 0 and "verified: 2 shards" in proc.stdout, proc.stderr
+    proc = run_cli("info", bank_file, "--verify", capsys=capsys)
+    assert "verified: 2 shards" in proc.stdout, proc.stderr
     # a bank of an earlier featurebank recorded no checksums: verify says so, merge warns
     shutil.copy(tmp_path / "b.h5", tmp_path / "old.h5")
     with h5py.File(tmp_path / "old.h5", "r+") as f:
@@ -156,9 +154,7 @@ def test_merge_makes_one_self_contained_file(tmp_path):
                                         r"merged; pass overwrite=True"):
         merge_bank(tmp_path / "b.h5", tmp_path / "notes.h5")
     assert (tmp_path / "notes.h5").read_text() == "mine"
-    proc = subprocess.run([sys.executable, "-m", "featurebank", "merge", "b.h5"], cwd=tmp_path,
-                          capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr
+    run_cli("merge", bank_file, capsys=capsys)
     shutil.rmtree(tmp_path / "b.h5.shards")
     merged = FeatureBank(tmp_path / "b.h5")
     assert merged.shards == [] and merged.fingerprint == before.fingerprint

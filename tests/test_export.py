@@ -33,10 +33,10 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_logits(trained, tmp_path,
     assert meta["preprocessing"]["decode"] is None  # arrays: nothing to decode
 
 
-def test_torchscript_export_via_the_cli(trained, tmp_path):
+def test_torchscript_export_via_the_cli(trained, tmp_path, capsys):
     tmp, _ = trained
     proc = run_cli("export", str(tmp / "ft"), "--format", "torchscript", "--out",
-                   str(tmp_path / "m.pt"))
+                   str(tmp_path / "m.pt"), capsys=capsys)
     assert "wrote" in proc.stdout
     scripted = torch.jit.load(str(tmp_path / "m.pt"))
     predictor = load_model(tmp / "ft")
@@ -54,12 +54,12 @@ def test_the_grafted_network_is_a_plain_module_torch_export_takes(trained):
     torch.testing.assert_close(program.module()(x), net(x))
 
 
-def test_a_knn_head_has_no_network_to_export(trained, tmp_path):
+def test_a_knn_head_has_no_network_to_export(trained, tmp_path, capsys):
     tmp, _ = trained
     with pytest.raises(FeatureBankError, match="k-NN head has no torch form"):
         load_model(tmp / "runs" / "knn.joblib").export(tmp_path / "k.onnx")
     proc = run_cli("export", str(tmp / "runs" / "knn.joblib"), "--out", str(tmp_path / "k.onnx"),
-                   "--format", "onnx", check=False)
+                   "--format", "onnx", check=False, capsys=capsys)
     assert proc.returncode == 2 and "k-NN head" in proc.stderr
     assert not (tmp_path / "k.onnx").exists()
 

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from sklearn.preprocessing import StandardScaler
 
-from conftest import write_npz
+from conftest import run_cli, write_npz
 from featurebank import FeatureBank, ParameterError, extract, fit_heads, load_model
-from featurebank.cli import main
-from featurebank.fit import scores
+from featurebank.fit import _outputs, scores
 from featurebank.heads import LogisticHead, class_probabilities, load_head
 from featurebank.heads.registry import HeadSpec
 from featurebank.rows import ViewRows
@@ -100,6 +99,10 @@ def test_scores_with_the_mirror_average_the_two_views_probabilities(banks):
     assert scores(head, X, y)["accuracy"] == pytest.approx((head.predict(X) == y).mean())
     assert got["log_loss"] == pytest.approx(
         -np.mean(np.log(mean[np.arange(len(y)), np.searchsorted(head.classes_, y)])))
+    # a sweep's one evaluation of the rows serves both: the same scores as from scratch
+    plain = _outputs(head, X)
+    assert scores(head, X, y, mirror=M, computed=plain) == got
+    assert scores(head, X, y, computed=plain) == scores(head, X, y)
 
 
 def test_view_rows_streamed_reach_the_in_memory_optimum(banks):
@@ -145,11 +148,8 @@ def test_views_are_checked_against_the_bank(banks, tmp_path):
 
 
 def _cli(capsys, *argv: str) -> str:
-    """``featurebank ARGV`` in this process (the CLI's own code, without an interpreter start
-    per command); its standard output."""
-    capsys.readouterr()
-    assert main(list(argv)) == 0, capsys.readouterr().err
-    return capsys.readouterr().out
+    """``featurebank ARGV`` in this process; its standard output."""
+    return run_cli(*argv, capsys=capsys).stdout
 
 
 def test_a_bank_with_views_through_fit_finetune_predict_and_report(banks, tmp_path, capsys):

@@ -570,6 +570,16 @@ def test_a_path_started_from_related_solutions_ends_at_its_own_optimum(data):
     assert again.n_iter_[0] <= 3 < centre[1].n_iter_[0]  # a step or two, not a solve
     np.testing.assert_allclose(again.decision_function(X), centre[1].decision_function(X),
                                atol=2e-3)  # the flat optimum's width at tol=1e-6
+    # a head fitted where a feature had 1/1000 of its scale here puts 1000x the weight on it
+    # in this problem's standardisation: a start far worse than zero, so the path starts at
+    # zero, exactly as without init
+    shrunk = X.copy()
+    shrunk[:, 0] *= 1e-3
+    odd = logistic_path(shrunk, y, [0.1], tol=1e-6, max_iter=1000)
+    started = logistic_path(X, y, [0.1], tol=1e-6, max_iter=1000, init=odd)[0]
+    cold = logistic_path(X, y, [0.1], tol=1e-6, max_iter=1000)[0]
+    assert started.n_iter_[0] == cold.n_iter_[0]
+    np.testing.assert_array_equal(started.coef_, cold.coef_)
     with pytest.raises(ValueError, match="init holds 1 heads for 3 values of C"):
         logistic_path(Xv, yv, Cs, init=centre[:1])
     with pytest.raises(ValueError, match="cannot start"):
@@ -654,14 +664,19 @@ def test_a_path_stops_the_settings_that_trail_on_validation(monkeypatch):
     stopped = [h for h in pruned if h.pruned_]
     assert stopped and not any(h.pruned_ for h in full) and n_pruned < n_full
     ended = [h.score(Xv, yv) for h in pruned if not h.pruned_]
+    Xs = StandardScaler().fit_transform(Xt.astype(np.float64))
     for h, alone in zip(pruned, full):
         if h.pruned_:  # stopped at a check, below a problem that had ended
             assert h.n_iter_[0] % 10 == 0 and h.n_iter_[0] < alone.n_iter_[0]
             assert h.score(Xv, yv) < max(ended)
         else:  # the others run as without pruning, to the same point (to float32 rounding:
-            # once a problem stops, the shared products have fewer columns)
-            assert h.n_iter_[0] == alone.n_iter_[0]
-            np.testing.assert_allclose(h.coef_, alone.coef_, rtol=1e-3, atol=1e-6)
+            # once a problem stops, the shared products have fewer columns, which can move
+            # the stopping test by an iteration on some CPUs' BLAS kernels)
+            assert abs(int(h.n_iter_[0]) - int(alone.n_iter_[0])) <= 2
+            assert _head_objective(h, Xs, yt, h.C) == pytest.approx(
+                _head_objective(alone, Xs, yt, alone.C), rel=1e-6)
+            np.testing.assert_allclose(h.coef_, alone.coef_,  # within the flat optimum
+                                       atol=2e-3 * np.abs(alone.coef_).max())
     with pytest.raises(ParameterError, match="'patience' parameter"):
         logistic_path(Xt, yt, Cs, validation=(Xv, yv), patience=0)
 

@@ -74,7 +74,7 @@ def test_a_fine_tuned_model_predicts_as_the_network_at_the_end_of_training(tmp_p
                                   np.array(bank.classes)[logits.argmax(1).numpy()])
 
 
-def test_predict_cli_writes_a_csv_and_reports_unreadable_files(trained, tmp_path):
+def test_predict_cli_writes_a_csv_and_reports_unreadable_files(trained, tmp_path, capsys):
     tmp, _ = trained
     X, _ = colour_images(np.random.default_rng(5), 3, size=40)
     (tmp_path / "imgs" / "sub").mkdir(parents=True)
@@ -84,11 +84,11 @@ def test_predict_cli_writes_a_csv_and_reports_unreadable_files(trained, tmp_path
         Image.fromarray(x).save(tmp_path / "imgs" / "sub" / f"{i}.png")
     (tmp_path / "imgs" / "bad.jpg").write_bytes(b"not a jpeg")
     fail = run_cli("predict", str(tmp / "ft"), str(tmp_path / "imgs"), "--out",
-                   str(tmp_path / "p.csv"), check=False)
+                   str(tmp_path / "p.csv"), check=False, capsys=capsys)
     assert fail.returncode == 2 and "cannot read image" in fail.stderr and "bad.jpg" in \
         fail.stderr and "--skip-bad" in fail.stderr and not (tmp_path / "p.csv").exists()
     ok = run_cli("predict", str(tmp / "ft"), str(tmp_path / "imgs"), "--out",
-                 str(tmp_path / "p.csv"), "--top-k", "2", "--skip-bad")
+                 str(tmp_path / "p.csv"), "--top-k", "2", "--skip-bad", capsys=capsys)
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert [r["path"] for r in rows] == [str(tmp_path / "imgs" / "sub" / f"{i}.png")
                                          for i in range(3)]

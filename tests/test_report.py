@@ -27,11 +27,12 @@ class _Images(HTMLParser):
         self.tables += tag == "table"
 
 
-def test_report_of_a_fit_and_a_fine_tune(trained, tmp_path):
+def test_report_of_a_fit_and_a_fine_tune(trained, tmp_path, capsys):
     from PIL import Image
 
     tmp, bank = trained
-    proc = run_cli("report", str(tmp / "runs"), str(tmp / "ft"), "--out", str(tmp_path / "r"))
+    proc = run_cli("report", str(tmp / "runs"), str(tmp / "ft"), "--out", str(tmp_path / "r"),
+                   capsys=capsys)
     assert "report.html" in proc.stdout
     board = json.loads((tmp / "runs" / "leaderboard.json").read_text())
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
@@ -77,10 +78,10 @@ def test_report_without_matplotlib_says_how_to_install_it(trained, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_fit_and_finetune_say_how_to_make_the_report(trained, tmp_path):
+def test_fit_and_finetune_say_how_to_make_the_report(trained, tmp_path, capsys):
     tmp, bank = trained
     out = run_cli("fit", str(bank.path), "--heads", "ridge", "--out", str(tmp_path / "runs"),
-                  "-q").stdout
+                  "-q", capsys=capsys).stdout
     assert f"featurebank report {tmp_path / 'runs'} --out {tmp_path / 'runs'}/report" in out
     with pytest.raises(Exception, match="does not exist; pass the --out folder"):
         build_report(tmp_path / "nothing")
