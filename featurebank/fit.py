@@ -125,8 +125,10 @@ def _sweep(name: str, data: dict[str, Any], *, metric, build, bar):
                                    validation=(data["X_val"], data["y_val"]), **build)
         for est, params, secs in fitted:
             plain = _outputs(est, data["X_val"])  # once, with the mirror average or without
-            tried += [_Setting(est, params, views, tta, _val_scores(est, data, tta, plain),
-                               secs) for tta in data["tta"]]
+            tried += [_Setting(est, params, views, tta,
+                               scores(est, data["X_val"], data["y_val"], computed=plain,
+                                      mirror=data["M_val"] if tta else None), secs)
+                      for tta in data["tta"]]
     best = max(tried, key=lambda r: _merit(r.val, metric))  # the first of the best
     shown = len(data["train_sets"]) > 1 or len(data["tta"]) > 1
     ties = [r.described(shown) for r in tried
@@ -135,11 +137,6 @@ def _sweep(name: str, data: dict[str, Any], *, metric, build, bar):
               if getattr(r.est, "pruned_", False) and not r.tta]
     return (best, sum(r.seconds for r in tried if not r.tta),
             [(r.described(shown), r.val[metric]) for r in tried], ties, pruned)
-
-
-def _val_scores(est, data: dict[str, Any], tta: bool, plain) -> dict[str, float]:
-    return scores(est, data["X_val"], data["y_val"], mirror=data["M_val"] if tta else None,
-                  computed=plain)
 
 
 def _refit(name: str, params: dict[str, Any], X, y, w, *, build, groups=None):
